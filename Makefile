@@ -1,0 +1,40 @@
+# The two commands of the README: `make demo` and `make test`.
+# Each works on a fresh machine by itself: it creates .venv, installs the
+# project and resolves the Kafka jars from Maven Central when they are missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint typecheck unit integration kafka-jars clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+kafka-jars: $(STAMP)
+	$(BIN)/sendonce dev kafka fetch
+
+demo: $(STAMP) kafka-jars
+	$(BIN)/sendonce demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck kafka-jars
+	$(BIN)/pytest
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP) kafka-jars
+	$(BIN)/pytest tests/integration
+
+clean:
+	rm -rf $(VENV) .sendonce deploy/local-kafka/lib .pytest_cache .mypy_cache .ruff_cache

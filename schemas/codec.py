@@ -1,0 +1,720 @@
+"""Avro single-object encoding for sendonce's records.
+
+Every value sendonce writes to Kafka is one Avro record in the Avro specification's
+*single-object encoding*::
+
+    C3 01 | 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's
+          |   Parsing Canonical Form
+          | Avro binary encoding of the record
+
+The fingerprint tells a reader which writer schema produced the bytes, so records written
+by an older or newer (compatible) version of a schema are resolved against the reader's
+current version.
+
+Timestamps: the ``.avsc`` files declare ``timestamp-millis`` logical types (so data tools
+see timestamps), but the codec (de)serialises with the logical types stripped, i.e. plain
+``long``. Timestamp fields are therefore always ``int`` milliseconds since the Unix epoch
+(UTC), on the way in and on the way out. Stripping does not change the fingerprint: the
+Parsing Canonical Form drops ``logicalType`` anyway.
+
+The canonical form and fingerprint are computed here rather than with avro's
+``Schema.canonical_form`` / ``Schema.fingerprint``: avro 1.12 (Python) keeps a logical-typed
+primitive as ``{"type":"long"}`` instead of ``"long"`` (the spec's [PRIMITIVES] rule), and
+writes a named type out in full again where it is referenced a second time. Its fingerprints
+of our schemas therefore differ from the Java implementation's, which ours match (see
+``tests/unit/schemas/test_fingerprint.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import io
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import avro.compatibility
+import avro.errors
+import avro.io
+import avro.schema
+
+__all__ = [
+    "EMPTY_FINGERPRINT",
+    "MAGIC",
+    "CodecError",
+    "IncompatibleSchemaError",
+    "InvalidRecordError",
+    "InvalidSchemaError",
+    "MalformedRecordError",
+    "NotSingleObjectError",
+    "SchemaCodec",
+    "UnknownSchemaError",
+    "WrongSchemaError",
+    "crc64_avro",
+    "default_codec",
+    "parsing_canonical_form",
+    "schema_fingerprint",
+]
+
+BytesLike = bytes | bytearray | memoryview
+
+MAGIC = b"\xc3\x01"
+"""The two marker bytes that start every single-object encoded record."""
+
+HEADER_SIZE = len(MAGIC) + 8
+
+EMPTY_FINGERPRINT = 0xC15D213AA4D7A795
+"""CRC-64-AVRO's initial value and polynomial (the Avro spec's ``EMPTY``)."""
+
+SCHEMA_DIR = Path(__file__).resolve().parent
+
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+_NAMED = frozenset({"record", "error", "enum", "fixed"})
+_INT_RANGE = (-(1 << 31), (1 << 31) - 1)
+_LONG_RANGE = (-(1 << 63), (1 << 63) - 1)
+
+
+def _fingerprint_table() -> tuple[int, ...]:
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (EMPTY_FINGERPRINT & -(fp & 1))
+        table.append(fp)
+    return tuple(table)
+
+
+_FP_TABLE = _fingerprint_table()
+
+
+def crc64_avro(data: bytes) -> int:
+    """Return the CRC-64-AVRO (Rabin) fingerprint of ``data`` as an unsigned 64-bit int.
+
+    This is the table-driven algorithm of the Avro specification ("Schema Fingerprints").
+    """
+    fp = EMPTY_FINGERPRINT
+    for byte in data:
+        fp = (fp >> 8) ^ _FP_TABLE[(fp ^ byte) & 0xFF]
+    return fp
+
+
+# --------------------------------------------------------------------------------------
+# Errors. Messages end up in dead-letter reasons and logs: they name schemas, fields and
+# byte positions, never field values or message bodies.
+# --------------------------------------------------------------------------------------
+
+
+class CodecError(Exception):
+    """Base class of every error the codec raises."""
+
+    error_type: ClassVar[str] = "codec_error"
+    """Stable machine-readable class, suitable for ``DeadLetter.error_type``."""
+
+
+class NotSingleObjectError(CodecError):
+    """The bytes are not Avro single-object encoded (missing marker, too short, not bytes)."""
+
+    error_type = "undecodable"
+
+
+class UnknownSchemaError(CodecError):
+    """The writer schema's fingerprint (or a schema name) is not known to this codec."""
+
+    error_type = "unknown_schema"
+
+    def __init__(self, message: str, fingerprint: int | None = None) -> None:
+        super().__init__(message)
+        self.fingerprint = fingerprint
+
+
+class WrongSchemaError(CodecError):
+    """The record was written with a known schema, but not the one the caller expects."""
+
+    error_type = "wrong_schema"
+
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(f"expected a {expected} record, got a {actual} record")
+        self.expected = expected
+        self.actual = actual
+
+
+class MalformedRecordError(CodecError):
+    """The body does not decode with the writer schema it claims, or has trailing bytes."""
+
+    error_type = "undecodable"
+
+
+class InvalidRecordError(CodecError, ValueError):
+    """A record passed to ``encode`` does not conform to its schema."""
+
+    error_type = "invalid_record"
+
+    def __init__(self, schema_name: str, path: str, problem: str) -> None:
+        where = f"field {path}" if path else "record"
+        super().__init__(f"{schema_name}: {where}: {problem}")
+        self.schema_name = schema_name
+        self.path = path
+        self.problem = problem
+
+
+class InvalidSchemaError(CodecError):
+    """A schema given to ``register`` is not a valid Avro record schema."""
+
+    error_type = "invalid_schema"
+
+
+class IncompatibleSchemaError(CodecError):
+    """A registered schema cannot be resolved against the other versions of its name."""
+
+    error_type = "incompatible_schema"
+
+
+# --------------------------------------------------------------------------------------
+# Parsing Canonical Form
+# --------------------------------------------------------------------------------------
+
+
+def _full_name(name: str, namespace: str | None, enclosing: str | None) -> str:
+    if "." in name:
+        return name
+    space = namespace if namespace is not None else enclosing
+    return f"{space}.{name}" if space else name
+
+
+def _namespace_of(full_name: str) -> str | None:
+    return full_name.rpartition(".")[0] or None
+
+
+def _canonical(node: Any, enclosing: str | None, defined: set[str]) -> Any:
+    """Return the canonical JSON value of ``node`` (rules of the spec in brackets)."""
+    if isinstance(node, str):
+        if node in _PRIMITIVES:
+            return node
+        # A reference to an earlier named type. Like the Java parser, try the enclosing
+        # namespace first, then the null namespace.
+        candidate = _full_name(node, None, enclosing)
+        if candidate not in defined and node in defined:
+            candidate = node
+        if candidate not in defined:
+            raise InvalidSchemaError(f"reference to undefined type {node!r}")
+        return candidate
+    if isinstance(node, list):
+        return [_canonical(branch, enclosing, defined) for branch in node]
+    if not isinstance(node, Mapping):
+        raise InvalidSchemaError(f"not a schema: {type(node).__name__}")
+    kind = node.get("type")
+    if isinstance(kind, (list, Mapping)):
+        return _canonical(kind, enclosing, defined)
+    if not isinstance(kind, str):
+        raise InvalidSchemaError("schema object without a type")
+    if kind in _PRIMITIVES:
+        # [PRIMITIVES]: {"type": "long", "logicalType": ...} becomes "long".
+        return kind
+    if kind in _NAMED:
+        full = _full_name(str(node["name"]), node.get("namespace"), enclosing)
+        if full in defined:
+            raise InvalidSchemaError(f"type {full!r} is defined twice")
+        defined.add(full)
+        inner = _namespace_of(full)
+        # [FULLNAMES], [STRIP] and [ORDER]: name, type, fields, symbols, items, values, size.
+        out: dict[str, Any] = {"name": full, "type": "record" if kind == "error" else kind}
+        if kind in ("record", "error"):
+            out["fields"] = [
+                {"name": field["name"], "type": _canonical(field["type"], inner, defined)}
+                for field in node["fields"]
+            ]
+        elif kind == "enum":
+            out["symbols"] = list(node["symbols"])
+        else:
+            out["size"] = int(node["size"])
+        return out
+    if kind == "array":
+        return {"type": "array", "items": _canonical(node["items"], enclosing, defined)}
+    if kind == "map":
+        return {"type": "map", "values": _canonical(node["values"], enclosing, defined)}
+    # A bare named-type reference written as {"type": "Name"}.
+    return _canonical(kind, enclosing, defined)
+
+
+def parsing_canonical_form(schema: str | Mapping[str, Any] | Sequence[Any]) -> str:
+    """Return the Avro Parsing Canonical Form of ``schema`` (JSON text or parsed JSON).
+
+    Implements the spec's transformations: [PRIMITIVES], [FULLNAMES], [STRIP] (which also
+    drops ``logicalType``, ``doc``, ``default`` and ``aliases``), [ORDER], [STRINGS],
+    [INTEGERS] and [WHITESPACE].
+    """
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError:
+            # A bare primitive name such as int, as the Java parser accepts.
+            schema = str(schema).strip()
+    try:
+        canonical = _canonical(schema, None, set())
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, InvalidSchemaError):
+            raise
+        raise InvalidSchemaError(f"not a valid schema: {type(exc).__name__} {exc}") from None
+    return json.dumps(canonical, separators=(",", ":"), ensure_ascii=False)
+
+
+def schema_fingerprint(schema: str | Mapping[str, Any] | Sequence[Any]) -> int:
+    """Return the CRC-64-AVRO fingerprint of the schema's Parsing Canonical Form."""
+    return crc64_avro(parsing_canonical_form(schema).encode("utf-8"))
+
+
+# --------------------------------------------------------------------------------------
+# Record validation (our own, so that errors name the field path and never the value;
+# avro's own AvroTypeException message embeds the datum).
+# --------------------------------------------------------------------------------------
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def _schema_label(schema: avro.schema.Schema) -> str:
+    if isinstance(schema, avro.schema.NamedSchema):
+        return str(schema.fullname)
+    return str(schema.type)
+
+
+def _safe_label(text: str, limit: int = 64) -> str:
+    """Render user-supplied names (map keys, unknown field names) harmlessly in messages."""
+    shown = "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+    return repr(shown + ("..." if len(text) > limit else ""))
+
+
+def _default_datum(schema: avro.schema.Schema, default: Any) -> Any:
+    """Turn a field's JSON default into the Python datum the writer expects."""
+    if default is None or isinstance(default, (bool, int, float)):
+        return default
+    if isinstance(schema, avro.schema.UnionSchema):
+        # The spec: a union field's default belongs to the union's first branch.
+        return _default_datum(schema.schemas[0], default)
+    if schema.type in ("bytes", "fixed") and isinstance(default, str):
+        return default.encode("latin-1")
+    if isinstance(schema, avro.schema.RecordSchema) and isinstance(default, Mapping):
+        return {
+            field.name: _default_datum(field.type, default.get(field.name, field.default))
+            for field in schema.fields
+        }
+    return copy.deepcopy(default)
+
+
+class _Validator:
+    """Checks a record against a (logical-type free) schema and fills in defaults."""
+
+    def __init__(self, schema_name: str) -> None:
+        self.schema_name = schema_name
+
+    def fail(self, path: str, problem: str) -> InvalidRecordError:
+        return InvalidRecordError(self.schema_name, path, problem)
+
+    def check_string(self, datum: Any, path: str) -> str:
+        if not isinstance(datum, str):
+            raise self.fail(path, f"expected string, got {_type_name(datum)}")
+        if not datum.isascii():
+            try:
+                datum.encode("utf-8")
+            except UnicodeEncodeError:
+                # Lone surrogates would otherwise fail half-way through the write.
+                raise self.fail(path, "string is not encodable as UTF-8") from None
+        return datum
+
+    def check(self, schema: avro.schema.Schema, datum: Any, path: str) -> Any:
+        kind = schema.type
+        if kind == "string":
+            return self.check_string(datum, path)
+        if kind in ("int", "long"):
+            if not isinstance(datum, int) or isinstance(datum, bool):
+                raise self.fail(path, f"expected {kind}, got {_type_name(datum)}")
+            low, high = _INT_RANGE if kind == "int" else _LONG_RANGE
+            if not low <= datum <= high:
+                raise self.fail(path, f"out of range for {kind}")
+            return datum
+        if kind == "null":
+            if datum is not None:
+                raise self.fail(path, f"expected null, got {_type_name(datum)}")
+            return None
+        if kind == "boolean":
+            if not isinstance(datum, bool):
+                raise self.fail(path, f"expected boolean, got {_type_name(datum)}")
+            return datum
+        if kind in ("float", "double"):
+            if not isinstance(datum, (int, float)) or isinstance(datum, bool):
+                raise self.fail(path, f"expected {kind}, got {_type_name(datum)}")
+            return datum
+        if kind == "bytes":
+            if not isinstance(datum, (bytes, bytearray, memoryview)):
+                raise self.fail(path, f"expected bytes, got {_type_name(datum)}")
+            return bytes(datum)
+        if isinstance(schema, avro.schema.UnionSchema):
+            return self.check_union(schema, datum, path)
+        if isinstance(schema, avro.schema.RecordSchema):
+            return self.check_record(schema, datum, path)
+        if isinstance(schema, avro.schema.ArraySchema):
+            if isinstance(datum, (str, bytes, bytearray)) or not isinstance(datum, Sequence):
+                raise self.fail(path, f"expected array, got {_type_name(datum)}")
+            return [self.check(schema.items, item, f"{path}[{i}]") for i, item in enumerate(datum)]
+        if isinstance(schema, avro.schema.MapSchema):
+            if not isinstance(datum, Mapping):
+                raise self.fail(path, f"expected map, got {_type_name(datum)}")
+            out = {}
+            for key, value in datum.items():
+                if not isinstance(key, str):
+                    raise self.fail(path, f"map key of type {_type_name(key)}, expected string")
+                self.check_string(key, path)
+                out[key] = self.check(schema.values, value, f"{path}[{_safe_label(key)}]")
+            return out
+        if isinstance(schema, avro.schema.EnumSchema):
+            if not isinstance(datum, str):
+                raise self.fail(path, f"expected enum symbol, got {_type_name(datum)}")
+            if datum not in schema.symbols:
+                raise self.fail(path, f"not a symbol of {schema.fullname}")
+            return datum
+        if isinstance(schema, avro.schema.FixedSchema):
+            if not isinstance(datum, (bytes, bytearray, memoryview)):
+                raise self.fail(path, f"expected fixed, got {_type_name(datum)}")
+            if len(datum) != schema.size:
+                raise self.fail(path, f"expected {schema.size} bytes, got {len(datum)}")
+            return bytes(datum)
+        raise self.fail(path, f"unsupported schema type {kind}")
+
+    def check_union(self, schema: avro.schema.UnionSchema, datum: Any, path: str) -> Any:
+        branches = schema.schemas
+        if datum is None and any(branch.type == "null" for branch in branches):
+            return None
+        first_error: InvalidRecordError | None = None
+        for branch in branches:
+            if branch.type == "null":
+                continue
+            try:
+                return self.check(branch, datum, path)
+            except InvalidRecordError as exc:
+                first_error = first_error or exc
+        if first_error is not None and len(branches) == 2 and branches[0].type == "null":
+            # The common optional-field shape: report the real branch's problem.
+            raise first_error
+        labels = ", ".join(_schema_label(branch) for branch in branches)
+        raise self.fail(path, f"expected one of [{labels}], got {_type_name(datum)}")
+
+    def check_record(self, schema: avro.schema.RecordSchema, datum: Any, path: str) -> Any:
+        if not isinstance(datum, Mapping):
+            raise self.fail(path, f"expected record {schema.fullname}, got {_type_name(datum)}")
+        prefix = f"{path}." if path else ""
+        fields = schema.fields_dict
+        for key in datum:
+            if key not in fields:
+                # Rejecting instead of dropping catches typos (e.g. "body" for "text_body").
+                label = _safe_label(key) if isinstance(key, str) else _type_name(key)
+                raise self.fail(path, f"unknown field {label}")
+        out: dict[str, Any] = {}
+        for field in schema.fields:
+            if field.name in datum:
+                out[field.name] = self.check(field.type, datum[field.name], prefix + field.name)
+            elif field.has_default:
+                out[field.name] = _default_datum(field.type, field.default)
+            else:
+                raise self.fail(prefix + field.name, "required field is missing")
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# The codec
+# --------------------------------------------------------------------------------------
+
+
+def _strip_logical_types(node: Any) -> Any:
+    """Copy of a schema's JSON without ``logicalType`` (see the module docstring)."""
+    if isinstance(node, list):
+        return [_strip_logical_types(item) for item in node]
+    if isinstance(node, Mapping):
+        stripped = {k: _strip_logical_types(v) for k, v in node.items() if k != "logicalType"}
+        if stripped.get("type") == "bytes" or stripped.get("type") == "fixed":
+            # decimal's parameters mean nothing without the logical type.
+            stripped.pop("precision", None)
+            stripped.pop("scale", None)
+        return stripped
+    return node
+
+
+def _shallow_match(branch: avro.schema.Schema, datum: Any) -> bool:
+    """Whether ``datum`` (already validated) belongs to union ``branch``."""
+    kind = branch.type
+    if kind == "null":
+        return datum is None
+    if kind in ("string", "enum"):
+        return isinstance(datum, str)
+    if kind in ("int", "long"):
+        return isinstance(datum, int) and not isinstance(datum, bool)
+    if kind == "boolean":
+        return isinstance(datum, bool)
+    if kind in ("float", "double"):
+        return isinstance(datum, (int, float)) and not isinstance(datum, bool)
+    if kind in ("bytes", "fixed"):
+        return isinstance(datum, bytes)
+    if kind == "array":
+        return isinstance(datum, list)
+    return isinstance(datum, dict)
+
+
+class _ValidatedDatumWriter(avro.io.DatumWriter):
+    """DatumWriter for data that _Validator has already checked and normalised.
+
+    avro's write_union runs its full validate() on every branch of every union field,
+    which made it the largest cost of encoding an EmailResult (mostly optional fields).
+    """
+
+    def write_union(
+        self, writers_schema: avro.schema.UnionSchema, datum: Any, encoder: avro.io.BinaryEncoder
+    ) -> None:
+        for index, branch in enumerate(writers_schema.schemas):
+            if _shallow_match(branch, datum):
+                encoder.write_long(index)
+                self.write_data(branch, datum, encoder)
+                return
+        # Unreachable after validation; a one-argument message keeps the value out of it.
+        raise avro.errors.AvroTypeException(  # type: ignore[no-untyped-call]
+            f"no union branch for a {_type_name(datum)}"
+        )
+
+
+@dataclass(frozen=True)
+class _SchemaVersion:
+    """One known version (writer schema) of a named record schema."""
+
+    full_name: str
+    fingerprint: int
+    definition: Mapping[str, Any]
+    wire: avro.schema.RecordSchema
+    header: bytes
+    writer: _ValidatedDatumWriter
+    validator: _Validator
+
+    @property
+    def short_name(self) -> str:
+        return self.full_name.rpartition(".")[2]
+
+
+class SchemaCodec:
+    """Encodes and decodes records in Avro single-object encoding.
+
+    Holds every known *writer* schema by fingerprint and, per full name, the *reader*
+    schema (the current version) that decoded records are resolved to. By default it
+    loads every ``.avsc`` file in the ``schemas`` package directory as the current
+    version of its record.
+    """
+
+    def __init__(self, schema_dir: str | Path | None = SCHEMA_DIR) -> None:
+        """Create a codec with the ``.avsc`` files of ``schema_dir`` (none if ``None``)."""
+        self._writers: dict[int, _SchemaVersion] = {}
+        self._readers: dict[str, _SchemaVersion] = {}
+        self._datum_readers: dict[tuple[int, int], avro.io.DatumReader] = {}
+        checker = avro.compatibility.ReaderWriterCompatibilityChecker  # untyped in avro
+        self._compatibility: Any = checker()  # type: ignore[no-untyped-call]
+        loaded: dict[str, str] = {}
+        if schema_dir is not None:
+            for path in sorted(Path(schema_dir).glob("*.avsc")):
+                fingerprint = self.register(path.read_text(encoding="utf-8"), as_reader=True)
+                full_name = self._writers[fingerprint].full_name
+                if full_name in loaded:
+                    raise InvalidSchemaError(f"{path.name}: {full_name} is defined twice")
+                loaded[full_name] = path.name
+
+    # ---- schema registry ------------------------------------------------------------
+
+    def register(self, schema_json: str | Mapping[str, Any], *, as_reader: bool = False) -> int:
+        """Make a writer schema known and return its fingerprint.
+
+        With ``as_reader=True`` (or when no version of the name is known yet) it also
+        becomes the reader schema that records of that name are decoded into. Raises
+        ``InvalidSchemaError`` for a schema that is not a valid record schema and
+        ``IncompatibleSchemaError`` when the current reader could not read it (or, as a
+        new reader, it could not read a known writer).
+        """
+        definition = self._parse_definition(schema_json)
+        fingerprint = schema_fingerprint(definition)
+        version = self._writers.get(fingerprint)
+        if version is None:
+            version = self._build_version(definition, fingerprint)
+        reader = self._readers.get(version.full_name)
+        if reader is None or as_reader:
+            for writer in self._writers.values():
+                if writer.full_name == version.full_name:
+                    self._check_compatible(version, writer)
+            self._readers[version.full_name] = version
+        else:
+            self._check_compatible(reader, version)
+        self._writers[fingerprint] = version
+        return fingerprint
+
+    def names(self) -> tuple[str, ...]:
+        """Full names of the records this codec can encode, sorted."""
+        return tuple(sorted(self._readers))
+
+    def fingerprint(self, name: str) -> int:
+        """Fingerprint of the current (reader) version of record ``name``."""
+        return self._reader(name).fingerprint
+
+    def schema(self, name: str) -> Mapping[str, Any]:
+        """The JSON definition (as in the ``.avsc`` file) of the current version of ``name``."""
+        return copy.deepcopy(self._reader(name).definition)
+
+    def writer_name(self, data: BytesLike) -> str:
+        """Full name of the schema ``data`` was written with, without decoding the body."""
+        return self._writer_of(data).full_name
+
+    # ---- encoding -------------------------------------------------------------------
+
+    def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
+        """Encode ``record`` with the current version of schema ``name`` (short or full).
+
+        Missing fields that have a default get it; unknown fields, missing required
+        fields and wrongly typed values raise ``InvalidRecordError`` naming the field.
+        Timestamps are ``int`` milliseconds.
+        """
+        version = self._reader(name)
+        datum = version.validator.check_record(version.wire, record, "")
+        buffer = io.BytesIO()
+        buffer.write(version.header)
+        # write_data skips avro's own validate(), which _Validator already did.
+        version.writer.write_data(version.wire, datum, avro.io.BinaryEncoder(buffer))
+        return buffer.getvalue()
+
+    # ---- decoding -------------------------------------------------------------------
+
+    def decode(self, data: BytesLike, expect: str | None = None) -> dict[str, Any]:
+        """Decode one single-object encoded record into a dict of the reader schema.
+
+        ``expect`` (short or full name) guards against a record of another type on the
+        topic. Raises ``NotSingleObjectError``, ``UnknownSchemaError``,
+        ``WrongSchemaError`` or ``MalformedRecordError`` (all ``CodecError``).
+        """
+        writer = self._writer_of(data)
+        if expect is not None:
+            actual = writer.full_name if "." in expect else writer.short_name
+            if actual != expect:
+                raise WrongSchemaError(expect, writer.full_name)
+        reader = self._readers[writer.full_name]
+        datum_reader = self._datum_reader(writer, reader)
+        buffer = io.BytesIO(data)
+        buffer.seek(HEADER_SIZE)
+        try:
+            record = datum_reader.read(avro.io.BinaryDecoder(buffer))
+        except (
+            avro.errors.AvroException,
+            UnicodeDecodeError,
+            struct.error,
+            ValueError,
+            IndexError,
+            OverflowError,
+            MemoryError,
+            RecursionError,
+        ) as exc:
+            # Only avro's binary-encoding messages are kept: they hold sizes, not data.
+            detail = str(exc) if isinstance(exc, avro.errors.InvalidAvroBinaryEncoding) else ""
+            raise MalformedRecordError(
+                f"{writer.full_name} body does not decode at body byte "
+                f"{buffer.tell() - HEADER_SIZE} of {len(data) - HEADER_SIZE}: "
+                f"{type(exc).__name__}{': ' + detail if detail else ''}"
+            ) from None
+        trailing = len(data) - buffer.tell()
+        if trailing:
+            raise MalformedRecordError(
+                f"{writer.full_name} record followed by {trailing} unexpected trailing byte(s)"
+            )
+        if not isinstance(record, dict):
+            raise MalformedRecordError(f"{writer.full_name} did not decode to a record")
+        return record
+
+    # ---- internals ------------------------------------------------------------------
+
+    @staticmethod
+    def _parse_definition(schema_json: str | Mapping[str, Any]) -> dict[str, Any]:
+        if isinstance(schema_json, str):
+            try:
+                parsed = json.loads(schema_json)
+            except json.JSONDecodeError as exc:
+                raise InvalidSchemaError(f"schema is not JSON: {exc.msg} at {exc.pos}") from None
+        else:
+            parsed = copy.deepcopy(dict(schema_json))
+        if not isinstance(parsed, dict) or parsed.get("type") not in ("record", "error"):
+            raise InvalidSchemaError("only record schemas can be registered")
+        return parsed
+
+    def _build_version(self, definition: dict[str, Any], fingerprint: int) -> _SchemaVersion:
+        try:
+            wire = avro.schema.parse(json.dumps(_strip_logical_types(definition)))
+        except (avro.errors.AvroException, ValueError, TypeError, KeyError) as exc:
+            raise InvalidSchemaError(f"not a valid Avro schema: {exc}") from None
+        if not isinstance(wire, avro.schema.RecordSchema):
+            raise InvalidSchemaError("only record schemas can be registered")
+        full_name = str(wire.fullname)
+        return _SchemaVersion(
+            full_name=full_name,
+            fingerprint=fingerprint,
+            definition=definition,
+            wire=wire,
+            header=MAGIC + fingerprint.to_bytes(8, "little"),
+            writer=_ValidatedDatumWriter(wire),
+            validator=_Validator(full_name),
+        )
+
+    def _check_compatible(self, reader: _SchemaVersion, writer: _SchemaVersion) -> None:
+        if reader.fingerprint == writer.fingerprint:
+            return
+        result = self._compatibility.get_compatibility(reader.wire, writer.wire)
+        if result.compatibility is not avro.compatibility.SchemaCompatibilityType.compatible:
+            problems = "; ".join(str(message) for message in result.messages)
+            raise IncompatibleSchemaError(
+                f"{reader.full_name} version {reader.fingerprint:016x} cannot read version "
+                f"{writer.fingerprint:016x}: {problems}"
+            )
+
+    def _reader(self, name: str) -> _SchemaVersion:
+        version = self._readers.get(name)
+        if version is not None:
+            return version
+        matches = [v for full, v in self._readers.items() if full.rpartition(".")[2] == name]
+        if len(matches) == 1:
+            return matches[0]
+        problem = "is ambiguous, use the full name" if matches else "is not known"
+        raise UnknownSchemaError(f"schema {_safe_label(name)} {problem}")
+
+    def _writer_of(self, data: BytesLike) -> _SchemaVersion:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise NotSingleObjectError(f"expected bytes, got {_type_name(data)}")
+        if len(data) < HEADER_SIZE:
+            raise NotSingleObjectError(
+                f"{len(data)} byte(s) is too short for an Avro single-object header"
+            )
+        if bytes(data[:2]) != MAGIC:
+            raise NotSingleObjectError(
+                f"no Avro single-object marker (expected c301, got {bytes(data[:2]).hex()})"
+            )
+        fingerprint = int.from_bytes(data[2:HEADER_SIZE], "little")
+        writer = self._writers.get(fingerprint)
+        if writer is None:
+            raise UnknownSchemaError(
+                f"unknown writer schema fingerprint {fingerprint:016x}", fingerprint
+            )
+        return writer
+
+    def _datum_reader(self, writer: _SchemaVersion, reader: _SchemaVersion) -> avro.io.DatumReader:
+        pair = (writer.fingerprint, reader.fingerprint)
+        datum_reader = self._datum_readers.get(pair)
+        if datum_reader is None:
+            datum_reader = avro.io.DatumReader(writer.wire, reader.wire)
+            self._datum_readers[pair] = datum_reader
+        return datum_reader
+
+
+@functools.cache
+def default_codec() -> SchemaCodec:
+    """The process-wide codec with the package's ``.avsc`` schemas (created once)."""
+    return SchemaCodec()

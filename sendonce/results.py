@@ -1,0 +1,148 @@
+"""Reading result and dead-letter topics back as plain dicts."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from schemas.codec import CodecError, SchemaCodec, default_codec
+
+
+@dataclass(frozen=True)
+class ReadRecord:
+    """A decoded record with its coordinates."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: dict[str, Any]
+
+
+def read_topics(
+    bootstrap_servers: str,
+    topics: Sequence[str],
+    *,
+    until_end: bool = True,
+    timeout: float = 30.0,
+    codec: SchemaCodec | None = None,
+) -> Iterator[ReadRecord]:
+    """Yield every record of ``topics`` from the beginning.
+
+    With ``until_end`` it stops once every partition's end (as of the call) is
+    reached; otherwise it follows new records until ``timeout`` passes idle.
+    """
+    codec = codec or default_codec()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"sendonce-reader-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(timeout=timeout)
+        partitions = [
+            TopicPartition(t, p)
+            for t in topics
+            if t in metadata.topics
+            for p in metadata.topics[t].partitions
+        ]
+        ends: dict[tuple[str, int], int] = {}
+        for tp in partitions:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            ends[(tp.topic, tp.partition)] = high
+            tp.offset = low
+        consumer.assign(partitions)
+        pending = {tp for tp, end in ends.items() if end > 0} if until_end else set(ends)
+        deadline = time.monotonic() + timeout
+        while (pending or not until_end) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            topic, partition, offset = _coordinates(msg)
+            where = (topic, partition)
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    if until_end and offset >= ends.get(where, 0):
+                        pending.discard(where)
+                    continue
+                raise RuntimeError(f"consume error: {error}")
+            if not until_end:
+                deadline = time.monotonic() + timeout
+            raw = msg.value()
+            try:
+                value = codec.decode(raw) if raw is not None else {}
+            except CodecError as exc:
+                value = {"_undecodable": str(exc)}
+            yield ReadRecord(topic, partition, offset, msg.key(), value)
+            if until_end and offset + 1 >= ends.get(where, 0):
+                pending.discard(where)
+    finally:
+        consumer.close()
+
+
+def _coordinates(msg: Message) -> tuple[str, int, int]:
+    return (msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+
+
+class ResultWatcher:
+    """Follows result and dead-letter topics from the beginning, for tests and the demo.
+
+    ``wait_for(n)`` returns as soon as ``n`` records have arrived (an event, not
+    a sleep), or raises ``TimeoutError`` with what did arrive.
+    """
+
+    def __init__(
+        self, bootstrap_servers: str, topics: Sequence[str], codec: SchemaCodec | None = None
+    ) -> None:
+        self.codec = codec or default_codec()
+        self.records: list[ReadRecord] = []
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "group.id": f"sendonce-watcher-{uuid.uuid4()}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        metadata = self._consumer.list_topics(timeout=30)
+        missing = [t for t in topics if t not in metadata.topics]
+        if missing:
+            raise RuntimeError(f"topics do not exist: {missing}")
+        self._consumer.assign(
+            [TopicPartition(t, p, 0) for t in topics for p in metadata.topics[t].partitions]
+        )
+
+    def poll(self, timeout: float = 0.5) -> int:
+        """Consume what is available; returns how many records arrived."""
+        got = 0
+        for msg in self._consumer.consume(num_messages=1000, timeout=timeout):
+            if msg.error():
+                raise RuntimeError(f"consume error: {msg.error()}")
+            raw = msg.value()
+            value = self.codec.decode(raw) if raw is not None else {}
+            self.records.append(ReadRecord(*_coordinates(msg), msg.key(), value))
+            got += 1
+        return got
+
+    def wait_for(self, count: int, timeout: float = 120.0) -> list[ReadRecord]:
+        """Block until at least ``count`` records arrived in total."""
+        deadline = time.monotonic() + timeout
+        while len(self.records) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.records)} of {count} records after {timeout}s")
+            self.poll()
+        return self.records
+
+    def close(self) -> None:
+        """Leave."""
+        self._consumer.close()

@@ -1,0 +1,216 @@
+"""One typed settings object, read from ``SENDONCE_*`` environment variables.
+
+The README's configuration table is generated from :data:`SETTINGS_DOC`, which
+is checked against this dataclass by a test so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A ``SENDONCE_*`` variable holds a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """The Kafka topics of design.md, with the configured prefix applied."""
+
+    prefix: str = ""
+
+    def _name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    @property
+    def intents(self) -> str:
+        """Email intents, keyed by idempotency key."""
+        return self._name("email.intents")
+
+    @property
+    def results_sent(self) -> str:
+        """SENT and DUPLICATE results."""
+        return self._name("email.results.sent")
+
+    @property
+    def results_ambiguous(self) -> str:
+        """Ambiguous sends awaiting reconciliation or review."""
+        return self._name("email.results.ambiguous")
+
+    @property
+    def results_failed(self) -> str:
+        """Permanent failures and key conflicts."""
+        return self._name("email.results.failed")
+
+    @property
+    def dlq(self) -> str:
+        """Dead letters: original bytes plus a reason."""
+        return self._name("email.intents.dlq")
+
+    @property
+    def webhooks_raw(self) -> str:
+        """Inbound webhook events as received."""
+        return self._name("email.webhooks.raw")
+
+    @property
+    def webhooks_deduped(self) -> str:
+        """First sighting of each inbound webhook event."""
+        return self._name("email.webhooks.deduped")
+
+    def results(self) -> tuple[str, str, str]:
+        """All result topics."""
+        return (self.results_sent, self.results_ambiguous, self.results_failed)
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+# name -> (environment variable, description). Kept next to the dataclass so a
+# new setting cannot be added without its documentation (a test checks both).
+SETTINGS_DOC: dict[str, tuple[str, str]] = {
+    "bootstrap_servers": (
+        "SENDONCE_BOOTSTRAP_SERVERS",
+        "Kafka bootstrap servers, comma separated.",
+    ),
+    "app_id": (
+        "SENDONCE_APP_ID",
+        "Faust application id: consumer group and changelog topic prefix.",
+    ),
+    "topic_prefix": ("SENDONCE_TOPIC_PREFIX", "Prefix applied to every topic name."),
+    "partitions": (
+        "SENDONCE_PARTITIONS",
+        "Partitions of the intents and results topics and of the ledger changelog.",
+    ),
+    "replication_factor": ("SENDONCE_REPLICATION_FACTOR", "Replication factor of new topics."),
+    "data_dir": ("SENDONCE_DATA_DIR", "Worker state directory (RocksDB ledger)."),
+    "provider": ("SENDONCE_PROVIDER", "Email provider: `outbox` (default) or `null`."),
+    "outbox_dir": ("SENDONCE_OUTBOX_DIR", "Folder the outbox provider writes `.eml` files to."),
+    "outbox_fault": (
+        "SENDONCE_OUTBOX_FAULT",
+        "Test hook: `kill-after-accept:N` SIGKILLs the worker right after its Nth accepted send.",
+    ),
+    "worker_id": ("SENDONCE_WORKER_ID", "Name recorded in ledger attempts (default host-pid)."),
+    "batch_size": ("SENDONCE_BATCH_SIZE", "Intents taken per batch by the worker."),
+    "batch_within_s": (
+        "SENDONCE_BATCH_WITHIN_S",
+        "Seconds the worker waits to fill a batch before processing it.",
+    ),
+    "send_concurrency": (
+        "SENDONCE_SEND_CONCURRENCY",
+        "Provider calls in flight at once per worker.",
+    ),
+    "retry_max_attempts": (
+        "SENDONCE_RETRY_MAX_ATTEMPTS",
+        "Attempts per key for sends that provably did not reach the provider.",
+    ),
+    "retry_base_delay_s": (
+        "SENDONCE_RETRY_BASE_DELAY_S",
+        "First retry delay; doubles per attempt (capped by the max delay).",
+    ),
+    "retry_max_delay_s": ("SENDONCE_RETRY_MAX_DELAY_S", "Upper bound of one retry delay."),
+    "max_body_bytes": (
+        "SENDONCE_MAX_BODY_BYTES",
+        "Largest accepted body (text + html); larger intents are dead-lettered.",
+    ),
+    "standby_replicas": (
+        "SENDONCE_STANDBY_REPLICAS",
+        "Faust standby replicas of the ledger table (faster failover).",
+    ),
+    "log_level": ("SENDONCE_LOG_LEVEL", "Log level: debug, info, warning, error."),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a sendonce process can be configured with."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    app_id: str = "sendonce"
+    topic_prefix: str = ""
+    partitions: int = 12
+    replication_factor: int = 1
+    data_dir: Path = Path(".sendonce/worker")
+    provider: str = "outbox"
+    outbox_dir: Path = Path(".sendonce/outbox")
+    outbox_fault: str = ""
+    worker_id: str = field(default_factory=_default_worker_id)
+    batch_size: int = 500
+    batch_within_s: float = 0.05
+    send_concurrency: int = 64
+    retry_max_attempts: int = 5
+    retry_base_delay_s: float = 0.5
+    retry_max_delay_s: float = 30.0
+    max_body_bytes: int = 4 * 1024 * 1024
+    standby_replicas: int = 1
+    log_level: str = "info"
+
+    @property
+    def topics(self) -> TopicNames:
+        """Topic names with this configuration's prefix."""
+        return TopicNames(self.topic_prefix)
+
+    @property
+    def ledger_changelog_topic(self) -> str:
+        """Faust's name for the ledger table's compacted changelog."""
+        return f"{self.app_id}-ledger-changelog"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """Return a copy with some settings replaced (validated again)."""
+        updated = replace(self, **changes)
+        updated.validate()
+        return updated
+
+    def validate(self) -> None:
+        """Raise :class:`SettingsError` for values no worker could run with."""
+        if self.partitions < 1:
+            raise SettingsError("SENDONCE_PARTITIONS must be at least 1")
+        if self.replication_factor < 1:
+            raise SettingsError("SENDONCE_REPLICATION_FACTOR must be at least 1")
+        if self.provider not in ("outbox", "null"):
+            raise SettingsError(
+                f"SENDONCE_PROVIDER={self.provider!r} is not a known provider (outbox, null)"
+            )
+        if self.batch_size < 1 or self.send_concurrency < 1 or self.retry_max_attempts < 1:
+            raise SettingsError(
+                "SENDONCE_BATCH_SIZE, SENDONCE_SEND_CONCURRENCY and "
+                "SENDONCE_RETRY_MAX_ATTEMPTS must be at least 1"
+            )
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise SettingsError(f"SENDONCE_LOG_LEVEL={self.log_level!r} is not a log level")
+        if not self.bootstrap_servers.strip():
+            raise SettingsError("SENDONCE_BOOTSTRAP_SERVERS is empty")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``SENDONCE_*`` variables, defaults for the rest."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = SETTINGS_DOC[f.name][0]
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _convert(var, raw, f.type)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+
+def _convert(var: str, raw: str, type_name: Any) -> Any:
+    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", "")
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{var}={raw!r} is not a valid {kind}") from exc
+    return raw

@@ -1,0 +1,83 @@
+"""Create the topics of design.md, idempotently."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from sendonce.settings import Settings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic to create."""
+
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic a sendonce deployment uses, with its partitions and config."""
+    t = settings.topics
+    n = settings.partitions
+    compact = {"cleanup.policy": "compact"}
+    return [
+        TopicSpec(t.intents, n, {}),
+        TopicSpec(t.results_sent, n, {}),
+        TopicSpec(t.results_ambiguous, n, {}),
+        TopicSpec(t.results_failed, n, {}),
+        TopicSpec(t.dlq, n, {}),
+        TopicSpec(t.webhooks_raw, n, {}),
+        TopicSpec(t.webhooks_deduped, n, {}),
+        # Faust would create this one too; creating it here makes its partition
+        # count match the intents topic even if the worker starts second.
+        TopicSpec(settings.ledger_changelog_topic, n, compact),
+    ]
+
+
+@dataclass(frozen=True)
+class TopicReport:
+    """What happened to one topic."""
+
+    name: str
+    status: str  # "created" | "exists" | "exists-mismatch"
+    detail: str = ""
+
+
+def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicReport]:
+    """Create missing topics; report existing ones whose partition count differs."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    specs = topic_specs(settings)
+    existing = admin.list_topics(timeout=timeout).topics
+    reports: list[TopicReport] = []
+    new = [
+        NewTopic(s.name, s.partitions, settings.replication_factor, config=s.config)
+        for s in specs
+        if s.name not in existing
+    ]
+    futures = admin.create_topics(new, request_timeout=timeout) if new else {}
+    for spec in specs:
+        if spec.name in futures:
+            try:
+                futures[spec.name].result(timeout)
+                reports.append(TopicReport(spec.name, "created"))
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+                reports.append(TopicReport(spec.name, "exists"))
+            continue
+        have = len(existing[spec.name].partitions)
+        if have != spec.partitions:
+            reports.append(
+                TopicReport(
+                    spec.name,
+                    "exists-mismatch",
+                    f"has {have} partitions, configuration says {spec.partitions}",
+                )
+            )
+        else:
+            reports.append(TopicReport(spec.name, "exists"))
+    return reports

@@ -1,0 +1,162 @@
+"""The Faust application: the intents agent and the ledger table.
+
+The agent is a thin shell: it turns a batch of Faust events into
+:class:`~streams.processor.ConsumedRecord` values and hands them to
+:class:`~streams.processor.IntentProcessor`. Agent concurrency stays at 1
+because faust-streaming can commit offsets past in-flight messages with
+concurrency > 1 (issue 606); throughput comes from batching instead. Offsets of
+a batch are acknowledged only after every effect of the batch is durable
+(``take_events`` acks after the loop body returns).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from connectors.base import EmailProvider
+from connectors.null import NullProvider
+from connectors.outbox import OutboxFault, OutboxProvider
+from schemas.codec import SchemaCodec, default_codec
+from sendonce.settings import Settings
+from streams.processor import ConsumedRecord, IntentProcessor
+from streams.store import FaustLedgerStore
+
+log = logging.getLogger("sendonce.worker")
+
+_RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
+
+
+def broker_url(bootstrap_servers: str) -> str:
+    """Faust's broker URL for a comma-separated bootstrap list."""
+    hosts = [h.strip() for h in bootstrap_servers.split(",") if h.strip()]
+    return ";".join(f"kafka://{h}" for h in hosts)
+
+
+def provider_from_settings(settings: Settings) -> EmailProvider:
+    """Build the configured provider."""
+    if settings.provider == "null":
+        return NullProvider()
+    return OutboxProvider(settings.outbox_dir, OutboxFault.parse(settings.outbox_fault))
+
+
+class FaustSink:
+    """Produces through the Faust app's producer and awaits the broker's ack."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+
+    async def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Send and wait for acks=all."""
+        pending = await self._app.producer.send(
+            topic, key, value, partition=None, timestamp=None, headers=None
+        )
+        await pending
+
+
+@dataclass
+class WorkerApp:
+    """The assembled worker: Faust app, ledger table and the processor factory."""
+
+    app: faust.App
+    ledger: Any
+    settings: Settings
+
+
+def build_worker_app(
+    settings: Settings,
+    provider: EmailProvider | None = None,
+    codec: SchemaCodec | None = None,
+) -> WorkerApp:
+    """Assemble the Faust application for ``settings``."""
+    codec = codec or default_codec()
+    app = faust.App(
+        settings.app_id,
+        broker=broker_url(settings.bootstrap_servers),
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        table_standby_replicas=settings.standby_replicas,
+        processing_guarantee="at_least_once",
+        web_enabled=False,
+        autodiscover=False,
+    )
+    intents = app.topic(settings.topics.intents, partitions=settings.partitions, **_RAW)
+    ledger = app.Table(
+        "ledger",
+        # The store's serializer comes from these two, not from ``schema``.
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.partitions,
+        schema=faust.Schema(**_RAW),
+        options={"driver": "rocksdict"},
+    )
+    store = FaustLedgerStore(ledger)
+
+    async def process_intents(stream: Any) -> None:
+        provider_ = provider or provider_from_settings(settings)
+        processor = IntentProcessor(settings, store, provider_, FaustSink(app), codec)
+        try:
+            async for events in stream.take_events(
+                settings.batch_size, within=settings.batch_within_s
+            ):
+                records = [_record(e) for e in events]
+                try:
+                    stats = await processor.process_batch(records)
+                except Exception as exc:
+                    # Bad input never gets here (it is dead-lettered); this is the
+                    # broker or the disk failing. Stop the worker without acking
+                    # the batch: its records are redelivered to the next owner and
+                    # the ledger makes the repeat harmless.
+                    log.critical("batch failed, stopping worker: %s", type(exc).__name__)
+                    await app.crash(exc)
+                    raise
+                log.debug("batch done: %s", stats)
+        finally:
+            await provider_.close()
+
+    app.agent(intents, name="sendonce.intents", concurrency=1)(process_intents)
+    return WorkerApp(app, ledger, settings)
+
+
+def _record(event: Any) -> ConsumedRecord:
+    message = event.message
+    headers = tuple((k, v) for k, v in (message.headers or ()))
+    return ConsumedRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
+        headers=headers,
+    )
+
+
+def run_worker(settings: Settings) -> int:
+    """Run a worker until it is stopped (SIGTERM/SIGINT); returns the exit code."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    worker_app = build_worker_app(settings)
+    worker = faust.Worker(
+        worker_app.app,
+        loglevel=settings.log_level.upper(),
+        quiet=True,
+        redirect_stdouts=False,
+    )
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0) if isinstance(exc.code, int | None) else 1
+    return 0

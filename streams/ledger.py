@@ -1,0 +1,578 @@
+"""The send ledger: a pure state machine, one entry per idempotency key.
+
+Given the current :class:`LedgerEntry` (or ``None``) and an event, :func:`decide`
+returns the new entry and the :data:`Effect` values the shell must perform, in
+order. No I/O happens here, which is what lets the property tests explore event
+orders and crash points exhaustively.
+
+The shell's obligations (see ``streams/worker.py``):
+
+* :class:`Persist` must be acknowledged by Kafka before any later effect of the
+  same decision runs. This is what makes "PENDING before the provider call"
+  durable: a crash after the call finds the PENDING entry and reconciles
+  instead of sending again.
+* A key is driven by one coroutine at a time: an intent for a key is decided
+  only after the previous intent's effects for that key have finished.
+
+States: no entry -> PENDING -> SENT | FAILED | AMBIGUOUS; AMBIGUOUS -> SENT
+(reconciled) | PENDING (provably not sent, new attempt).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from connectors.base import LookupResult, LookupStatus, SendOutcome, SendStatus
+
+
+class LedgerStatus(enum.Enum):
+    """Where a key stands."""
+
+    PENDING = "PENDING"
+    SENT = "SENT"
+    FAILED = "FAILED"
+    AMBIGUOUS = "AMBIGUOUS"
+
+
+class ResultOutcome(enum.Enum):
+    """The outcome reported on a result topic for one intent record."""
+
+    SENT = "SENT"
+    DUPLICATE = "DUPLICATE"
+    AMBIGUOUS = "AMBIGUOUS"
+    FAILED = "FAILED"
+    CONFLICT = "CONFLICT"
+
+
+@dataclass(frozen=True, order=True)
+class IntentRef:
+    """Where an intent record sits in Kafka: its lineage."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class IntentFacts:
+    """What the ledger needs to know about an arriving intent."""
+
+    key: str
+    tenant_id: str
+    source_event_id: str
+    action_type: str
+    content_fingerprint: str
+    ref: IntentRef
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """Evidence of one provider attempt (or reconciliation lookup)."""
+
+    attempt_id: str
+    number: int
+    worker: str
+    started_at_ms: int
+    kind: str = "send"  # "send" or "lookup"
+    finished_at_ms: int | None = None
+    status: str | None = None
+    provider_request_id: str | None = None
+    error_code: str | None = None
+    evidence: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """The ledger's durable record for one idempotency key."""
+
+    key: str
+    status: LedgerStatus
+    content_fingerprint: str
+    tenant_id: str
+    source_event_id: str
+    action_type: str
+    origin: IntentRef
+    attempt_id: str
+    attempt_count: int
+    worker: str
+    created_at_ms: int
+    updated_at_ms: int
+    provider: str | None = None
+    provider_request_id: str | None = None
+    provider_message_id: str | None = None
+    internet_message_id: str | None = None
+    accepted_at_ms: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    reconciled: bool = False
+    attempts: tuple[AttemptRecord, ...] = ()
+
+    def to_bytes(self) -> bytes:
+        """Serialise for the table and its changelog (compact JSON)."""
+        data = asdict(self)
+        data["status"] = self.status.value
+        return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> LedgerEntry:
+        """Inverse of :meth:`to_bytes`."""
+        data: dict[str, Any] = json.loads(raw)
+        data["status"] = LedgerStatus(data["status"])
+        data["origin"] = IntentRef(**data["origin"])
+        data["attempts"] = tuple(AttemptRecord(**a) for a in data["attempts"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """An EmailResult to publish; field names follow ``schemas/EmailResult.avsc``."""
+
+    result_id: str
+    outcome: ResultOutcome
+    idempotency_key: str
+    tenant_id: str
+    source_event_id: str
+    action_type: str
+    intent: IntentRef
+    decided_at_ms: int
+    provider: str | None = None
+    provider_request_id: str | None = None
+    provider_message_id: str | None = None
+    internet_message_id: str | None = None
+    attempt_id: str | None = None
+    attempt_count: int = 0
+    original_result_id: str | None = None
+    original_intent: IntentRef | None = None
+    accepted_at_ms: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    reconciled: bool = False
+    worker: str | None = None
+
+    def to_avro(self) -> dict[str, Any]:
+        """The record as ``EmailResult`` Avro fields."""
+        return {
+            "result_id": self.result_id,
+            "outcome": self.outcome.value,
+            "idempotency_key": self.idempotency_key,
+            "tenant_id": self.tenant_id,
+            "source_event_id": self.source_event_id,
+            "action_type": self.action_type,
+            "provider": self.provider,
+            "provider_request_id": self.provider_request_id,
+            "provider_message_id": self.provider_message_id,
+            "internet_message_id": self.internet_message_id,
+            "attempt_id": self.attempt_id,
+            "attempt_count": self.attempt_count,
+            "intent_topic": self.intent.topic,
+            "intent_partition": self.intent.partition,
+            "intent_offset": self.intent.offset,
+            "original_result_id": self.original_result_id,
+            "original_intent_partition": (
+                self.original_intent.partition if self.original_intent else None
+            ),
+            "original_intent_offset": self.original_intent.offset if self.original_intent else None,
+            "accepted_at": self.accepted_at_ms,
+            "decided_at": self.decided_at_ms,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "reconciled": self.reconciled,
+            "worker": self.worker,
+        }
+
+
+# --- events ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IntentArrived:
+    """An intent record for this key was consumed."""
+
+    intent: IntentFacts
+    now_ms: int
+    worker: str
+
+
+@dataclass(frozen=True)
+class SendFinished:
+    """The provider answered the attempt ``attempt_id``."""
+
+    intent: IntentFacts
+    attempt_id: str
+    outcome: SendOutcome
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class LookupFinished:
+    """A reconciliation lookup for ``attempt_id`` came back."""
+
+    intent: IntentFacts
+    attempt_id: str
+    lookup: LookupResult
+    now_ms: int
+
+
+Event = IntentArrived | SendFinished | LookupFinished
+
+
+# --- effects --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Persist:
+    """Write the entry to the table; must be acknowledged before later effects."""
+
+    entry: LedgerEntry
+
+
+@dataclass(frozen=True)
+class CallProvider:
+    """Send attempt ``attempt_id`` (number ``number``) after ``delay_s`` seconds."""
+
+    attempt_id: str
+    number: int
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    """Ask the provider whether attempt ``attempt_id``'s message was accepted."""
+
+    attempt_id: str
+
+
+@dataclass(frozen=True)
+class Emit:
+    """Publish a result record."""
+
+    result: ResultRecord
+
+
+Effect = Persist | CallProvider | Reconcile | Emit
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What :func:`decide` returns: the entry to keep and the effects to perform."""
+
+    entry: LedgerEntry | None
+    effects: tuple[Effect, ...] = ()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Budget for attempts that provably never reached the provider."""
+
+    max_attempts: int = 5
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+
+    def delay_for(self, failed_attempt_number: int, retry_after_s: float | None) -> float:
+        """Exponential backoff, never shorter than the provider's Retry-After."""
+        backoff = min(self.max_delay_s, self.base_delay_s * 2.0 ** (failed_attempt_number - 1))
+        if retry_after_s is not None:
+            return max(backoff, float(retry_after_s))
+        return backoff
+
+
+# --- deterministic ids ----------------------------------------------------
+
+
+def _digest(*parts: object) -> str:
+    text = "\x1f".join(str(p) for p in parts)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def attempt_id_for(key: str, number: int) -> str:
+    """Deterministic attempt id: the same key and attempt number give the same id."""
+    return _digest("attempt", key, number)[:32]
+
+
+def result_id_for(key: str, ref: IntentRef, outcome: ResultOutcome) -> str:
+    """Deterministic result id: a repeated result for one intent record repeats its id."""
+    return _digest("result", key, ref.topic, ref.partition, ref.offset, outcome.value)[:32]
+
+
+def message_id_for(key: str, sender: str) -> str:
+    """Deterministic RFC 5322 Message-ID (no angle brackets) derived from the key."""
+    domain = sender.rsplit("@", 1)[-1] if "@" in sender else "sendonce.invalid"
+    return f"sendonce.{_digest('message-id', key)[:40]}@{domain}"
+
+
+# --- the state machine ----------------------------------------------------
+
+
+def decide(entry: LedgerEntry | None, event: Event, policy: RetryPolicy | None = None) -> Decision:
+    """Apply one event to one key's entry; pure."""
+    policy = policy or RetryPolicy()
+    if isinstance(event, IntentArrived):
+        return _on_intent(entry, event)
+    if entry is None or entry.attempt_id != event.attempt_id:
+        # A late answer for an attempt the ledger has moved past: nothing to do.
+        return Decision(entry)
+    if isinstance(event, SendFinished):
+        return _on_send_finished(entry, event, policy)
+    return _on_lookup_finished(entry, event, policy)
+
+
+def _on_intent(entry: LedgerEntry | None, event: IntentArrived) -> Decision:
+    intent = event.intent
+    if entry is None:
+        attempt_id = attempt_id_for(intent.key, 1)
+        new = LedgerEntry(
+            key=intent.key,
+            status=LedgerStatus.PENDING,
+            content_fingerprint=intent.content_fingerprint,
+            tenant_id=intent.tenant_id,
+            source_event_id=intent.source_event_id,
+            action_type=intent.action_type,
+            origin=intent.ref,
+            attempt_id=attempt_id,
+            attempt_count=1,
+            worker=event.worker,
+            created_at_ms=event.now_ms,
+            updated_at_ms=event.now_ms,
+            attempts=(AttemptRecord(attempt_id, 1, event.worker, event.now_ms),),
+        )
+        return Decision(new, (Persist(new), CallProvider(attempt_id, 1)))
+
+    if entry.content_fingerprint != intent.content_fingerprint:
+        return Decision(entry, (Emit(_conflict(entry, intent, event.now_ms)),))
+
+    if entry.status is LedgerStatus.PENDING:
+        # Only a crashed attempt leaves PENDING behind (the shell finishes each
+        # key before its next intent): it may have reached the provider, so ask.
+        return Decision(entry, (Reconcile(entry.attempt_id),))
+
+    return Decision(entry, (Emit(_result_for_settled(entry, intent, event.now_ms)),))
+
+
+def _on_send_finished(entry: LedgerEntry, event: SendFinished, policy: RetryPolicy) -> Decision:
+    outcome = event.outcome
+    attempts = _finish_attempt(entry.attempts, entry.attempt_id, event.now_ms, outcome)
+    base = replace(
+        entry,
+        attempts=attempts,
+        updated_at_ms=event.now_ms,
+        provider=outcome.provider,
+        provider_request_id=outcome.provider_request_id or entry.provider_request_id,
+    )
+    if outcome.status is SendStatus.ACCEPTED:
+        sent = replace(
+            base,
+            status=LedgerStatus.SENT,
+            provider_message_id=outcome.provider_message_id,
+            internet_message_id=outcome.internet_message_id,
+            accepted_at_ms=outcome.accepted_at_ms or event.now_ms,
+        )
+        return Decision(
+            sent, (Persist(sent), Emit(_result_for_settled(sent, event.intent, event.now_ms)))
+        )
+    if outcome.status is SendStatus.REJECTED:
+        failed = replace(
+            base,
+            status=LedgerStatus.FAILED,
+            error_code=outcome.error_code or "rejected",
+            error_message=outcome.error_message,
+        )
+        return Decision(
+            failed, (Persist(failed), Emit(_result_for_settled(failed, event.intent, event.now_ms)))
+        )
+    if outcome.status is SendStatus.NOT_SENT_RETRYABLE:
+        if entry.attempt_count >= policy.max_attempts:
+            failed = replace(
+                base,
+                status=LedgerStatus.FAILED,
+                error_code="retry_budget_exhausted",
+                error_message=(
+                    f"not sent after {entry.attempt_count} attempts; last error: "
+                    f"{outcome.error_code or 'unknown'}"
+                ),
+            )
+            return Decision(
+                failed,
+                (Persist(failed), Emit(_result_for_settled(failed, event.intent, event.now_ms))),
+            )
+        delay = policy.delay_for(entry.attempt_count, outcome.retry_after_s)
+        return _new_attempt(base, event.intent, event.now_ms, delay)
+    # AMBIGUOUS: record it durably, then look the message up before anything else.
+    ambiguous = replace(
+        base,
+        status=LedgerStatus.AMBIGUOUS,
+        error_code=outcome.error_code or "ambiguous",
+        error_message=outcome.error_message,
+    )
+    return Decision(ambiguous, (Persist(ambiguous), Reconcile(ambiguous.attempt_id)))
+
+
+def _on_lookup_finished(entry: LedgerEntry, event: LookupFinished, policy: RetryPolicy) -> Decision:
+    if entry.status not in (LedgerStatus.PENDING, LedgerStatus.AMBIGUOUS):
+        return Decision(entry)
+    lookup = event.lookup
+    record = AttemptRecord(
+        attempt_id=entry.attempt_id,
+        number=entry.attempt_count,
+        worker=entry.worker,
+        started_at_ms=event.now_ms,
+        kind="lookup",
+        finished_at_ms=event.now_ms,
+        status=lookup.status.value,
+        provider_request_id=lookup.provider_request_id,
+        evidence={"detail": lookup.detail} if lookup.detail else {},
+    )
+    base = replace(entry, attempts=(*entry.attempts, record), updated_at_ms=event.now_ms)
+    if lookup.status is LookupStatus.FOUND:
+        sent = replace(
+            base,
+            status=LedgerStatus.SENT,
+            provider=lookup.provider,
+            provider_request_id=lookup.provider_request_id or entry.provider_request_id,
+            provider_message_id=lookup.provider_message_id,
+            internet_message_id=lookup.internet_message_id,
+            accepted_at_ms=lookup.accepted_at_ms or event.now_ms,
+            error_code=None,
+            error_message=None,
+            reconciled=True,
+        )
+        return Decision(
+            sent, (Persist(sent), Emit(_result_for_settled(sent, event.intent, event.now_ms)))
+        )
+    if lookup.status is LookupStatus.NOT_FOUND_DEFINITIVE:
+        # The provider proves the attempt never landed: a new attempt cannot
+        # duplicate it. It still counts against the budget, or a provider that
+        # keeps timing out would be retried forever.
+        if entry.attempt_count >= policy.max_attempts:
+            failed = replace(
+                base,
+                status=LedgerStatus.FAILED,
+                error_code="retry_budget_exhausted",
+                error_message=(
+                    f"not sent after {entry.attempt_count} attempts (each proven "
+                    "undelivered by lookup)"
+                ),
+            )
+            return Decision(
+                failed,
+                (Persist(failed), Emit(_result_for_settled(failed, event.intent, event.now_ms))),
+            )
+        return _new_attempt(
+            base, event.intent, event.now_ms, policy.delay_for(entry.attempt_count, None)
+        )
+    ambiguous = replace(
+        base,
+        status=LedgerStatus.AMBIGUOUS,
+        error_code=entry.error_code or "outcome_unknown",
+        error_message=entry.error_message or "attempt did not complete; lookup inconclusive",
+    )
+    return Decision(
+        ambiguous,
+        (Persist(ambiguous), Emit(_result_for_settled(ambiguous, event.intent, event.now_ms))),
+    )
+
+
+def _new_attempt(base: LedgerEntry, intent: IntentFacts, now_ms: int, delay_s: float) -> Decision:
+    number = base.attempt_count + 1
+    attempt_id = attempt_id_for(base.key, number)
+    pending = replace(
+        base,
+        status=LedgerStatus.PENDING,
+        attempt_id=attempt_id,
+        attempt_count=number,
+        updated_at_ms=now_ms,
+        attempts=(*base.attempts, AttemptRecord(attempt_id, number, base.worker, now_ms)),
+    )
+    return Decision(pending, (Persist(pending), CallProvider(attempt_id, number, delay_s)))
+
+
+def _finish_attempt(
+    attempts: tuple[AttemptRecord, ...], attempt_id: str, now_ms: int, outcome: SendOutcome
+) -> tuple[AttemptRecord, ...]:
+    finished = []
+    for a in attempts:
+        if a.attempt_id == attempt_id and a.kind == "send" and a.finished_at_ms is None:
+            a = replace(
+                a,
+                finished_at_ms=now_ms,
+                status=outcome.status.value,
+                provider_request_id=outcome.provider_request_id,
+                error_code=outcome.error_code,
+                evidence=dict(outcome.evidence),
+            )
+        finished.append(a)
+    return tuple(finished)
+
+
+_STATUS_OUTCOME = {
+    LedgerStatus.SENT: ResultOutcome.SENT,
+    LedgerStatus.FAILED: ResultOutcome.FAILED,
+    LedgerStatus.AMBIGUOUS: ResultOutcome.AMBIGUOUS,
+}
+
+
+def _result_for_settled(entry: LedgerEntry, intent: IntentFacts, now_ms: int) -> ResultRecord:
+    """The result for ``intent`` given a settled (non-PENDING) entry.
+
+    The intent that created the entry gets the entry's own outcome; any other
+    intent for a SENT key is a DUPLICATE carrying the original's ids.
+    """
+    outcome = _STATUS_OUTCOME[entry.status]
+    is_origin = intent.ref == entry.origin
+    original_result_id: str | None = None
+    original_intent: IntentRef | None = None
+    if entry.status is LedgerStatus.SENT and not is_origin:
+        outcome = ResultOutcome.DUPLICATE
+        original_result_id = result_id_for(entry.key, entry.origin, ResultOutcome.SENT)
+        original_intent = entry.origin
+    elif not is_origin:
+        original_result_id = result_id_for(entry.key, entry.origin, outcome)
+        original_intent = entry.origin
+    return ResultRecord(
+        result_id=result_id_for(entry.key, intent.ref, outcome),
+        outcome=outcome,
+        idempotency_key=entry.key,
+        tenant_id=intent.tenant_id,
+        source_event_id=intent.source_event_id,
+        action_type=intent.action_type,
+        intent=intent.ref,
+        decided_at_ms=now_ms,
+        provider=entry.provider,
+        provider_request_id=entry.provider_request_id,
+        provider_message_id=entry.provider_message_id,
+        internet_message_id=entry.internet_message_id,
+        attempt_id=entry.attempt_id,
+        attempt_count=entry.attempt_count,
+        original_result_id=original_result_id,
+        original_intent=original_intent,
+        accepted_at_ms=entry.accepted_at_ms,
+        error_code=entry.error_code,
+        error_message=entry.error_message,
+        reconciled=entry.reconciled,
+        worker=entry.worker,
+    )
+
+
+def _conflict(entry: LedgerEntry, intent: IntentFacts, now_ms: int) -> ResultRecord:
+    return ResultRecord(
+        result_id=result_id_for(entry.key, intent.ref, ResultOutcome.CONFLICT),
+        outcome=ResultOutcome.CONFLICT,
+        idempotency_key=entry.key,
+        tenant_id=intent.tenant_id,
+        source_event_id=intent.source_event_id,
+        action_type=intent.action_type,
+        intent=intent.ref,
+        decided_at_ms=now_ms,
+        original_result_id=result_id_for(
+            entry.key, entry.origin, _STATUS_OUTCOME.get(entry.status, ResultOutcome.AMBIGUOUS)
+        ),
+        original_intent=entry.origin,
+        error_code="key_conflict",
+        error_message=(
+            "idempotency key reused with different content; nothing sent "
+            f"(ledger holds {entry.status.value} from offset {entry.origin.offset})"
+        ),
+    )

@@ -1,0 +1,302 @@
+"""The shell around the ledger: decode, validate, drive each key's effects.
+
+:class:`IntentProcessor` knows nothing about Faust: it takes consumed records,
+a :class:`~streams.store.LedgerStore`, an email provider and a :class:`Sink`
+for produced records. The Faust agent (``streams/app.py``) feeds it batches;
+unit tests feed it directly (``streams/testing.py``).
+
+Per batch, records are split into *waves* so that each key appears at most once
+per wave: a key's second intent is decided only after its first one settled.
+Within a wave, keys are driven concurrently (provider calls bounded by a
+semaphore); every Persist is awaited before the next effect of that key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiokafka.partitioner import murmur2
+
+from connectors.base import EmailProvider, OutgoingEmail
+from schemas.codec import CodecError, SchemaCodec, WrongSchemaError
+from sendonce.keys import (
+    InvalidIntentError,
+    fingerprint_for,
+    idempotency_key_for,
+    normalize_address,
+    validate_intent,
+)
+from sendonce.settings import Settings, TopicNames
+from streams.ledger import (
+    CallProvider,
+    Decision,
+    Emit,
+    Event,
+    IntentArrived,
+    IntentFacts,
+    IntentRef,
+    LedgerEntry,
+    LookupFinished,
+    Persist,
+    Reconcile,
+    ResultOutcome,
+    ResultRecord,
+    RetryPolicy,
+    SendFinished,
+    decide,
+    message_id_for,
+)
+from streams.store import LedgerStore
+
+log = logging.getLogger("sendonce.worker")
+
+
+@dataclass(frozen=True)
+class ConsumedRecord:
+    """One record as consumed from the intents topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+
+    @property
+    def ref(self) -> IntentRef:
+        """The record's coordinates."""
+        return IntentRef(self.topic, self.partition, self.offset)
+
+
+class Sink(Protocol):
+    """Produces records and returns once the broker acknowledged them."""
+
+    async def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Produce one record durably."""
+        ...
+
+
+def partition_for_key(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner picks for ``key``."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class BadIntent(Exception):
+    """A record that cannot become a ledger event; goes to the dead-letter topic."""
+
+    def __init__(self, error_type: str, reason: str) -> None:
+        super().__init__(reason)
+        self.error_type = error_type
+        self.reason = reason
+
+
+@dataclass
+class _Accepted:
+    record: ConsumedRecord
+    intent: dict[str, Any]
+    facts: IntentFacts
+
+
+@dataclass
+class BatchStats:
+    """Counts of what one batch did (for logs and tests)."""
+
+    records: int = 0
+    dead_lettered: int = 0
+    provider_calls: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+class IntentProcessor:
+    """Turns intent records into ledger decisions, provider calls and results."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: LedgerStore,
+        provider: EmailProvider,
+        sink: Sink,
+        codec: SchemaCodec,
+        *,
+        clock: Callable[[], int] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.settings = settings
+        self.topics: TopicNames = settings.topics
+        self.store = store
+        self.provider = provider
+        self.sink = sink
+        self.codec = codec
+        self.policy = RetryPolicy(
+            settings.retry_max_attempts, settings.retry_base_delay_s, settings.retry_max_delay_s
+        )
+        self._clock = clock or (lambda: int(time.time() * 1000))
+        self._sleep = sleep
+        self._send_slots = asyncio.Semaphore(settings.send_concurrency)
+
+    async def process_batch(self, records: Sequence[ConsumedRecord]) -> BatchStats:
+        """Process records in order per key; returns when every effect is durable."""
+        stats = BatchStats(records=len(records))
+        accepted: list[_Accepted] = []
+        dead: list[Awaitable[None]] = []
+        for record in records:
+            try:
+                accepted.append(self._accept(record))
+            except BadIntent as bad:
+                stats.dead_lettered += 1
+                dead.append(self._dead_letter(record, bad))
+        for wave in _waves(accepted):
+            await asyncio.gather(*(self._drive(item, stats) for item in wave))
+        await asyncio.gather(*dead)
+        return stats
+
+    # -- input ------------------------------------------------------------
+
+    def _accept(self, record: ConsumedRecord) -> _Accepted:
+        if record.value is None:
+            raise BadIntent("undecodable", "record has no value (tombstone)")
+        try:
+            intent = self.codec.decode(record.value, expect="EmailIntent")
+        except WrongSchemaError as exc:
+            raise BadIntent("wrong_schema", str(exc)) from exc
+        except CodecError as exc:
+            raise BadIntent("undecodable", str(exc)) from exc
+        try:
+            validate_intent(intent, max_body_bytes=self.settings.max_body_bytes)
+            key = idempotency_key_for(intent)
+            fingerprint = fingerprint_for(intent)
+        except InvalidIntentError as exc:
+            raise BadIntent("invalid_intent", str(exc)) from exc
+        key_bytes = key.value.encode()
+        if record.key != key_bytes:
+            raise BadIntent(
+                "misrouted",
+                "record key is not the intent's idempotency key; publish with "
+                "sendonce.publish (or key each record by its idempotency key)",
+            )
+        expected = partition_for_key(key_bytes, self.settings.partitions)
+        if record.partition != expected:
+            raise BadIntent(
+                "misrouted",
+                f"record is on partition {record.partition} but its key belongs on "
+                f"partition {expected} (Kafka's murmur2 partitioner over "
+                f"{self.settings.partitions} partitions); one owner per key needs it there",
+            )
+        facts = IntentFacts(
+            key=key.value,
+            tenant_id=intent["tenant_id"],
+            source_event_id=intent["source_event_id"],
+            action_type=intent["action_type"],
+            content_fingerprint=fingerprint,
+            ref=record.ref,
+        )
+        return _Accepted(record, intent, facts)
+
+    async def _dead_letter(self, record: ConsumedRecord, bad: BadIntent) -> None:
+        log.warning(
+            "dead-lettered record %s[%d]@%d: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            bad.error_type,
+        )
+        value = self.codec.encode(
+            "DeadLetter",
+            {
+                "source_topic": record.topic,
+                "source_partition": record.partition,
+                "source_offset": record.offset,
+                "source_timestamp": record.timestamp_ms,
+                "original_key": record.key,
+                "original_value": record.value,
+                "original_headers": [{"key": k, "value": v} for k, v in record.headers],
+                "reason": bad.reason,
+                "error_type": bad.error_type,
+                "failed_at": self._clock(),
+                "worker": self.settings.worker_id,
+            },
+        )
+        await self.sink.produce(self.topics.dlq, record.key, value)
+
+    # -- driving one key --------------------------------------------------
+
+    async def _drive(self, item: _Accepted, stats: BatchStats) -> None:
+        partition = item.record.partition
+        key = item.facts.key
+        entry = self.store.get(key, partition)
+        event: Event | None = IntentArrived(item.facts, self._clock(), self.settings.worker_id)
+        while event is not None:
+            decision: Decision = decide(entry, event, self.policy)
+            entry = decision.entry
+            event = None
+            for effect in decision.effects:
+                if isinstance(effect, Persist):
+                    await self.store.put(effect.entry, partition)
+                elif isinstance(effect, Emit):
+                    await self._emit(effect.result, stats)
+                elif isinstance(effect, CallProvider):
+                    assert entry is not None
+                    if effect.delay_s > 0:
+                        await self._sleep(effect.delay_s)
+                    stats.provider_calls += 1
+                    outcome = await self._call(item, entry)
+                    event = SendFinished(item.facts, effect.attempt_id, outcome, self._clock())
+                elif isinstance(effect, Reconcile):
+                    assert entry is not None
+                    lookup = await self.provider.lookup(key, self._message_id(item))
+                    event = LookupFinished(item.facts, effect.attempt_id, lookup, self._clock())
+
+    async def _call(self, item: _Accepted, entry: LedgerEntry) -> Any:
+        intent = item.intent
+        email = OutgoingEmail(
+            idempotency_key=entry.key,
+            attempt_id=entry.attempt_id,
+            tenant_id=intent["tenant_id"],
+            sender=normalize_address(intent["sender"]),
+            to=tuple(intent["to"]),
+            cc=tuple(intent.get("cc") or ()),
+            bcc=tuple(intent.get("bcc") or ()),
+            subject=intent["subject"],
+            text_body=intent.get("text_body"),
+            html_body=intent.get("html_body"),
+            template_id=intent.get("template_id"),
+            template_params=tuple(sorted((intent.get("template_params") or {}).items())),
+            headers=tuple(sorted((intent.get("headers") or {}).items())),
+            message_id=self._message_id(item),
+        )
+        async with self._send_slots:
+            return await self.provider.send(email)
+
+    def _message_id(self, item: _Accepted) -> str:
+        return message_id_for(item.facts.key, normalize_address(item.intent["sender"]))
+
+    async def _emit(self, result: ResultRecord, stats: BatchStats) -> None:
+        stats.outcomes[result.outcome.value] = stats.outcomes.get(result.outcome.value, 0) + 1
+        topic = {
+            ResultOutcome.SENT: self.topics.results_sent,
+            ResultOutcome.DUPLICATE: self.topics.results_sent,
+            ResultOutcome.AMBIGUOUS: self.topics.results_ambiguous,
+            ResultOutcome.FAILED: self.topics.results_failed,
+            ResultOutcome.CONFLICT: self.topics.results_failed,
+        }[result.outcome]
+        value = self.codec.encode("EmailResult", result.to_avro())
+        await self.sink.produce(topic, result.idempotency_key.encode(), value)
+
+
+def _waves(items: Sequence[_Accepted]) -> list[list[_Accepted]]:
+    """Split a batch so each key occurs at most once per wave, order kept per key."""
+    waves: list[list[_Accepted]] = []
+    seen: dict[str, int] = {}
+    for item in items:
+        n = seen.get(item.facts.key, 0)
+        seen[item.facts.key] = n + 1
+        if n == len(waves):
+            waves.append([])
+        waves[n].append(item)
+    return waves

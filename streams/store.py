@@ -1,0 +1,101 @@
+"""Ledger stores: where :class:`~streams.ledger.LedgerEntry` values live.
+
+The contract every store keeps: :meth:`LedgerStore.put` returns only once the
+entry is durable (for the Faust store: acknowledged by Kafka with acks=all on
+the compacted changelog), and the local copy is never ahead of the changelog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from streams.ledger import LedgerEntry
+
+
+class LedgerStore(Protocol):
+    """Per-partition key -> entry storage with durable writes."""
+
+    def get(self, key: str, partition: int) -> LedgerEntry | None:
+        """The entry for ``key`` in ``partition``, or ``None``."""
+        ...
+
+    async def put(self, entry: LedgerEntry, partition: int) -> None:
+        """Store ``entry``; returns once it is durable."""
+        ...
+
+
+class MemoryLedgerStore:
+    """A dict-backed store for unit tests and the in-process test harness."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[int, str], LedgerEntry] = {}
+        self.writes: list[tuple[int, LedgerEntry]] = []
+
+    def get(self, key: str, partition: int) -> LedgerEntry | None:
+        """The entry for ``key`` in ``partition``, or ``None``."""
+        return self.entries.get((partition, key))
+
+    async def put(self, entry: LedgerEntry, partition: int) -> None:
+        """Store ``entry`` (immediately durable: it is memory)."""
+        self.entries[(partition, entry.key)] = entry
+        self.writes.append((partition, entry))
+
+
+class _Message:
+    __slots__ = ("partition",)
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+
+
+class _PartitionEvent:
+    """Stands in for a Faust event so the RocksDB store picks ``partition``.
+
+    Faust's RocksDB store chooses the per-partition database from the *current
+    event*. Inside a batch taken with ``take_events`` that is the batch's last
+    event, not the one being handled, so each access names its partition
+    explicitly through this stand-in.
+    """
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, partition: int) -> None:
+        self.message = _Message(partition)
+
+
+@contextlib.contextmanager
+def _partition_context(partition: int) -> Iterator[None]:
+    from faust.streams import _current_event
+
+    event = _PartitionEvent(partition)
+    token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class FaustLedgerStore:
+    """The ledger in a Faust table: RocksDB locally, a compacted changelog in Kafka."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def get(self, key: str, partition: int) -> LedgerEntry | None:
+        """Read the local RocksDB copy of ``key`` in ``partition``."""
+        with _partition_context(partition):
+            raw = self._table.data.get(key.encode())
+        return None if raw is None else LedgerEntry.from_bytes(raw)
+
+    async def put(self, entry: LedgerEntry, partition: int) -> None:
+        """Write the changelog record, await the broker's ack, then the local copy."""
+        key = entry.key.encode()
+        value = entry.to_bytes()
+        # Table assignment would only queue the changelog record (send_soon);
+        # the future resolves when the broker acknowledged it (acks=all).
+        await self._table.send_changelog(partition, key, value)
+        with _partition_context(partition):
+            self._table.data[key] = value

@@ -1,0 +1,282 @@
+"""Property tests: the ledger keeps design.md's invariants under crashes and replays.
+
+A small simulator plays the shell's role over the *pure* state machine: it
+performs effects in order, can crash before any effect (losing everything not
+yet persisted), and redelivers every intent after the last commit, as Faust's
+at-least-once consumer does. The provider is a model whose AMBIGUOUS answers
+may or may not have delivered, and whose lookups answer truthfully,
+definitively or not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connectors.base import LookupResult, LookupStatus, SendOutcome, SendStatus
+from streams.ledger import (
+    CallProvider,
+    Decision,
+    Emit,
+    Event,
+    IntentArrived,
+    IntentFacts,
+    IntentRef,
+    LedgerEntry,
+    LookupFinished,
+    Persist,
+    Reconcile,
+    ResultOutcome,
+    ResultRecord,
+    RetryPolicy,
+    SendFinished,
+    decide,
+)
+
+POLICY = RetryPolicy(max_attempts=3, base_delay_s=0.0, max_delay_s=0.0)
+
+
+class Crash(Exception):
+    """The worker died."""
+
+
+@dataclass
+class ProviderModel:
+    """Scripted provider answers; records real deliveries."""
+
+    script: list[str]
+    definitive_lookups: bool
+    delivered: dict[str, int] = field(default_factory=dict)
+    calls: int = 0
+
+    def send(self, key: str) -> SendOutcome:
+        answer = self.script[self.calls % len(self.script)] if self.script else "accept"
+        self.calls += 1
+        if answer == "accept":
+            self.delivered[key] = self.delivered.get(key, 0) + 1
+            return SendOutcome(SendStatus.ACCEPTED, "model", provider_message_id=f"m-{key}")
+        if answer == "reject":
+            return SendOutcome(SendStatus.REJECTED, "model", error_code="bad_recipient")
+        if answer == "retry":
+            return SendOutcome(SendStatus.NOT_SENT_RETRYABLE, "model", error_code="refused")
+        if answer == "ambiguous-delivered":
+            self.delivered[key] = self.delivered.get(key, 0) + 1
+        return SendOutcome(SendStatus.AMBIGUOUS, "model", error_code="timeout")
+
+    def lookup(self, key: str) -> LookupResult:
+        if self.delivered.get(key):
+            return LookupResult(LookupStatus.FOUND, "model", provider_message_id=f"m-{key}")
+        if self.definitive_lookups:
+            return LookupResult(LookupStatus.NOT_FOUND_DEFINITIVE, "model")
+        return LookupResult(LookupStatus.UNKNOWN, "model")
+
+
+@dataclass
+class Simulator:
+    """Shell + durable store + committed offset, with crash injection."""
+
+    provider: ProviderModel
+    crash_at_steps: set[int]
+    durable: dict[str, LedgerEntry] = field(default_factory=dict)
+    results: list[ResultRecord] = field(default_factory=list)
+    step: int = 0
+    crashes: int = 0
+
+    def _maybe_crash(self) -> None:
+        self.step += 1
+        if self.step in self.crash_at_steps:
+            self.crashes += 1
+            raise Crash
+
+    def handle(self, intent: IntentFacts) -> None:
+        entry = self.durable.get(intent.key)
+        event: Event | None = IntentArrived(intent, now_ms=self.step, worker="w")
+        while event is not None:
+            decision: Decision = decide(entry, event, POLICY)
+            entry, event = decision.entry, None
+            for effect in decision.effects:
+                self._maybe_crash()
+                if isinstance(effect, Persist):
+                    self.durable[effect.entry.key] = effect.entry
+                elif isinstance(effect, Emit):
+                    self.results.append(effect.result)
+                elif isinstance(effect, CallProvider):
+                    outcome = self.provider.send(intent.key)
+                    self._maybe_crash()  # between the provider's answer and recording it
+                    event = SendFinished(intent, effect.attempt_id, outcome, self.step)
+                elif isinstance(effect, Reconcile):
+                    lookup = self.provider.lookup(intent.key)
+                    event = LookupFinished(intent, effect.attempt_id, lookup, self.step)
+
+    def run(self, log: list[IntentFacts]) -> None:
+        """Process the log; on a crash restart from the last committed offset."""
+        committed = 0
+        while committed < len(log):
+            try:
+                for i in range(committed, len(log)):
+                    self.handle(log[i])
+                    committed = i + 1
+            except Crash:
+                continue  # restart: durable state survives, uncommitted intents replay
+
+
+@st.composite
+def intent_logs(draw: st.DrawFn) -> list[IntentFacts]:
+    n_keys = draw(st.integers(1, 4))
+    picks = draw(st.lists(st.integers(0, n_keys - 1), min_size=1, max_size=12))
+    conflicting = draw(st.sets(st.integers(0, len(picks) - 1), max_size=2))
+    log = []
+    for offset, k in enumerate(picks):
+        fingerprint = f"fp{k}" + ("-other" if offset in conflicting else "")
+        log.append(
+            IntentFacts(
+                key=f"t1:k{k}",
+                tenant_id="t1",
+                source_event_id=f"e{k}",
+                action_type="reply",
+                content_fingerprint=fingerprint,
+                ref=IntentRef("email.intents", 0, offset),
+            )
+        )
+    return log
+
+
+answers = st.sampled_from(["accept", "reject", "retry", "ambiguous", "ambiguous-delivered"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    log=intent_logs(),
+    script=st.lists(answers, min_size=1, max_size=6),
+    definitive=st.booleans(),
+    crash_steps=st.sets(st.integers(1, 60), max_size=6),
+)
+def test_invariants_hold_under_crashes_and_replays(
+    log: list[IntentFacts], script: list[str], definitive: bool, crash_steps: set[int]
+) -> None:
+    provider = ProviderModel(script, definitive)
+    sim = Simulator(provider, crash_steps)
+    sim.run(log)
+
+    # 1. At most one accepted message per key, whatever crashed where.
+    assert all(count <= 1 for count in provider.delivered.values()), provider.delivered
+
+    # 2. Every intent record has at least one result.
+    refs_with_results = {r.intent for r in sim.results}
+    assert {i.ref for i in log} <= refs_with_results
+
+    # 3. Results are deterministic: one (record, outcome) pair always has one id.
+    ids: dict[tuple[IntentRef, ResultOutcome], str] = {}
+    for r in sim.results:
+        assert ids.setdefault((r.intent, r.outcome), r.result_id) == r.result_id
+
+    # 4. SENT/DUPLICATE only for keys the provider really accepted.
+    for r in sim.results:
+        if r.outcome in (ResultOutcome.SENT, ResultOutcome.DUPLICATE):
+            assert provider.delivered.get(r.idempotency_key) == 1
+
+    # 5. A delivered key is never reported FAILED (we would tell data teams a lie).
+    for r in sim.results:
+        if r.outcome is ResultOutcome.FAILED:
+            assert not provider.delivered.get(r.idempotency_key)
+
+
+@settings(max_examples=200, deadline=None)
+@given(log=intent_logs(), definitive=st.booleans())
+def test_without_crashes_each_key_ends_settled_and_duplicates_carry_original(
+    log: list[IntentFacts], definitive: bool
+) -> None:
+    provider = ProviderModel(["accept"], definitive)
+    sim = Simulator(provider, set())
+    sim.run(log)
+    first_fp: dict[str, str] = {}
+    for intent in log:
+        first_fp.setdefault(intent.key, intent.content_fingerprint)
+    by_ref = {r.intent: r for r in sim.results}
+    assert len(sim.results) == len(log)  # exactly one result per record
+    for intent in log:
+        r = by_ref[intent.ref]
+        if intent.content_fingerprint != first_fp[intent.key]:
+            assert r.outcome is ResultOutcome.CONFLICT
+        elif sim.durable[intent.key].origin == intent.ref:
+            assert r.outcome is ResultOutcome.SENT
+        else:
+            assert r.outcome is ResultOutcome.DUPLICATE
+            original = by_ref[sim.durable[intent.key].origin]
+            assert r.original_result_id == original.result_id
+            assert r.provider_message_id == original.provider_message_id
+    assert sum(provider.delivered.values()) == len(first_fp)
+
+
+def test_conflict_sends_nothing() -> None:
+    provider = ProviderModel(["accept"], True)
+    sim = Simulator(provider, set())
+    a = IntentFacts("t:k", "t", "e", "reply", "fp-a", IntentRef("i", 0, 0))
+    b = IntentFacts("t:k", "t", "e", "reply", "fp-b", IntentRef("i", 0, 1))
+    sim.run([a, b])
+    assert provider.calls == 1
+    assert [r.outcome for r in sim.results] == [ResultOutcome.SENT, ResultOutcome.CONFLICT]
+
+
+def test_crash_after_accept_reconciles_instead_of_resending() -> None:
+    provider = ProviderModel(["accept"], definitive_lookups=True)
+    # step 1: Persist(PENDING); step 2: CallProvider; step 3: crash right after acceptance.
+    sim = Simulator(provider, {3})
+    intent = IntentFacts("t:k", "t", "e", "reply", "fp", IntentRef("i", 0, 0))
+    sim.run([intent])
+    assert sim.crashes == 1
+    assert provider.calls == 1
+    [result] = sim.results
+    assert result.outcome is ResultOutcome.SENT and result.reconciled
+
+
+def test_ambiguous_with_inconclusive_lookup_is_not_resent() -> None:
+    provider = ProviderModel(["ambiguous"], definitive_lookups=False)
+    sim = Simulator(provider, set())
+    intent = IntentFacts("t:k", "t", "e", "reply", "fp", IntentRef("i", 0, 0))
+    again = IntentFacts("t:k", "t", "e", "reply", "fp", IntentRef("i", 0, 1))
+    sim.run([intent, again])
+    assert provider.calls == 1
+    assert [r.outcome for r in sim.results] == [ResultOutcome.AMBIGUOUS, ResultOutcome.AMBIGUOUS]
+
+
+def test_retry_budget_then_failed() -> None:
+    provider = ProviderModel(["retry"], definitive_lookups=True)
+    sim = Simulator(provider, set())
+    sim.run([IntentFacts("t:k", "t", "e", "reply", "fp", IntentRef("i", 0, 0))])
+    assert provider.calls == POLICY.max_attempts
+    [result] = sim.results
+    assert result.outcome is ResultOutcome.FAILED
+    assert result.error_code == "retry_budget_exhausted"
+
+
+def test_entry_round_trips_through_bytes() -> None:
+    provider = ProviderModel(["accept"], True)
+    sim = Simulator(provider, set())
+    sim.run([IntentFacts("t:k", "t", "e", "reply", "fp", IntentRef("i", 3, 7))])
+    entry = sim.durable["t:k"]
+    assert LedgerEntry.from_bytes(entry.to_bytes()) == entry
+
+
+def test_late_answer_for_old_attempt_is_ignored() -> None:
+    intent = IntentFacts("t:k", "t", "e", "reply", "fp", IntentRef("i", 0, 0))
+    first = decide(None, IntentArrived(intent, 1, "w"))
+    assert first.entry is not None
+    stale = SendFinished(
+        intent, "not-the-current-attempt", SendOutcome(SendStatus.ACCEPTED, "m"), 2
+    )
+    assert decide(first.entry, stale) == Decision(first.entry)
+
+
+def test_ambiguous_proven_unsent_is_retried_within_budget_only() -> None:
+    # Found by the property test: a provider that always times out, with
+    # definitive lookups, was re-attempted forever.
+    provider = ProviderModel(["ambiguous"], definitive_lookups=True)
+    sim = Simulator(provider, set())
+    sim.run([IntentFacts("t:k", "t", "e", "reply", "fp", IntentRef("i", 0, 0))])
+    assert provider.calls == POLICY.max_attempts
+    [result] = sim.results
+    assert result.outcome is ResultOutcome.FAILED
+    assert not provider.delivered

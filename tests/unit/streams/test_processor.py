@@ -1,0 +1,175 @@
+"""The shell around the ledger, in memory: decoding, dead letters, waves, results."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.base import LookupResult, OutgoingEmail, SendOutcome, SendStatus
+from connectors.outbox import OutboxProvider
+from sendonce.keys import idempotency_key_for
+from sendonce.publish import complete_intent
+from streams.testing import InMemoryPipeline
+
+
+def intent(n: int, **overrides: Any) -> dict[str, Any]:
+    base = {
+        "tenant_id": "acme",
+        "source_event_id": f"evt-{n}",
+        "action_type": "receipt",
+        "sender": "orders@acme.example",
+        "to": [f"user{n}@example.com"],
+        "subject": f"Receipt {n}",
+        "text_body": f"Thanks for order {n}.",
+    }
+    base.update(overrides)
+    return base
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> OutboxProvider:
+    return OutboxProvider(tmp_path / "outbox")
+
+
+def eml_files(outbox: OutboxProvider) -> list[Path]:
+    return sorted(outbox.directory.glob("*.eml"))
+
+
+def test_repeats_in_one_batch_send_once_and_duplicates_carry_the_original(
+    outbox: OutboxProvider,
+) -> None:
+    p = InMemoryPipeline(outbox)
+    records = [p.intent_record(intent(n % 3)) for n in range(9)]
+    stats = run(p.run(records))
+    assert stats.provider_calls == 3
+    assert len(eml_files(outbox)) == 3
+    results = p.results()
+    assert sorted(r["outcome"] for r in results) == ["DUPLICATE"] * 6 + ["SENT"] * 3
+    sent = {r["idempotency_key"]: r for r in results if r["outcome"] == "SENT"}
+    for dup in (r for r in results if r["outcome"] == "DUPLICATE"):
+        original = sent[dup["idempotency_key"]]
+        assert dup["original_result_id"] == original["result_id"]
+        assert dup["internet_message_id"] == original["internet_message_id"]
+        assert dup["original_intent_offset"] == original["intent_offset"]
+
+
+def test_same_key_different_body_is_a_conflict_and_sends_nothing(outbox: OutboxProvider) -> None:
+    p = InMemoryPipeline(outbox)
+    first = intent(1, idempotency_key="order-1-receipt")
+    second = intent(1, idempotency_key="order-1-receipt", text_body="A different body")
+    run(p.run([p.intent_record(first)]))
+    run(p.run([p.intent_record(second)]))
+    assert len(eml_files(outbox)) == 1
+    outcomes = [r["outcome"] for r in p.results()]
+    assert outcomes == ["SENT", "CONFLICT"]
+    conflict = p.outputs(p.settings.topics.results_failed)[0]
+    assert conflict["error_code"] == "key_conflict"
+
+
+def test_bad_records_go_to_the_dlq_with_original_bytes_and_good_ones_still_resolve(
+    outbox: OutboxProvider,
+) -> None:
+    p = InMemoryPipeline(outbox)
+    garbage = p.record(b"acme:garbage", b"\x00\x01 definitely not avro")
+    wrong = p.record(
+        b"acme:wrong",
+        p.codec.encode(
+            "DeadLetter",
+            {
+                "source_topic": "x",
+                "source_partition": 0,
+                "source_offset": 0,
+                "reason": "r",
+                "error_type": "t",
+                "failed_at": 0,
+            },
+        ),
+    )
+    bad_address = complete_intent(intent(7, to=["not-an-address"]), now_ms=0)
+    invalid = p.record(b"acme:invalid", p.codec.encode("EmailIntent", bad_address))
+    goods = [p.intent_record(intent(n)) for n in range(3)]
+    stats = run(p.run([goods[0], garbage, goods[1], wrong, invalid, goods[2]]))
+    assert stats.dead_lettered == 3
+    dead = p.outputs(p.settings.topics.dlq)
+    assert [d["error_type"] for d in dead] == ["undecodable", "wrong_schema", "invalid_intent"]
+    assert dead[0]["original_value"] == garbage.value
+    assert dead[0]["source_offset"] == garbage.offset
+    assert all(d["reason"] for d in dead)
+    assert "not-an-address" not in dead[2]["reason"]  # recipients never in clear text
+    assert sorted(r["outcome"] for r in p.results()) == ["SENT"] * 3
+
+
+def test_record_on_the_wrong_partition_is_dead_lettered_not_sent(outbox: OutboxProvider) -> None:
+    p = InMemoryPipeline(outbox)
+    good = p.intent_record(intent(1))
+    wrong_partition = (good.partition + 1) % p.settings.partitions
+    moved = p.record(good.key, good.value, partition=wrong_partition)
+    rekeyed = p.record(b"acme:some-other-key", good.value)
+    stats = run(p.run([moved, rekeyed]))
+    assert stats.provider_calls == 0
+    assert [d["error_type"] for d in p.outputs(p.settings.topics.dlq)] == ["misrouted"] * 2
+
+
+def test_rejected_recipient_is_failed_and_repeat_reports_the_original_failure(
+    outbox: OutboxProvider,
+) -> None:
+    p = InMemoryPipeline(outbox)
+    bad = intent(1, to=["someone@nowhere.invalid"])
+    run(p.run([p.intent_record(bad), p.intent_record(bad)]))
+    failed = p.outputs(p.settings.topics.results_failed)
+    assert [f["outcome"] for f in failed] == ["FAILED", "FAILED"]
+    assert failed[1]["original_result_id"] == failed[0]["result_id"]
+    assert not eml_files(outbox)
+
+
+class FlakyThenOk:
+    """Refuses the connection twice, then accepts."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def send(self, outgoing: OutgoingEmail) -> SendOutcome:
+        self.calls.append(outgoing.attempt_id)
+        if len(self.calls) <= 2:
+            return SendOutcome(SendStatus.NOT_SENT_RETRYABLE, self.name, error_code="refused")
+        return SendOutcome(SendStatus.ACCEPTED, self.name, provider_message_id="m1")
+
+    async def lookup(self, idempotency_key: str, message_id: str) -> LookupResult:
+        raise AssertionError("no lookup expected")
+
+    async def close(self) -> None:
+        return None
+
+
+def test_not_sent_retryable_is_retried_with_new_attempt_ids() -> None:
+    provider = FlakyThenOk()
+    p = InMemoryPipeline(provider)
+    run(p.run([p.intent_record(intent(1))]))
+    assert len(provider.calls) == 3
+    assert len(set(provider.calls)) == 3  # each attempt has its own (deterministic) id
+    [result] = p.results()
+    assert result["outcome"] == "SENT"
+    assert result["attempt_count"] == 3
+    key = idempotency_key_for(complete_intent(intent(1))).value
+    pending_writes = [e for _, e in p.store.writes if e.key == key and e.status.value == "PENDING"]
+    # every attempt was durable before its call
+    assert [e.attempt_id for e in pending_writes] == provider.calls
+
+
+def test_results_and_key_match_what_the_publisher_computes(outbox: OutboxProvider) -> None:
+    p = InMemoryPipeline(outbox)
+    rec = p.intent_record(intent(5))
+    run(p.run([rec]))
+    [result] = p.results()
+    assert result["idempotency_key"].encode() == rec.key
+    assert result["intent_offset"] == rec.offset
+    assert result["intent_partition"] == rec.partition
