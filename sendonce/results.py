@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,23 @@ def read_topics(
         consumer.close()
 
 
+def record_identity(record: ReadRecord) -> str:
+    """What makes a result or dead letter the same one when it is repeated."""
+    value = record.value
+    if "result_id" in value:
+        return str(value["result_id"])
+    return f"dlq:{value.get('source_topic')}:{value.get('source_partition')}:" + str(
+        value.get("source_offset")
+    )
+
+
+def _distinct(records: Sequence[ReadRecord]) -> list[ReadRecord]:
+    seen: dict[str, ReadRecord] = {}
+    for r in records:
+        seen.setdefault(record_identity(r), r)
+    return list(seen.values())
+
+
 def _coordinates(msg: Message) -> tuple[str, int, int]:
     return (msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
 
@@ -142,6 +159,29 @@ class ResultWatcher:
                 raise TimeoutError(f"{len(self.records)} of {count} records after {timeout}s")
             self.poll()
         return self.records
+
+    def wait_for_distinct(
+        self,
+        count: int,
+        timeout: float = 120.0,
+        alive: Callable[[], bool] | None = None,
+    ) -> list[ReadRecord]:
+        """Block until ``count`` distinct records arrived, then return one of each.
+
+        Results are told apart by their deterministic ``result_id`` (a repeat
+        after a crash has the same id), dead letters by source coordinates.
+        ``alive`` lets the caller fail fast when the process producing them died.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            distinct = _distinct(self.records)
+            if len(distinct) >= count:
+                return distinct
+            if alive is not None and not alive():
+                raise RuntimeError(f"producer of results died after {len(distinct)} of {count}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(distinct)} of {count} records after {timeout}s")
+            self.poll()
 
     def close(self) -> None:
         """Leave."""

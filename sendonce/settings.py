@@ -214,3 +214,15 @@ def _convert(var: str, raw: str, type_name: Any) -> Any:
     except ValueError as exc:
         raise SettingsError(f"{var}={raw!r} is not a valid {kind}") from exc
     return raw
+
+
+def settings_table_markdown() -> str:
+    """The README's configuration table, generated from the dataclass and its docs."""
+    defaults = Settings(worker_id="<host>-<pid>")
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for f in fields(Settings):
+        var, doc = SETTINGS_DOC[f.name]
+        value = getattr(defaults, f.name)
+        shown = f"`{value}`" if value != "" else "(empty)"
+        rows.append(f"| `{var}` | {shown} | {doc} |")
+    return "\n".join(rows)

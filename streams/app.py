@@ -12,6 +12,7 @@ a batch are acknowledged only after every effect of the batch is durable
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,8 +146,44 @@ def _record(event: Any) -> ConsumedRecord:
     )
 
 
+class WorkerStartupError(RuntimeError):
+    """The cluster is not in a state a worker can safely run against."""
+
+
+def check_topics(settings: Settings, timeout: float = 30.0) -> None:
+    """Fail fast unless the intents topic exists with the configured partition count.
+
+    The worker checks each record sits on the partition its key hashes to over
+    ``settings.partitions``; a mismatch would dead-letter every intent.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    try:
+        topics = admin.list_topics(timeout=timeout).topics
+    except Exception as exc:
+        raise WorkerStartupError(
+            f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}"
+        ) from exc
+    name = settings.topics.intents
+    if name not in topics:
+        raise WorkerStartupError(f"topic {name} does not exist; run `sendonce topics create`")
+    have = len(topics[name].partitions)
+    if have != settings.partitions:
+        raise WorkerStartupError(
+            f"topic {name} has {have} partitions but SENDONCE_PARTITIONS={settings.partitions}; "
+            "they must match (one owner per key)"
+        )
+
+
 def run_worker(settings: Settings) -> int:
     """Run a worker until it is stopped (SIGTERM/SIGINT); returns the exit code."""
+    try:
+        check_topics(settings)
+    except WorkerStartupError as exc:
+        log.error("%s", exc)
+        print(f"sendonce worker: {exc}", file=sys.stderr)
+        return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     worker_app = build_worker_app(settings)
     worker = faust.Worker(

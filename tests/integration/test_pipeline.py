@@ -1,0 +1,147 @@
+"""The once-only pipeline against the real broker: worker processes, RocksDB, outbox."""
+
+from __future__ import annotations
+
+import collections
+import random
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sendonce.publish import complete_intent
+from tests.integration.harness import Pipeline, intent, pipeline_fixture
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
+    yield from pipeline_fixture(kafka_bootstrap, tmp_path)
+
+
+def test_1000_intents_with_300_repeats_send_700_emails(pipeline: Pipeline) -> None:
+    rng = random.Random(20261123)
+    originals = [intent(n, tenant=f"tenant{n % 7}") for n in range(700)]
+    repeats = [dict(rng.choice(originals)) for _ in range(300)]
+    batch = originals + repeats
+    rng.shuffle(batch)
+    worker = pipeline.start_worker()
+    keys = pipeline.publish(batch)
+
+    results = pipeline.wait_results(1000)
+
+    assert len(pipeline.eml_files()) == 700
+    outcomes = collections.Counter(r.value["outcome"] for r in results)
+    assert outcomes == {"SENT": 700, "DUPLICATE": 300}
+    sent = {r.value["idempotency_key"]: r.value for r in results if r.value["outcome"] == "SENT"}
+    assert set(sent) == set(keys)
+    for r in results:
+        if r.value["outcome"] == "DUPLICATE":
+            original = sent[r.value["idempotency_key"]]
+            assert r.value["internet_message_id"] == original["internet_message_id"]
+            assert r.value["original_result_id"] == original["result_id"]
+            # the original is the key's first record in the partition
+            assert r.value["intent_offset"] > original["intent_offset"]
+    assert worker.alive()
+
+
+def test_kill_after_provider_accepted_is_reconciled_not_resent(pipeline: Pipeline) -> None:
+    batch = [intent(n) for n in range(5)]
+    crashing = pipeline.start_worker(SENDONCE_OUTBOX_FAULT="kill-after-accept:1")
+    keys = pipeline.publish(batch)
+    assert crashing.wait_exit(120) == -signal.SIGKILL
+    # The provider accepted exactly one message and the worker died before
+    # recording SENT or producing any result.
+    [accepted] = pipeline.eml_files()
+    assert pipeline.watcher.poll(timeout=1.0) == 0
+
+    pipeline.start_worker()
+    results = pipeline.wait_results(5)
+
+    assert len(pipeline.eml_files()) == 5
+    assert accepted.exists()
+    by_key = {r.value["idempotency_key"]: r.value for r in results}
+    assert set(by_key) == set(keys)
+    assert all(v["outcome"] == "SENT" for v in by_key.values())
+    reconciled = [v for v in by_key.values() if v["reconciled"]]
+    # Exactly the killed key was resolved by looking it up, not by sending again.
+    assert len(reconciled) == 1
+    assert reconciled[0]["attempt_count"] == 1
+    assert reconciled[0]["provider_message_id"] == accepted.name
+
+
+def test_bad_records_are_dead_lettered_and_the_worker_keeps_going(pipeline: Pipeline) -> None:
+    worker = pipeline.start_worker()
+    codec_publisher = pipeline.publisher()
+    codec = codec_publisher.codec
+    garbage = b"\x00\xfe\x01 not an avro record"
+    wrong_schema = codec.encode(
+        "DeadLetter",
+        {
+            "source_topic": "x",
+            "source_partition": 0,
+            "source_offset": 0,
+            "reason": "r",
+            "error_type": "t",
+            "failed_at": 0,
+        },
+    )
+    bad_address = codec.encode(
+        "EmailIntent", complete_intent(intent(99, to=["not an address at all"]))
+    )
+    goods = [intent(n) for n in range(6)]
+    with codec_publisher as publisher:
+        keys = [publisher.publish(goods[0]).value, publisher.publish(goods[1]).value]
+        publisher.publish_raw(b"acme:garbage", garbage)
+        keys.append(publisher.publish(goods[2]).value)
+        publisher.publish_raw(b"acme:wrong-schema", wrong_schema)
+        keys.append(publisher.publish(goods[3]).value)
+        publisher.publish_raw(b"acme:bad-address", bad_address)
+        keys += [publisher.publish(goods[4]).value, publisher.publish(goods[5]).value]
+
+    records = pipeline.wait_results(9)
+
+    dead = [r.value for r in records if r.topic == pipeline.settings.topics.dlq]
+    assert sorted(d["error_type"] for d in dead) == [
+        "invalid_intent",
+        "undecodable",
+        "wrong_schema",
+    ]
+    by_type = {d["error_type"]: d for d in dead}
+    assert by_type["undecodable"]["original_value"] == garbage
+    assert by_type["wrong_schema"]["original_value"] == wrong_schema
+    assert by_type["invalid_intent"]["original_value"] == bad_address
+    assert all(d["reason"] and d["source_topic"] == pipeline.settings.topics.intents for d in dead)
+    results = [r.value for r in records if r.topic != pipeline.settings.topics.dlq]
+    assert sorted(r["idempotency_key"] for r in results) == sorted(keys)
+    assert all(r["outcome"] == "SENT" for r in results)
+    assert worker.alive()
+    assert "Restarting dead" not in worker.log()
+
+
+def test_same_key_with_a_different_body_is_a_conflict_and_sends_nothing(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.start_worker()
+    first = intent(1, idempotency_key="ticket-7-reply")
+    second = intent(1, idempotency_key="ticket-7-reply", text_body="Regenerated, different text")
+    keys = pipeline.publish([first, second])
+    assert keys[0] == keys[1]
+
+    results = pipeline.wait_results(2)
+
+    outcomes = sorted(r.value["outcome"] for r in results)
+    assert outcomes == ["CONFLICT", "SENT"]
+    [conflict] = [r for r in results if r.value["outcome"] == "CONFLICT"]
+    assert conflict.topic == pipeline.settings.topics.results_failed
+    assert conflict.value["error_code"] == "key_conflict"
+    assert len(pipeline.eml_files()) == 1
+
+
+def test_worker_refuses_to_start_when_partitions_disagree(pipeline: Pipeline) -> None:
+    wrong = str(pipeline.settings.partitions + 1)
+    worker = pipeline.start_worker(SENDONCE_PARTITIONS=wrong)
+    assert worker.wait_exit(60) == 2
+    assert "must match" in worker.log()

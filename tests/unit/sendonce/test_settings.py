@@ -1,0 +1,53 @@
+"""Settings: environment parsing, validation, and the README table staying true."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from sendonce.settings import SETTINGS_DOC, Settings, SettingsError, settings_table_markdown
+
+README = Path(__file__).resolve().parents[3] / "README.md"
+
+
+def test_every_setting_is_documented_and_every_doc_is_a_setting() -> None:
+    assert {f.name for f in fields(Settings)} == set(SETTINGS_DOC)
+    assert all(var.startswith("SENDONCE_") for var, _ in SETTINGS_DOC.values())
+
+
+def test_readme_carries_the_generated_table() -> None:
+    assert settings_table_markdown() in README.read_text(), (
+        "README's configuration table is stale; paste sendonce.settings.settings_table_markdown()"
+    )
+
+
+def test_from_env_converts_types() -> None:
+    s = Settings.from_env(
+        {
+            "SENDONCE_PARTITIONS": "3",
+            "SENDONCE_BATCH_WITHIN_S": "0.2",
+            "SENDONCE_DATA_DIR": "/var/lib/sendonce",
+            "SENDONCE_TOPIC_PREFIX": "prod.",
+        }
+    )
+    assert s.partitions == 3
+    assert s.batch_within_s == 0.2
+    assert s.data_dir == Path("/var/lib/sendonce")
+    assert s.topics.intents == "prod.email.intents"
+    assert s.ledger_changelog_topic == "sendonce-ledger-changelog"
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "message"),
+    [
+        ("SENDONCE_PARTITIONS", "many", "not a valid int"),
+        ("SENDONCE_PARTITIONS", "0", "at least 1"),
+        ("SENDONCE_PROVIDER", "carrier-pigeon", "not a known provider"),
+        ("SENDONCE_LOG_LEVEL", "loud", "not a log level"),
+    ],
+)
+def test_bad_values_are_clear_errors(var: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env({var: value})
