@@ -9,6 +9,7 @@ operator would, and prints what happened. Everything it starts, it stops.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import shutil
 import signal
@@ -146,6 +147,9 @@ def _count(records: list[Any]) -> collections.Counter[str]:
 
 def run_demo(keep: bool = False) -> int:
     """Run the demo; returns the process exit code."""
+    # librdkafka's transient warnings while the fresh broker elects its
+    # coordinators are noise in a demo; real errors still surface as exceptions.
+    logging.getLogger("sendonce.kafka").setLevel(logging.ERROR)
     root = find_repo_root() or Path.cwd()
     work = root / ".sendonce" / "demo"
     shutil.rmtree(work, ignore_errors=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
@@ -49,7 +51,11 @@ class TopicReport:
 
 def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicReport]:
     """Create missing topics; report existing ones whose partition count differs."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "logger": logging.getLogger("sendonce.kafka.admin"),
+    }
+    admin = AdminClient(config)
     specs = topic_specs(settings)
     existing = admin.list_topics(timeout=timeout).topics
     reports: list[TopicReport] = []
