@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import collections
 import random
+import shutil
 import signal
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,3 +148,105 @@ def test_worker_refuses_to_start_when_partitions_disagree(pipeline: Pipeline) ->
     worker = pipeline.start_worker(SENDONCE_PARTITIONS=wrong)
     assert worker.wait_exit(60) == 2
     assert "must match" in worker.log()
+
+
+def _changelog_records(bootstrap: str, topic: str) -> list[tuple[bytes | None, int]]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"changelog-reader-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        assign = []
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            if high > low:
+                assign.append(TopicPartition(topic, p, low))
+        consumer.assign(assign)
+        records: list[tuple[bytes | None, int]] = []
+        open_partitions = {tp.partition for tp in assign}
+        while open_partitions:
+            msg = consumer.poll(5)
+            assert msg is not None, "changelog read stalled"
+            if msg.error():
+                open_partitions.discard(msg.partition())
+                continue
+            records.append((msg.key(), msg.partition() or 0))
+        return records
+    finally:
+        consumer.close()
+
+
+def test_ledger_restores_from_a_compacted_changelog_after_local_state_is_lost(
+    pipeline: Pipeline,
+) -> None:
+    from confluent_kafka.admin import (
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+    )
+
+    bootstrap = pipeline.settings.bootstrap_servers
+    changelog = pipeline.settings.ledger_changelog_topic
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    # Incremental: the legacy AlterConfigs call would replace the whole topic
+    # config and silently drop cleanup.policy=compact.
+    small_segments = {
+        "segment.ms": "100",
+        "min.cleanable.dirty.ratio": "0.01",
+        "delete.retention.ms": "100",
+    }
+    resource = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        changelog,
+        incremental_configs=[
+            ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+            for k, v in small_segments.items()
+        ],
+    )
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)
+
+    first = [intent(n) for n in range(200)]
+    worker = pipeline.start_worker()
+    pipeline.publish(first)
+    pipeline.wait_results(200)
+    # Every key was written twice (PENDING, then SENT). New writes roll the
+    # old segments so the cleaner can compact them; wait until it has.
+    second = [intent(n) for n in range(200, 260)]
+    compacted = False
+    deadline = time.monotonic() + 120
+    sent_batches = 0
+    while not compacted:
+        assert time.monotonic() < deadline, "the changelog was never compacted"
+        batch = second[sent_batches * 10 : (sent_batches + 1) * 10]
+        if batch:
+            pipeline.publish(batch)
+            sent_batches += 1
+            pipeline.wait_results(200 + 10 * sent_batches)
+        records = _changelog_records(bootstrap, changelog)
+        keys = [k for k, _ in records]
+        compacted = len(keys) < 2 * len(set(keys))
+    total = 200 + 10 * sent_batches
+    emails = len(pipeline.eml_files())
+    assert emails == total
+
+    worker.stop()
+    shutil.rmtree(pipeline.settings.data_dir)
+    pipeline.start_worker()
+    pipeline.publish(first + second[: 10 * sent_batches])
+
+    results = pipeline.wait_results(2 * total)
+
+    assert len(pipeline.eml_files()) == emails
+    outcomes = collections.Counter(r.value["outcome"] for r in results)
+    # Without the restored ledger the replay would come back SENT (the outbox
+    # finding its file), not DUPLICATE.
+    assert outcomes == {"SENT": total, "DUPLICATE": total}, outcomes
