@@ -122,6 +122,10 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "SENDONCE_STANDBY_REPLICAS",
         "Faust standby replicas of the ledger table (faster failover).",
     ),
+    "session_timeout_s": (
+        "SENDONCE_SESSION_TIMEOUT_S",
+        "Consumer group session timeout: how long a dead worker keeps its partitions.",
+    ),
     "log_level": ("SENDONCE_LOG_LEVEL", "Log level: debug, info, warning, error."),
 }
 
@@ -148,6 +152,7 @@ class Settings:
     retry_max_delay_s: float = 30.0
     max_body_bytes: int = 4 * 1024 * 1024
     standby_replicas: int = 1
+    session_timeout_s: float = 30.0
     log_level: str = "info"
 
     @property

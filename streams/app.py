@@ -90,6 +90,8 @@ def build_worker_app(
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         table_standby_replicas=settings.standby_replicas,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         processing_guarantee="at_least_once",
         web_enabled=False,
         autodiscover=False,

@@ -77,6 +77,8 @@ class Pipeline:
                 "SENDONCE_OUTBOX_DIR": str(s.outbox_dir),
                 "SENDONCE_PROVIDER": "outbox",
                 "SENDONCE_LOG_LEVEL": "info",
+                # A SIGKILLed worker's partitions move after this, not after 30 s.
+                "SENDONCE_SESSION_TIMEOUT_S": "8",
             }
         )
         env.update(extra)

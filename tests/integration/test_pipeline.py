@@ -55,24 +55,31 @@ def test_kill_after_provider_accepted_is_reconciled_not_resent(pipeline: Pipelin
     crashing = pipeline.start_worker(SENDONCE_OUTBOX_FAULT="kill-after-accept:1")
     keys = pipeline.publish(batch)
     assert crashing.wait_exit(120) == -signal.SIGKILL
-    # The provider accepted exactly one message and the worker died before
+    # The provider accepted at least the first message (sends of one batch run
+    # concurrently, so others may have landed too) and the worker died before
     # recording SENT or producing any result.
-    [accepted] = pipeline.eml_files()
+    accepted = {p.name for p in pipeline.eml_files()}
+    assert accepted
     assert pipeline.watcher.poll(timeout=1.0) == 0
 
     pipeline.start_worker()
     results = pipeline.wait_results(5)
 
     assert len(pipeline.eml_files()) == 5
-    assert accepted.exists()
     by_key = {r.value["idempotency_key"]: r.value for r in results}
     assert set(by_key) == set(keys)
     assert all(v["outcome"] == "SENT" for v in by_key.values())
-    reconciled = [v for v in by_key.values() if v["reconciled"]]
-    # Exactly the killed key was resolved by looking it up, not by sending again.
-    assert len(reconciled) == 1
-    assert reconciled[0]["attempt_count"] == 1
-    assert reconciled[0]["provider_message_id"] == accepted.name
+    reconciled = {v["provider_message_id"] for v in by_key.values() if v["reconciled"]}
+    # Exactly the keys accepted before the kill were resolved by looking them
+    # up, not by sending again; the others were sent by the new worker.
+    assert reconciled == accepted
+    for v in by_key.values():
+        if v["reconciled"]:
+            assert v["attempt_count"] == 1
+        else:
+            # PENDING at the kill but never accepted: the lookup proved it, so
+            # a second attempt was safe; or not started before the kill at all.
+            assert v["attempt_count"] in (1, 2)
 
 
 def test_bad_records_are_dead_lettered_and_the_worker_keeps_going(pipeline: Pipeline) -> None:

@@ -1,0 +1,1 @@
+"""Microsoft Graph connector: MSAL auth, throttling, classification, emulator."""

@@ -1,0 +1,239 @@
+"""Throttling discipline per sender mailbox for Microsoft Graph.
+
+Graph limits mail requests per app *and mailbox*: 4 concurrent requests and 10,000
+requests per 10 minutes; Exchange Online caps a mailbox at 30 messages per minute.
+Exceeding them earns a 429, and a 429 on a send is AMBIGUOUS (Graph has delivered
+throttled sends), so staying under the limits is part of sending once, not only
+politeness. :class:`MailboxThrottle` keeps every mailbox under its limits and honours
+``Retry-After`` for all tasks of that mailbox, while other mailboxes keep going.
+
+Order of waiting, per request: first the rate permissions (Retry-After "not before"
+time, sliding request budget, per-minute send cap) *without* holding a concurrency
+slot, then a slot; once the slot is held, the rate permissions are checked again
+(another task may have used the budget, or a 429 may have set a new "not before"
+time, while this one queued for the slot). If they no longer hold, the slot is
+given back before sleeping, so a sleeping task never blocks a runnable one.
+
+Time is injected (``clock`` for monotonic seconds, ``sleep`` to wait), so tests run
+on a fake clock and never really sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+
+#: Graph's concurrency limit per app and mailbox.
+DEFAULT_MAX_CONCURRENT = 4
+#: Under Graph's 10,000 requests per 10 minutes per app and mailbox, with headroom
+#: for requests other workers or tools make with the same app registration.
+DEFAULT_REQUESTS_PER_WINDOW = 9_000
+DEFAULT_WINDOW_S = 600.0
+#: Exchange Online's messages-per-minute limit for one mailbox.
+DEFAULT_SENDS_PER_MINUTE = 30
+_MINUTE_S = 60.0
+
+
+@dataclass(frozen=True)
+class ThrottleStats:
+    """Metrics for one mailbox."""
+
+    #: Requests that had to wait before they could start.
+    waits: int
+    #: Total seconds (on the injected clock) requests spent waiting to start.
+    wait_seconds: float
+    #: Requests currently holding a concurrency slot.
+    in_flight: int
+    #: The most requests ever in flight at once.
+    max_in_flight: int
+    #: Requests started so far, and how many of them were sends.
+    requests: int
+    sends: int
+
+
+@dataclass
+class _Mailbox:
+    semaphore: asyncio.Semaphore
+    #: Start times of requests in the sliding budget window, oldest first.
+    requests: deque[float] = field(default_factory=deque)
+    #: Start times of sends in the last minute, oldest first.
+    sends: deque[float] = field(default_factory=deque)
+    #: No request may start before this clock value (Retry-After).
+    not_before: float = -math.inf
+    #: Serialise the tasks waiting on rate limits, one queue for sends and one for
+    #: other requests, so waiters queue in order instead of all waking at once, and a
+    #: send waiting on the per-minute cap never holds up a lookup.
+    gates: dict[bool, asyncio.Lock] = field(default_factory=dict)
+    waits: int = 0
+    wait_seconds: float = 0.0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    total_requests: int = 0
+    total_sends: int = 0
+
+
+def _sliding_delay(stamps: deque[float], limit: int, window: float, now: float) -> float:
+    """Seconds until one more event fits: at most ``limit`` in any ``window``."""
+    while stamps and stamps[0] + window <= now:
+        stamps.popleft()
+    if len(stamps) < limit:
+        return 0.0
+    # The event that must leave the window before another may enter it.
+    return stamps[len(stamps) - limit] + window - now
+
+
+class MailboxThrottle:
+    """Per-mailbox concurrency, request budget, send rate and Retry-After.
+
+    Usage::
+
+        async with throttle.request(sender, sending=True):
+            ...  # one HTTP request to Graph for this mailbox
+
+    ``sending=True`` marks a request that sends a message (``sendMail`` or a draft's
+    ``send``); it counts against the per-minute cap. Draft creation and Sent Items
+    lookups pass ``sending=False``. Every request counts against the budget and
+    takes a concurrency slot. Mailbox names are compared case-insensitively.
+    Do not nest ``request`` blocks for one mailbox: with one slot left, the inner
+    block would wait for the outer one forever. Use one instance per event loop
+    (its locks belong to the loop that first uses them).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        requests_per_window: int | None = DEFAULT_REQUESTS_PER_WINDOW,
+        window_s: float = DEFAULT_WINDOW_S,
+        sends_per_minute: int | None = DEFAULT_SENDS_PER_MINUTE,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
+        if window_s <= 0:
+            raise ValueError("window_s must be positive")
+        self.max_concurrent = max_concurrent
+        # 0 or None means unlimited for both rate limits.
+        self.requests_per_window = requests_per_window or None
+        self.window_s = float(window_s)
+        self.sends_per_minute = sends_per_minute or None
+        self._clock = clock
+        self._sleep = sleep
+        self._mailboxes: dict[str, _Mailbox] = {}
+
+    def _state(self, mailbox: str) -> _Mailbox:
+        key = mailbox.lower()
+        state = self._mailboxes.get(key)
+        if state is None:
+            state = _Mailbox(asyncio.Semaphore(self.max_concurrent))
+            state.gates = {True: asyncio.Lock(), False: asyncio.Lock()}
+            self._mailboxes[key] = state
+        return state
+
+    def _rate_delay(self, state: _Mailbox, sending: bool, now: float) -> float:
+        delay = state.not_before - now
+        if self.requests_per_window is not None:
+            delay = max(
+                delay, _sliding_delay(state.requests, self.requests_per_window, self.window_s, now)
+            )
+        if sending and self.sends_per_minute is not None:
+            delay = max(delay, _sliding_delay(state.sends, self.sends_per_minute, _MINUTE_S, now))
+        return delay
+
+    def retry_after(self, mailbox: str, seconds: float) -> None:
+        """Hold every new request of ``mailbox`` for ``seconds`` from now.
+
+        Requests already in flight are not affected; waiting ones re-check before
+        they start. A shorter Retry-After never shortens an earlier, longer one.
+        """
+        if not seconds > 0 or math.isinf(seconds):
+            # NaN, negative, zero: nothing to honour; inf would block forever.
+            return
+        state = self._state(mailbox)
+        state.not_before = max(state.not_before, self._clock() + seconds)
+
+    def not_before(self, mailbox: str) -> float:
+        """The clock value before which no request of ``mailbox`` starts."""
+        return self._state(mailbox).not_before
+
+    def request(self, mailbox: str, *, sending: bool = True) -> AbstractAsyncContextManager[None]:
+        """Wait until a request for ``mailbox`` may start; hold a slot while inside."""
+        return self._request(mailbox, sending)
+
+    @contextlib.asynccontextmanager
+    async def _request(self, mailbox: str, sending: bool) -> AsyncIterator[None]:
+        state = self._state(mailbox)
+        await self._acquire(state, sending)
+        try:
+            yield
+        finally:
+            state.in_flight -= 1
+            state.semaphore.release()
+
+    async def _acquire(self, state: _Mailbox, sending: bool) -> None:
+        arrived = self._clock()
+        gate = state.gates[sending]
+        # Queued behind another waiter of this mailbox counts as a wait too.
+        waited = gate.locked()
+        async with gate:
+            while True:
+                delay = self._rate_delay(state, sending, self._clock())
+                if delay > 0:
+                    # Sleep on the rate limits holding no concurrency slot.
+                    waited = True
+                    await self._sleep(delay)
+                    continue
+                if state.semaphore.locked():
+                    waited = True
+                await state.semaphore.acquire()
+                now = self._clock()
+                if self._rate_delay(state, sending, now) > 0:
+                    # A Retry-After arrived or the budget was used while we queued
+                    # for the slot: give the slot back before sleeping again.
+                    state.semaphore.release()
+                    continue
+                # Record at the moment the request starts, with no await since the
+                # check, so no other task can slip in between.
+                if self.requests_per_window is not None:
+                    state.requests.append(now)
+                if sending and self.sends_per_minute is not None:
+                    state.sends.append(now)
+                break
+        state.in_flight += 1
+        state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        state.total_requests += 1
+        state.total_sends += int(sending)
+        if waited or now > arrived:
+            state.waits += 1
+            state.wait_seconds += now - arrived
+
+    def stats(self) -> dict[str, ThrottleStats]:
+        """Per-mailbox metrics (mailbox names lower-cased)."""
+        return {
+            name: ThrottleStats(
+                waits=s.waits,
+                wait_seconds=s.wait_seconds,
+                in_flight=s.in_flight,
+                max_in_flight=s.max_in_flight,
+                requests=s.total_requests,
+                sends=s.total_sends,
+            )
+            for name, s in self._mailboxes.items()
+        }
+
+
+__all__ = [
+    "DEFAULT_MAX_CONCURRENT",
+    "DEFAULT_REQUESTS_PER_WINDOW",
+    "DEFAULT_SENDS_PER_MINUTE",
+    "DEFAULT_WINDOW_S",
+    "MailboxThrottle",
+    "ThrottleStats",
+]

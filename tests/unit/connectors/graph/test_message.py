@@ -1,0 +1,249 @@
+"""Graph payloads, client-request-id, the Sent Items URL and evidence headers."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+import uuid
+from email.message import EmailMessage
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from connectors.base import OutgoingEmail
+from connectors.graph.message import (
+    EXTENDED_PROPERTY_ID,
+    PROPERTY_SET_GUID,
+    client_request_id,
+    draft_body,
+    evidence_from_headers,
+    graph_message,
+    send_mail_body,
+    sent_items_filter_url,
+    template_text,
+    user_url,
+)
+from connectors.outbox import render_eml
+
+GRAPH = "https://graph.microsoft.com/v1.0"
+
+
+def outgoing(**kw: Any) -> OutgoingEmail:
+    fields: dict[str, Any] = {
+        "idempotency_key": "acme:order-42:confirmation",
+        "attempt_id": "att-1",
+        "tenant_id": "acme",
+        "sender": "orders@acme.example",
+        "to": ("bob@example.com", "dora@example.com"),
+        "cc": ("carol@example.com",),
+        "bcc": ("audit@acme.example",),
+        "subject": "Grüße, your order",
+        "text_body": "plain text",
+        "headers": (
+            ("X-Campaign", "spring"),
+            ("x-lower", "yes"),
+            ("Reply-To", "ignored@example.com"),
+            ("Xylophone", "not an X- header"),
+            ("Message-ID", "<forged@example.com>"),
+        ),
+        "message_id": "sendonce.abc123@acme.example",
+    }
+    fields.update(kw)
+    return OutgoingEmail(**fields)
+
+
+def test_extended_property_id_is_a_named_string_property_under_a_fixed_guid() -> None:
+    assert uuid.UUID(PROPERTY_SET_GUID)  # a well-formed GUID
+    assert EXTENDED_PROPERTY_ID == (
+        "String {b591447a-f7c8-41a6-96ab-2d474262ce9a} Name SendonceIdempotencyKey"
+    )
+
+
+def test_text_message_shape() -> None:
+    msg = graph_message(outgoing(), with_internet_message_id=False)
+    assert msg == {
+        "subject": "Grüße, your order",
+        "body": {"contentType": "Text", "content": "plain text"},
+        "toRecipients": [
+            {"emailAddress": {"address": "bob@example.com"}},
+            {"emailAddress": {"address": "dora@example.com"}},
+        ],
+        "ccRecipients": [{"emailAddress": {"address": "carol@example.com"}}],
+        "bccRecipients": [{"emailAddress": {"address": "audit@acme.example"}}],
+        "singleValueExtendedProperties": [
+            {"id": EXTENDED_PROPERTY_ID, "value": "acme:order-42:confirmation"}
+        ],
+        "internetMessageHeaders": [
+            {"name": "X-Campaign", "value": "spring"},
+            {"name": "x-lower", "value": "yes"},
+        ],
+    }
+
+
+def test_html_body_wins() -> None:
+    msg = graph_message(outgoing(html_body="<p>hi</p>"), with_internet_message_id=False)
+    assert msg["body"] == {"contentType": "HTML", "content": "<p>hi</p>"}
+
+
+def test_missing_body_is_empty_text() -> None:
+    msg = graph_message(outgoing(text_body=None), with_internet_message_id=False)
+    assert msg["body"] == {"contentType": "Text", "content": ""}
+
+
+def test_template_intent_renders_the_outbox_text() -> None:
+    out = outgoing(
+        text_body=None,
+        template_id="order-confirmation-v2",
+        template_params=(("order", "42"), ("name", "Bob")),
+    )
+    msg = graph_message(out, with_internet_message_id=False)
+    assert msg["body"] == {
+        "contentType": "Text",
+        "content": "[template order-confirmation-v2]\norder: 42\nname: Bob\n",
+    }
+    # Same text as the outbox stores for the same intent.
+    parsed = email.message_from_bytes(render_eml(out, 0.0), policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    part = parsed.get_body(preferencelist=("plain",))
+    assert part is not None
+    assert part.get_content().replace("\r\n", "\n") == template_text(out)
+
+
+def test_no_x_headers_means_no_header_list() -> None:
+    msg = graph_message(outgoing(headers=(("Reply-To", "a@b"),)), with_internet_message_id=False)
+    assert "internetMessageHeaders" not in msg
+
+
+def test_internet_message_id_only_when_asked() -> None:
+    out = outgoing()
+    assert "internetMessageId" not in graph_message(out, with_internet_message_id=False)
+    with_id = graph_message(out, with_internet_message_id=True)
+    assert with_id["internetMessageId"] == "<sendonce.abc123@acme.example>"
+    no_id = graph_message(outgoing(message_id=""), with_internet_message_id=True)
+    assert "internetMessageId" not in no_id
+
+
+def test_send_mail_body_saves_to_sent_items_without_internet_message_id() -> None:
+    out = outgoing()
+    body = send_mail_body(out)
+    assert body == {
+        "message": graph_message(out, with_internet_message_id=False),
+        "saveToSentItems": True,
+    }
+    opted_in = send_mail_body(out, with_internet_message_id=True)
+    assert opted_in["message"]["internetMessageId"] == "<sendonce.abc123@acme.example>"
+
+
+def test_draft_body_carries_internet_message_id_and_the_key() -> None:
+    body = draft_body(outgoing())
+    assert body["internetMessageId"] == "<sendonce.abc123@acme.example>"
+    assert body["singleValueExtendedProperties"][0]["value"] == "acme:order-42:confirmation"
+
+
+def test_client_request_id_is_a_deterministic_guid() -> None:
+    first = client_request_id("acme:k1", "att-1")
+    assert first == client_request_id("acme:k1", "att-1")
+    parsed = uuid.UUID(first)
+    assert parsed.version == 5
+    assert str(parsed) == first
+    assert first != client_request_id("acme:k1", "att-2")
+    assert first != client_request_id("acme:k2", "att-1")
+    assert first != client_request_id("acme:k1", "att-1", step="create")
+    assert client_request_id("acme:k1", "att-1", step="") == first
+    # The parts are not just concatenated: moving a character across the boundary
+    # gives another id.
+    assert client_request_id("ab", "c") != client_request_id("a", "bc")
+
+
+def test_client_request_id_is_stable_across_releases() -> None:
+    # Pinned: changing the namespace or the encoding would break correlation with
+    # ids already recorded in ledgers.
+    assert client_request_id("acme:k1", "att-1") == "20141916-2ce2-54aa-b8cf-6e6880c8f6c6"
+
+
+def _query(url: str) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+
+
+def test_sent_items_filter_url() -> None:
+    url = sent_items_filter_url(GRAPH, "orders@acme.example", "acme:k1")
+    parts = urlsplit(url)
+    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == (
+        f"{GRAPH}/users/orders@acme.example/mailFolders/SentItems/messages"
+    )
+    q = _query(url)
+    assert q["$filter"] == (
+        f"singleValueExtendedProperties/Any(ep: ep/id eq '{EXTENDED_PROPERTY_ID}'"
+        " and ep/value eq 'acme:k1')"
+    )
+    assert q["$select"] == "id,internetMessageId,sentDateTime,subject"
+    assert q["$expand"] == f"singleValueExtendedProperties($filter=id eq '{EXTENDED_PROPERTY_ID}')"
+    # Fully encoded: no raw spaces, quotes, braces or parentheses in the query.
+    assert not re.search(r"[ '{}()]", parts.query)
+    # The $-prefixed option names stay literal.
+    assert [p.split("=", 1)[0] for p in parts.query.split("&")] == [
+        "$filter",
+        "$select",
+        "$expand",
+    ]
+
+
+def test_sent_items_filter_url_doubles_single_quotes_and_encodes_specials() -> None:
+    key = "acme:O'Brien & co #1+2%"
+    url = sent_items_filter_url(GRAPH + "/", "orders@acme.example", key)
+    assert "/v1.0/users/" in url and "//users" not in url
+    flt = _query(url)["$filter"]
+    assert flt.endswith("ep/value eq 'acme:O''Brien & co #1+2%')")
+    # '&', '#', '+' and '%' in the key cannot leak into the URL's structure.
+    assert list(_query(url)) == ["$filter", "$select", "$expand"]
+    assert urlsplit(url).fragment == ""
+
+
+def test_sender_is_quoted_as_one_path_segment() -> None:
+    assert user_url(GRAPH, "a+b@x.example") == f"{GRAPH}/users/a%2Bb@x.example"
+    url = sent_items_filter_url(GRAPH, "evil/../x?y#z@x.example", "k")
+    path = urlsplit(url).path
+    assert path.startswith("/v1.0/users/evil%2F..%2Fx%3Fy%23z@x.example/")
+    assert unquote(path.split("/")[3]) == "evil/../x?y#z@x.example"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {
+            "Request-Id": "r-1",
+            "Client-Request-Id": "c-1",
+            "date": "Wed, 01 May 2024 12:00:00 GMT",
+            "X-MS-AGS-Diagnostic": '{"ServerInfo":{}}',
+            "Content-Type": "application/json",
+            "Authorization": "Bearer secret",
+        },
+        CIMultiDictProxy(
+            CIMultiDict(
+                [
+                    ("request-id", "r-1"),
+                    ("client-request-id", "c-1"),
+                    ("Date", "Wed, 01 May 2024 12:00:00 GMT"),
+                    ("x-ms-ags-diagnostic", '{"ServerInfo":{}}'),
+                    ("request-id", "r-2"),
+                    ("Set-Cookie", "x=y"),
+                ]
+            )
+        ),
+    ],
+    ids=["dict", "multidict"],
+)
+def test_evidence_from_headers(headers: Any) -> None:
+    assert evidence_from_headers(headers) == {
+        "request-id": "r-1",
+        "client-request-id": "c-1",
+        "Date": "Wed, 01 May 2024 12:00:00 GMT",
+        "x-ms-ags-diagnostic": '{"ServerInfo":{}}',
+    }
+
+
+def test_evidence_from_headers_with_missing_headers() -> None:
+    assert evidence_from_headers({"Content-Length": "0"}) == {}
