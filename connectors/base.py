@@ -107,8 +107,8 @@ class EmailProvider(Protocol):
         """Send one email and classify the outcome."""
         ...
 
-    async def lookup(self, idempotency_key: str, message_id: str) -> LookupResult:
-        """Find out whether a message for this key was accepted earlier."""
+    async def lookup(self, idempotency_key: str, message_id: str, sender: str) -> LookupResult:
+        """Find out whether ``sender`` had a message for this key accepted earlier."""
         ...
 
     async def close(self) -> None:

@@ -31,7 +31,7 @@ class NullProvider:
             accepted_at_ms=int(time.time() * 1000),
         )
 
-    async def lookup(self, idempotency_key: str, message_id: str) -> LookupResult:
+    async def lookup(self, idempotency_key: str, message_id: str, sender: str) -> LookupResult:
         """Nothing is kept, so nothing can be proven."""
         return LookupResult(LookupStatus.UNKNOWN, self.name, detail="null provider keeps no record")
 

@@ -170,7 +170,7 @@ class OutboxProvider:
             detail=f"found {path.name}",
         )
 
-    async def lookup(self, idempotency_key: str, message_id: str) -> LookupResult:
+    async def lookup(self, idempotency_key: str, message_id: str, sender: str = "") -> LookupResult:
         """Definitive: the file for the key exists or no attempt ever landed."""
         path = self.directory / eml_name(idempotency_key)
         if not path.exists():

@@ -118,6 +118,30 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "SENDONCE_MAX_BODY_BYTES",
         "Largest accepted body (text + html); larger intents are dead-lettered.",
     ),
+    "reconcile_grace_s": (
+        "SENDONCE_RECONCILE_GRACE_S",
+        "Seconds after an ambiguous send before the first lookup at the provider.",
+    ),
+    "reconcile_interval_s": (
+        "SENDONCE_RECONCILE_INTERVAL_S",
+        "Seconds between lookups of one ambiguous send; doubles each time.",
+    ),
+    "reconcile_max_interval_s": (
+        "SENDONCE_RECONCILE_MAX_INTERVAL_S",
+        "Upper bound of the interval between lookups.",
+    ),
+    "reconcile_deadline_s": (
+        "SENDONCE_RECONCILE_DEADLINE_S",
+        "Seconds after which an ambiguous send not found goes to the deadline policy.",
+    ),
+    "reconcile_on_deadline": (
+        "SENDONCE_RECONCILE_ON_DEADLINE",
+        "`review` (stays AMBIGUOUS for an operator) or `resend` (opt-in new attempt).",
+    ),
+    "reconcile_tick_s": (
+        "SENDONCE_RECONCILE_TICK_S",
+        "How often the worker checks for ambiguous sends due for a lookup.",
+    ),
     "standby_replicas": (
         "SENDONCE_STANDBY_REPLICAS",
         "Faust standby replicas of the ledger table (faster failover).",
@@ -151,6 +175,12 @@ class Settings:
     retry_base_delay_s: float = 0.5
     retry_max_delay_s: float = 30.0
     max_body_bytes: int = 4 * 1024 * 1024
+    reconcile_grace_s: float = 30.0
+    reconcile_interval_s: float = 30.0
+    reconcile_max_interval_s: float = 300.0
+    reconcile_deadline_s: float = 1800.0
+    reconcile_on_deadline: str = "review"
+    reconcile_tick_s: float = 1.0
     standby_replicas: int = 1
     session_timeout_s: float = 30.0
     log_level: str = "info"
@@ -185,6 +215,11 @@ class Settings:
             raise SettingsError(
                 "SENDONCE_BATCH_SIZE, SENDONCE_SEND_CONCURRENCY and "
                 "SENDONCE_RETRY_MAX_ATTEMPTS must be at least 1"
+            )
+        if self.reconcile_on_deadline not in ("review", "resend"):
+            raise SettingsError(
+                f"SENDONCE_RECONCILE_ON_DEADLINE={self.reconcile_on_deadline!r} must be "
+                "review or resend"
             )
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"SENDONCE_LOG_LEVEL={self.log_level!r} is not a log level")
@@ -231,3 +266,18 @@ def settings_table_markdown() -> str:
         shown = f"`{value}`" if value != "" else "(empty)"
         rows.append(f"| `{var}` | {shown} | {doc} |")
     return "\n".join(rows)
+
+
+def write_readme_table(readme: Path) -> None:
+    """Replace the configuration table in ``readme`` with the generated one."""
+    text = readme.read_text()
+    start = text.index("| variable | default | meaning |")
+    end = text.index("\n\n", start)
+    readme.write_text(text[:start] + settings_table_markdown() + text[end:])
+
+
+if __name__ == "__main__":
+    # `python -m sendonce.settings README.md` refreshes the README's table.
+    import sys
+
+    write_readme_table(Path(sys.argv[1] if len(sys.argv) > 1 else "README.md"))

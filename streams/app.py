@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from connectors.base import EmailProvider
 from connectors.null import NullProvider
 from connectors.outbox import OutboxFault, OutboxProvider
 from schemas.codec import SchemaCodec, default_codec
 from sendonce.settings import Settings
+from streams.fetcher import KafkaRecordFetcher
 from streams.processor import ConsumedRecord, IntentProcessor
 from streams.store import FaustLedgerStore
 
@@ -97,6 +99,20 @@ def build_worker_app(
         autodiscover=False,
     )
     intents = app.topic(settings.topics.intents, partitions=settings.partitions, **_RAW)
+    intents_topic = settings.topics.intents
+
+    def owns(partition: int) -> bool:
+        return TP(intents_topic, partition) in app.assignor.assigned_actives()
+
+    processors: list[IntentProcessor] = []
+
+    async def rebuild_reconcile_index() -> None:
+        # After every recovery (rebalance) the set of owned partitions changed.
+        for processor in processors:
+            found = processor.rebuild_reconcile_index(store.ambiguous_entries(settings.partitions))
+            if found:
+                log.info("%d ambiguous sends awaiting reconciliation", found)
+
     ledger = app.Table(
         "ledger",
         # The store's serializer comes from these two, not from ``schema``.
@@ -105,12 +121,29 @@ def build_worker_app(
         partitions=settings.partitions,
         schema=faust.Schema(**_RAW),
         options={"driver": "rocksdict"},
+        on_recover=rebuild_reconcile_index,
     )
     store = FaustLedgerStore(ledger)
+    provider_ = provider or provider_from_settings(settings)
+    fetcher = KafkaRecordFetcher(settings.bootstrap_servers)
+    processor = IntentProcessor(
+        settings, store, provider_, FaustSink(app), codec, fetcher=fetcher, owns=owns
+    )
+    processors.append(processor)
+
+    async def reconcile_tick() -> None:
+        try:
+            stats = await processor.reconcile_due()
+        except Exception as exc:
+            log.critical("reconciliation failed, stopping worker: %s", type(exc).__name__)
+            await app.crash(exc)
+            raise
+        if stats.records:
+            log.info("reconciled %d ambiguous sends: %s", stats.records, stats.outcomes)
+
+    app.timer(interval=settings.reconcile_tick_s, name="sendonce.reconcile")(reconcile_tick)
 
     async def process_intents(stream: Any) -> None:
-        provider_ = provider or provider_from_settings(settings)
-        processor = IntentProcessor(settings, store, provider_, FaustSink(app), codec)
         try:
             async for events in stream.take_events(
                 settings.batch_size, within=settings.batch_within_s
@@ -129,6 +162,7 @@ def build_worker_app(
                 log.debug("batch done: %s", stats)
         finally:
             await provider_.close()
+            fetcher.close()
 
     app.agent(intents, name="sendonce.intents", concurrency=1)(process_intents)
     return WorkerApp(app, ledger, settings)

@@ -67,6 +67,8 @@ class IntentFacts:
     action_type: str
     content_fingerprint: str
     ref: IntentRef
+    #: Normalised sender mailbox: where a reconciliation lookup searches.
+    sender: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,14 @@ class LedgerEntry:
     error_message: str | None = None
     reconciled: bool = False
     attempts: tuple[AttemptRecord, ...] = ()
+    sender: str = ""
+    #: AMBIGUOUS entries: when the next reconciliation lookup is due, and when
+    #: the reconciliation policy's deadline passes.
+    next_lookup_at_ms: int | None = None
+    lookup_deadline_ms: int | None = None
+    lookups: int = 0
+    #: Reconciliation gave up under the ``review`` policy: an operator decides.
+    review_required: bool = False
 
     def to_bytes(self) -> bytes:
         """Serialise for the table and its changelog (compact JSON)."""
@@ -217,7 +227,20 @@ class LookupFinished:
     now_ms: int
 
 
-Event = IntentArrived | SendFinished | LookupFinished
+@dataclass(frozen=True)
+class ReconcileDue:
+    """The reconciler's clock: an AMBIGUOUS entry's next lookup may be due.
+
+    ``intent`` is the entry's origin intent (the shell re-reads it from Kafka),
+    so results emitted from reconciliation belong to the record that caused
+    the send.
+    """
+
+    intent: IntentFacts
+    now_ms: int
+
+
+Event = IntentArrived | SendFinished | LookupFinished | ReconcileDue
 
 
 # --- effects --------------------------------------------------------------
@@ -280,6 +303,30 @@ class RetryPolicy:
         return backoff
 
 
+@dataclass(frozen=True)
+class ReconcilePolicy:
+    """How AMBIGUOUS entries are looked up: grace period, backoff, deadline, then policy.
+
+    ``on_deadline``: ``review`` (default) keeps the entry AMBIGUOUS and flags it
+    for an operator; ``resend`` (opt-in) makes a new, recorded attempt, which
+    may duplicate a message the provider did accept but could not show.
+    """
+
+    grace_s: float = 30.0
+    interval_s: float = 30.0
+    max_interval_s: float = 300.0
+    deadline_s: float = 1800.0
+    on_deadline: str = "review"
+
+    def __post_init__(self) -> None:
+        if self.on_deadline not in ("review", "resend"):
+            raise ValueError(f"on_deadline must be review or resend, not {self.on_deadline!r}")
+
+    def next_interval_s(self, lookups_done: int) -> float:
+        """Backoff between lookups: interval doubling up to the maximum."""
+        return float(min(self.max_interval_s, self.interval_s * 2.0 ** max(0, lookups_done - 1)))
+
+
 # --- deterministic ids ----------------------------------------------------
 
 
@@ -307,17 +354,36 @@ def message_id_for(key: str, sender: str) -> str:
 # --- the state machine ----------------------------------------------------
 
 
-def decide(entry: LedgerEntry | None, event: Event, policy: RetryPolicy | None = None) -> Decision:
+def decide(
+    entry: LedgerEntry | None,
+    event: Event,
+    policy: RetryPolicy | None = None,
+    reconcile: ReconcilePolicy | None = None,
+) -> Decision:
     """Apply one event to one key's entry; pure."""
     policy = policy or RetryPolicy()
+    reconcile = reconcile or ReconcilePolicy()
     if isinstance(event, IntentArrived):
         return _on_intent(entry, event)
+    if isinstance(event, ReconcileDue):
+        return _on_reconcile_due(entry, event)
     if entry is None or entry.attempt_id != event.attempt_id:
         # A late answer for an attempt the ledger has moved past: nothing to do.
         return Decision(entry)
     if isinstance(event, SendFinished):
-        return _on_send_finished(entry, event, policy)
-    return _on_lookup_finished(entry, event, policy)
+        return _on_send_finished(entry, event, policy, reconcile)
+    return _on_lookup_finished(entry, event, policy, reconcile)
+
+
+def _on_reconcile_due(entry: LedgerEntry | None, event: ReconcileDue) -> Decision:
+    if (
+        entry is None
+        or entry.status is not LedgerStatus.AMBIGUOUS
+        or entry.next_lookup_at_ms is None
+        or event.now_ms < entry.next_lookup_at_ms
+    ):
+        return Decision(entry)
+    return Decision(entry, (Reconcile(entry.attempt_id),))
 
 
 def _on_intent(entry: LedgerEntry | None, event: IntentArrived) -> Decision:
@@ -338,6 +404,7 @@ def _on_intent(entry: LedgerEntry | None, event: IntentArrived) -> Decision:
             created_at_ms=event.now_ms,
             updated_at_ms=event.now_ms,
             attempts=(AttemptRecord(attempt_id, 1, event.worker, event.now_ms),),
+            sender=intent.sender,
         )
         return Decision(new, (Persist(new), CallProvider(attempt_id, 1)))
 
@@ -352,7 +419,9 @@ def _on_intent(entry: LedgerEntry | None, event: IntentArrived) -> Decision:
     return Decision(entry, (Emit(_result_for_settled(entry, intent, event.now_ms)),))
 
 
-def _on_send_finished(entry: LedgerEntry, event: SendFinished, policy: RetryPolicy) -> Decision:
+def _on_send_finished(
+    entry: LedgerEntry, event: SendFinished, policy: RetryPolicy, reconcile: ReconcilePolicy
+) -> Decision:
     outcome = event.outcome
     attempts = _finish_attempt(entry.attempts, entry.attempt_id, event.now_ms, outcome)
     base = replace(
@@ -400,17 +469,40 @@ def _on_send_finished(entry: LedgerEntry, event: SendFinished, policy: RetryPoli
             )
         delay = policy.delay_for(entry.attempt_count, outcome.retry_after_s)
         return _new_attempt(base, event.intent, event.now_ms, delay)
-    # AMBIGUOUS: record it durably, then look the message up before anything else.
-    ambiguous = replace(
-        base,
-        status=LedgerStatus.AMBIGUOUS,
-        error_code=outcome.error_code or "ambiguous",
-        error_message=outcome.error_message,
+    # AMBIGUOUS: record it durably with its lookup schedule and report it; the
+    # reconciler looks it up after the grace period (a provider's Sent Items
+    # lag behind its acceptance) and never resends blind.
+    ambiguous = _schedule_reconciliation(
+        replace(
+            base,
+            status=LedgerStatus.AMBIGUOUS,
+            error_code=outcome.error_code or "ambiguous",
+            error_message=outcome.error_message,
+        ),
+        event.now_ms,
+        reconcile,
     )
-    return Decision(ambiguous, (Persist(ambiguous), Reconcile(ambiguous.attempt_id)))
+    return Decision(
+        ambiguous,
+        (Persist(ambiguous), Emit(_result_for_settled(ambiguous, event.intent, event.now_ms))),
+    )
 
 
-def _on_lookup_finished(entry: LedgerEntry, event: LookupFinished, policy: RetryPolicy) -> Decision:
+def _schedule_reconciliation(
+    entry: LedgerEntry, now_ms: int, reconcile: ReconcilePolicy
+) -> LedgerEntry:
+    return replace(
+        entry,
+        next_lookup_at_ms=now_ms + int(reconcile.grace_s * 1000),
+        lookup_deadline_ms=now_ms + int(reconcile.deadline_s * 1000),
+        lookups=0,
+        review_required=False,
+    )
+
+
+def _on_lookup_finished(
+    entry: LedgerEntry, event: LookupFinished, policy: RetryPolicy, reconcile: ReconcilePolicy
+) -> Decision:
     if entry.status not in (LedgerStatus.PENDING, LedgerStatus.AMBIGUOUS):
         return Decision(entry)
     lookup = event.lookup
@@ -425,7 +517,12 @@ def _on_lookup_finished(entry: LedgerEntry, event: LookupFinished, policy: Retry
         provider_request_id=lookup.provider_request_id,
         evidence={"detail": lookup.detail} if lookup.detail else {},
     )
-    base = replace(entry, attempts=(*entry.attempts, record), updated_at_ms=event.now_ms)
+    base = replace(
+        entry,
+        attempts=(*entry.attempts, record),
+        updated_at_ms=event.now_ms,
+        lookups=entry.lookups + 1,
+    )
     if lookup.status is LookupStatus.FOUND:
         sent = replace(
             base,
@@ -438,6 +535,9 @@ def _on_lookup_finished(entry: LedgerEntry, event: LookupFinished, policy: Retry
             error_code=None,
             error_message=None,
             reconciled=True,
+            next_lookup_at_ms=None,
+            lookup_deadline_ms=None,
+            review_required=False,
         )
         return Decision(
             sent, (Persist(sent), Emit(_result_for_settled(sent, event.intent, event.now_ms)))
@@ -447,31 +547,57 @@ def _on_lookup_finished(entry: LedgerEntry, event: LookupFinished, policy: Retry
         # duplicate it. It still counts against the budget, or a provider that
         # keeps timing out would be retried forever.
         if entry.attempt_count >= policy.max_attempts:
-            failed = replace(
+            return _fail(
                 base,
-                status=LedgerStatus.FAILED,
-                error_code="retry_budget_exhausted",
-                error_message=(
-                    f"not sent after {entry.attempt_count} attempts (each proven "
-                    "undelivered by lookup)"
-                ),
-            )
-            return Decision(
-                failed,
-                (Persist(failed), Emit(_result_for_settled(failed, event.intent, event.now_ms))),
+                event,
+                "retry_budget_exhausted",
+                f"not sent after {entry.attempt_count} attempts, each proven undelivered",
             )
         return _new_attempt(
             base, event.intent, event.now_ms, policy.delay_for(entry.attempt_count, None)
         )
-    ambiguous = replace(
+    if entry.status is LedgerStatus.PENDING:
+        # A crashed attempt the provider cannot vouch for (yet): ambiguous, and
+        # reported as such, with lookups scheduled.
+        ambiguous = _schedule_reconciliation(
+            replace(
+                base,
+                status=LedgerStatus.AMBIGUOUS,
+                error_code=entry.error_code or "outcome_unknown",
+                error_message=entry.error_message
+                or "attempt did not complete; lookup inconclusive",
+            ),
+            event.now_ms,
+            reconcile,
+        )
+        return Decision(
+            ambiguous,
+            (Persist(ambiguous), Emit(_result_for_settled(ambiguous, event.intent, event.now_ms))),
+        )
+    deadline = entry.lookup_deadline_ms
+    if deadline is not None and event.now_ms >= deadline:
+        if reconcile.on_deadline == "resend" and entry.attempt_count < policy.max_attempts:
+            return _new_attempt(base, event.intent, event.now_ms, 0.0)
+        review = replace(base, next_lookup_at_ms=None, review_required=True)
+        return Decision(review, (Persist(review),))
+    later = replace(
         base,
-        status=LedgerStatus.AMBIGUOUS,
-        error_code=entry.error_code or "outcome_unknown",
-        error_message=entry.error_message or "attempt did not complete; lookup inconclusive",
+        next_lookup_at_ms=event.now_ms + int(reconcile.next_interval_s(base.lookups) * 1000),
+    )
+    return Decision(later, (Persist(later),))
+
+
+def _fail(base: LedgerEntry, event: LookupFinished, code: str, message: str) -> Decision:
+    failed = replace(
+        base,
+        status=LedgerStatus.FAILED,
+        error_code=code,
+        error_message=message,
+        next_lookup_at_ms=None,
+        lookup_deadline_ms=None,
     )
     return Decision(
-        ambiguous,
-        (Persist(ambiguous), Emit(_result_for_settled(ambiguous, event.intent, event.now_ms))),
+        failed, (Persist(failed), Emit(_result_for_settled(failed, event.intent, event.now_ms)))
     )
 
 
@@ -485,6 +611,9 @@ def _new_attempt(base: LedgerEntry, intent: IntentFacts, now_ms: int, delay_s: f
         attempt_count=number,
         updated_at_ms=now_ms,
         attempts=(*base.attempts, AttemptRecord(attempt_id, number, base.worker, now_ms)),
+        next_lookup_at_ms=None,
+        lookup_deadline_ms=None,
+        review_required=False,
     )
     return Decision(pending, (Persist(pending), CallProvider(attempt_id, number, delay_s)))
 

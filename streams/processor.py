@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,9 +42,12 @@ from streams.ledger import (
     IntentFacts,
     IntentRef,
     LedgerEntry,
+    LedgerStatus,
     LookupFinished,
     Persist,
     Reconcile,
+    ReconcileDue,
+    ReconcilePolicy,
     ResultOutcome,
     ResultRecord,
     RetryPolicy,
@@ -79,6 +83,14 @@ class Sink(Protocol):
 
     async def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Produce one record durably."""
+        ...
+
+
+class RecordFetcher(Protocol):
+    """Reads one intent record back by its coordinates (for reconciliation)."""
+
+    async def fetch(self, ref: IntentRef) -> ConsumedRecord | None:
+        """The record at ``ref``, or ``None`` if it is gone (retention)."""
         ...
 
 
@@ -126,6 +138,8 @@ class IntentProcessor:
         *,
         clock: Callable[[], int] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        fetcher: RecordFetcher | None = None,
+        owns: Callable[[int], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.topics: TopicNames = settings.topics
@@ -136,9 +150,24 @@ class IntentProcessor:
         self.policy = RetryPolicy(
             settings.retry_max_attempts, settings.retry_base_delay_s, settings.retry_max_delay_s
         )
+        self.reconcile_policy = ReconcilePolicy(
+            grace_s=settings.reconcile_grace_s,
+            interval_s=settings.reconcile_interval_s,
+            max_interval_s=settings.reconcile_max_interval_s,
+            deadline_s=settings.reconcile_deadline_s,
+            on_deadline=settings.reconcile_on_deadline,
+        )
         self._clock = clock or (lambda: int(time.time() * 1000))
         self._sleep = sleep
         self._send_slots = asyncio.Semaphore(settings.send_concurrency)
+        self._fetcher = fetcher
+        self._owns = owns or (lambda _partition: True)
+        # One coroutine per key at a time, across the agent and the reconciler.
+        self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        #: AMBIGUOUS keys awaiting a lookup: key -> (partition, due time in ms).
+        self.reconcile_index: dict[str, tuple[int, int]] = {}
 
     async def process_batch(self, records: Sequence[ConsumedRecord]) -> BatchStats:
         """Process records in order per key; returns when every effect is durable."""
@@ -195,6 +224,7 @@ class IntentProcessor:
             action_type=intent["action_type"],
             content_fingerprint=fingerprint,
             ref=record.ref,
+            sender=normalize_address(intent["sender"]),
         )
         return _Accepted(record, intent, facts)
 
@@ -226,18 +256,33 @@ class IntentProcessor:
 
     # -- driving one key --------------------------------------------------
 
-    async def _drive(self, item: _Accepted, stats: BatchStats) -> None:
+    def _lock_for(self, key: str) -> asyncio.Lock:
+        lock = self._key_locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._key_locks[key] = lock
+        return lock
+
+    async def _drive(self, item: _Accepted, stats: BatchStats, first: Event | None = None) -> None:
+        key = item.facts.key
+        async with self._lock_for(key):
+            await self._drive_locked(item, stats, first)
+
+    async def _drive_locked(self, item: _Accepted, stats: BatchStats, first: Event | None) -> None:
         partition = item.record.partition
         key = item.facts.key
         entry = self.store.get(key, partition)
-        event: Event | None = IntentArrived(item.facts, self._clock(), self.settings.worker_id)
+        event: Event | None = first or IntentArrived(
+            item.facts, self._clock(), self.settings.worker_id
+        )
         while event is not None:
-            decision: Decision = decide(entry, event, self.policy)
+            decision: Decision = decide(entry, event, self.policy, self.reconcile_policy)
             entry = decision.entry
             event = None
             for effect in decision.effects:
                 if isinstance(effect, Persist):
                     await self.store.put(effect.entry, partition)
+                    self._index(effect.entry, partition)
                 elif isinstance(effect, Emit):
                     await self._emit(effect.result, stats)
                 elif isinstance(effect, CallProvider):
@@ -249,8 +294,59 @@ class IntentProcessor:
                     event = SendFinished(item.facts, effect.attempt_id, outcome, self._clock())
                 elif isinstance(effect, Reconcile):
                     assert entry is not None
-                    lookup = await self.provider.lookup(key, self._message_id(item))
+                    lookup = await self.provider.lookup(
+                        key, self._message_id(item), item.facts.sender
+                    )
                     event = LookupFinished(item.facts, effect.attempt_id, lookup, self._clock())
+
+    # -- reconciliation ---------------------------------------------------
+
+    def _index(self, entry: LedgerEntry, partition: int) -> None:
+        if entry.status is LedgerStatus.AMBIGUOUS and entry.next_lookup_at_ms is not None:
+            self.reconcile_index[entry.key] = (partition, entry.next_lookup_at_ms)
+        else:
+            self.reconcile_index.pop(entry.key, None)
+
+    def rebuild_reconcile_index(self, entries: Iterable[tuple[int, LedgerEntry]]) -> int:
+        """Replace the index with the AMBIGUOUS entries of owned partitions (after a rebalance)."""
+        self.reconcile_index.clear()
+        for partition, entry in entries:
+            if self._owns(partition):
+                self._index(entry, partition)
+        return len(self.reconcile_index)
+
+    async def reconcile_due(self) -> BatchStats:
+        """Look up every AMBIGUOUS entry whose lookup is due, through the ledger."""
+        stats = BatchStats()
+        now = self._clock()
+        due = [
+            (key, partition)
+            for key, (partition, at) in self.reconcile_index.items()
+            if at <= now and self._owns(partition)
+        ]
+        if not due:
+            return stats
+        if self._fetcher is None:
+            raise RuntimeError("reconciliation needs a record fetcher")
+        await asyncio.gather(
+            *(self._reconcile_one(key, partition, stats) for key, partition in due)
+        )
+        return stats
+
+    async def _reconcile_one(self, key: str, partition: int, stats: BatchStats) -> None:
+        assert self._fetcher is not None
+        entry = self.store.get(key, partition)
+        if entry is None or entry.status is not LedgerStatus.AMBIGUOUS:
+            self.reconcile_index.pop(key, None)
+            return
+        record = await self._fetcher.fetch(entry.origin)
+        if record is None:
+            log.warning("origin of an ambiguous key is gone (retention); left for review")
+            self.reconcile_index.pop(key, None)
+            return
+        item = self._accept(record)
+        stats.records += 1
+        await self._drive(item, stats, ReconcileDue(item.facts, self._clock()))
 
     async def _call(self, item: _Accepted, entry: LedgerEntry) -> Any:
         intent = item.intent

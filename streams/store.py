@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from streams.ledger import LedgerEntry
+from streams.ledger import LedgerEntry, LedgerStatus
 
 
 class LedgerStore(Protocol):
@@ -24,6 +24,10 @@ class LedgerStore(Protocol):
 
     async def put(self, entry: LedgerEntry, partition: int) -> None:
         """Store ``entry``; returns once it is durable."""
+        ...
+
+    def ambiguous_entries(self, partitions: int) -> Iterator[tuple[int, LedgerEntry]]:
+        """Every AMBIGUOUS entry held for an active partition, with its partition."""
         ...
 
 
@@ -42,6 +46,12 @@ class MemoryLedgerStore:
         """Store ``entry`` (immediately durable: it is memory)."""
         self.entries[(partition, entry.key)] = entry
         self.writes.append((partition, entry))
+
+    def ambiguous_entries(self, partitions: int) -> Iterator[tuple[int, LedgerEntry]]:
+        """Every AMBIGUOUS entry, with its partition."""
+        for (partition, _), entry in self.entries.items():
+            if entry.status is LedgerStatus.AMBIGUOUS:
+                yield partition, entry
 
 
 class _Message:
@@ -99,3 +109,17 @@ class FaustLedgerStore:
         await self._table.send_changelog(partition, key, value)
         with _partition_context(partition):
             self._table.data[key] = value
+
+    def ambiguous_entries(self, partitions: int) -> Iterator[tuple[int, LedgerEntry]]:
+        """Scan the active partitions' RocksDB for AMBIGUOUS entries.
+
+        Runs after each recovery (rebalance). Values are filtered as bytes
+        before decoding, so the scan costs a RocksDB iteration, not a JSON
+        decode per key.
+        """
+        from streams.processor import partition_for_key
+
+        marker = b'"status":"AMBIGUOUS"'
+        for key, value in self._table.data._iteritems():
+            if value is not None and marker in value:
+                yield partition_for_key(key, partitions), LedgerEntry.from_bytes(value)

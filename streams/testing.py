@@ -8,7 +8,7 @@ is for checking how *your* intents resolve.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,7 @@ from schemas.codec import SchemaCodec, default_codec
 from sendonce.keys import idempotency_key_for
 from sendonce.publish import complete_intent
 from sendonce.settings import Settings
+from streams.ledger import IntentRef
 from streams.processor import BatchStats, ConsumedRecord, IntentProcessor, partition_for_key
 from streams.store import MemoryLedgerStore
 
@@ -32,6 +33,17 @@ class RecordingSink:
         self.produced.append((topic, key, value))
 
 
+@dataclass
+class InMemoryRecordFetcher:
+    """Serves records the pipeline created, by coordinates."""
+
+    records: dict[IntentRef, ConsumedRecord] = field(default_factory=dict)
+
+    async def fetch(self, ref: IntentRef) -> ConsumedRecord | None:
+        """The record at ``ref`` or ``None``."""
+        return self.records.get(ref)
+
+
 class InMemoryPipeline:
     """An intents topic, a ledger and result topics, all in memory."""
 
@@ -40,6 +52,7 @@ class InMemoryPipeline:
         provider: EmailProvider,
         settings: Settings | None = None,
         codec: SchemaCodec | None = None,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings or Settings(partitions=12, retry_base_delay_s=0.0)
         self.codec = codec or default_codec()
@@ -47,8 +60,16 @@ class InMemoryPipeline:
         self.sink = RecordingSink()
         self.provider = provider
         self._next_offset: dict[int, int] = {}
+        self.fetcher = InMemoryRecordFetcher()
         self.processor = IntentProcessor(
-            self.settings, self.store, provider, self.sink, self.codec, sleep=_no_sleep
+            self.settings,
+            self.store,
+            provider,
+            self.sink,
+            self.codec,
+            sleep=_no_sleep,
+            clock=clock,
+            fetcher=self.fetcher,
         )
 
     def record(
@@ -59,7 +80,9 @@ class InMemoryPipeline:
             partition = partition_for_key(key, self.settings.partitions) if key else 0
         offset = self._next_offset.get(partition, 0)
         self._next_offset[partition] = offset + 1
-        return ConsumedRecord(self.settings.topics.intents, partition, offset, key, value)
+        record = ConsumedRecord(self.settings.topics.intents, partition, offset, key, value)
+        self.fetcher.records[record.ref] = record
+        return record
 
     def intent_record(self, intent: Mapping[str, Any]) -> ConsumedRecord:
         """Encode and key an intent as the publisher would."""
@@ -70,6 +93,10 @@ class InMemoryPipeline:
     async def run(self, records: list[ConsumedRecord]) -> BatchStats:
         """Process one batch."""
         return await self.processor.process_batch(records)
+
+    async def reconcile(self) -> BatchStats:
+        """One reconciler tick."""
+        return await self.processor.reconcile_due()
 
     def outputs(self, topic: str) -> list[dict[str, Any]]:
         """Decoded records produced to ``topic``."""

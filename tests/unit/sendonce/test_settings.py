@@ -19,7 +19,7 @@ def test_every_setting_is_documented_and_every_doc_is_a_setting() -> None:
 
 def test_readme_carries_the_generated_table() -> None:
     assert settings_table_markdown() in README.read_text(), (
-        "README's configuration table is stale; paste sendonce.settings.settings_table_markdown()"
+        "README's configuration table is stale; run `python -m sendonce.settings README.md`"
     )
 
 

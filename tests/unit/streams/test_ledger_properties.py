@@ -25,9 +25,12 @@ from streams.ledger import (
     IntentFacts,
     IntentRef,
     LedgerEntry,
+    LedgerStatus,
     LookupFinished,
     Persist,
     Reconcile,
+    ReconcileDue,
+    ReconcilePolicy,
     ResultOutcome,
     ResultRecord,
     RetryPolicy,
@@ -75,26 +78,29 @@ class ProviderModel:
 
 @dataclass
 class Simulator:
-    """Shell + durable store + committed offset, with crash injection."""
+    """Shell + durable store + committed offset + reconciler, with crash injection."""
 
     provider: ProviderModel
     crash_at_steps: set[int]
+    reconcile: ReconcilePolicy = field(default_factory=ReconcilePolicy)
     durable: dict[str, LedgerEntry] = field(default_factory=dict)
     results: list[ResultRecord] = field(default_factory=list)
     step: int = 0
+    now_ms: int = 0
     crashes: int = 0
 
     def _maybe_crash(self) -> None:
         self.step += 1
+        self.now_ms += 1
         if self.step in self.crash_at_steps:
             self.crashes += 1
             raise Crash
 
-    def handle(self, intent: IntentFacts) -> None:
+    def handle(self, intent: IntentFacts, first: Event | None = None) -> None:
         entry = self.durable.get(intent.key)
-        event: Event | None = IntentArrived(intent, now_ms=self.step, worker="w")
+        event: Event | None = first or IntentArrived(intent, now_ms=self.now_ms, worker="w")
         while event is not None:
-            decision: Decision = decide(entry, event, POLICY)
+            decision: Decision = decide(entry, event, POLICY, self.reconcile)
             entry, event = decision.entry, None
             for effect in decision.effects:
                 self._maybe_crash()
@@ -105,13 +111,13 @@ class Simulator:
                 elif isinstance(effect, CallProvider):
                     outcome = self.provider.send(intent.key)
                     self._maybe_crash()  # between the provider's answer and recording it
-                    event = SendFinished(intent, effect.attempt_id, outcome, self.step)
+                    event = SendFinished(intent, effect.attempt_id, outcome, self.now_ms)
                 elif isinstance(effect, Reconcile):
                     lookup = self.provider.lookup(intent.key)
-                    event = LookupFinished(intent, effect.attempt_id, lookup, self.step)
+                    event = LookupFinished(intent, effect.attempt_id, lookup, self.now_ms)
 
-    def run(self, log: list[IntentFacts]) -> None:
-        """Process the log; on a crash restart from the last committed offset."""
+    def run(self, log: list[IntentFacts], advances: list[int] | None = None) -> None:
+        """Process the log (restarting from the last commit after a crash), then reconcile."""
         committed = 0
         while committed < len(log):
             try:
@@ -120,6 +126,22 @@ class Simulator:
                     committed = i + 1
             except Crash:
                 continue  # restart: durable state survives, uncommitted intents replay
+        by_ref = {i.ref: i for i in log}
+        for advance in advances or [10**9] * 40:
+            due = [
+                e
+                for e in self.durable.values()
+                if e.status is LedgerStatus.AMBIGUOUS and e.next_lookup_at_ms is not None
+            ]
+            if not due:
+                break
+            self.now_ms += advance
+            for entry in due:
+                origin = by_ref[entry.origin]
+                try:
+                    self.handle(origin, ReconcileDue(origin, self.now_ms))
+                except Crash:
+                    continue  # the timer fires again; durable state is what counts
 
 
 @st.composite
@@ -152,16 +174,25 @@ answers = st.sampled_from(["accept", "reject", "retry", "ambiguous", "ambiguous-
     script=st.lists(answers, min_size=1, max_size=6),
     definitive=st.booleans(),
     crash_steps=st.sets(st.integers(1, 60), max_size=6),
+    advances=st.lists(st.integers(1, 4_000_000), min_size=1, max_size=12),
+    on_deadline=st.sampled_from(["review", "resend"]),
 )
 def test_invariants_hold_under_crashes_and_replays(
-    log: list[IntentFacts], script: list[str], definitive: bool, crash_steps: set[int]
+    log: list[IntentFacts],
+    script: list[str],
+    definitive: bool,
+    crash_steps: set[int],
+    advances: list[int],
+    on_deadline: str,
 ) -> None:
     provider = ProviderModel(script, definitive)
-    sim = Simulator(provider, crash_steps)
-    sim.run(log)
+    sim = Simulator(provider, crash_steps, ReconcilePolicy(on_deadline=on_deadline))
+    sim.run(log, advances)
 
-    # 1. At most one accepted message per key, whatever crashed where.
-    assert all(count <= 1 for count in provider.delivered.values()), provider.delivered
+    # 1. At most one accepted message per key, whatever crashed where; only the
+    #    opt-in resend policy may trade a duplicate for delivery.
+    if on_deadline == "review":
+        assert all(count <= 1 for count in provider.delivered.values()), provider.delivered
 
     # 2. Every intent record has at least one result.
     refs_with_results = {r.intent for r in sim.results}
@@ -175,7 +206,13 @@ def test_invariants_hold_under_crashes_and_replays(
     # 4. SENT/DUPLICATE only for keys the provider really accepted.
     for r in sim.results:
         if r.outcome in (ResultOutcome.SENT, ResultOutcome.DUPLICATE):
-            assert provider.delivered.get(r.idempotency_key) == 1
+            assert provider.delivered.get(r.idempotency_key, 0) >= 1
+
+    # 6. Ambiguity is never left unscheduled: each AMBIGUOUS entry awaits a
+    #    lookup or is flagged for review.
+    for e in sim.durable.values():
+        if e.status is LedgerStatus.AMBIGUOUS:
+            assert (e.next_lookup_at_ms is not None) != e.review_required
 
     # 5. A delivered key is never reported FAILED (we would tell data teams a lie).
     for r in sim.results:
@@ -232,14 +269,44 @@ def test_crash_after_accept_reconciles_instead_of_resending() -> None:
     assert result.outcome is ResultOutcome.SENT and result.reconciled
 
 
-def test_ambiguous_with_inconclusive_lookup_is_not_resent() -> None:
+def test_ambiguous_with_inconclusive_lookups_goes_to_review_not_resend() -> None:
     provider = ProviderModel(["ambiguous"], definitive_lookups=False)
     sim = Simulator(provider, set())
     intent = IntentFacts("t:k", "t", "e", "reply", "fp", IntentRef("i", 0, 0))
     again = IntentFacts("t:k", "t", "e", "reply", "fp", IntentRef("i", 0, 1))
-    sim.run([intent, again])
+    sim.run([intent, again], advances=[60_000] * 100)
     assert provider.calls == 1
     assert [r.outcome for r in sim.results] == [ResultOutcome.AMBIGUOUS, ResultOutcome.AMBIGUOUS]
+    entry = sim.durable["t:k"]
+    assert entry.review_required and entry.next_lookup_at_ms is None
+    assert entry.lookups > 3  # looked up with backoff until the deadline
+
+
+def test_ambiguous_found_later_becomes_sent_for_the_origin_record() -> None:
+    provider = ProviderModel(["ambiguous-delivered"], definitive_lookups=False)
+    sim = Simulator(provider, set())
+    intent = IntentFacts("t:k", "t", "e", "reply", "fp", IntentRef("i", 0, 0))
+    sim.run([intent], advances=[60_000])
+    assert [r.outcome for r in sim.results] == [ResultOutcome.AMBIGUOUS, ResultOutcome.SENT]
+    sent = sim.results[1]
+    assert sent.reconciled and sent.intent == intent.ref
+    assert sent.result_id != sim.results[0].result_id
+    assert provider.calls == 1
+
+
+def test_lookup_waits_for_the_grace_period() -> None:
+    intent = IntentFacts("t:k", "t", "e", "reply", "fp", IntentRef("i", 0, 0))
+    policy = ReconcilePolicy(grace_s=30)
+    first = decide(None, IntentArrived(intent, 0, "w"))
+    ambiguous = decide(
+        first.entry,
+        SendFinished(intent, first.entry.attempt_id, SendOutcome(SendStatus.AMBIGUOUS, "m"), 1000),  # type: ignore[union-attr]
+        reconcile=policy,
+    ).entry
+    assert decide(ambiguous, ReconcileDue(intent, 30_999), reconcile=policy).effects == ()
+    assert decide(ambiguous, ReconcileDue(intent, 31_000), reconcile=policy).effects == (
+        Reconcile(ambiguous.attempt_id),  # type: ignore[union-attr]
+    )
 
 
 def test_retry_budget_then_failed() -> None:
@@ -275,8 +342,10 @@ def test_ambiguous_proven_unsent_is_retried_within_budget_only() -> None:
     # definitive lookups, was re-attempted forever.
     provider = ProviderModel(["ambiguous"], definitive_lookups=True)
     sim = Simulator(provider, set())
-    sim.run([IntentFacts("t:k", "t", "e", "reply", "fp", IntentRef("i", 0, 0))])
+    sim.run([IntentFacts("t:k", "t", "e", "reply", "fp", IntentRef("i", 0, 0))], [60_000] * 20)
     assert provider.calls == POLICY.max_attempts
-    [result] = sim.results
-    assert result.outcome is ResultOutcome.FAILED
+    # Each ambiguous attempt reported AMBIGUOUS (one deterministic id), then FAILED.
+    assert len({r.result_id for r in sim.results}) == 2
+    assert sim.results[-1].outcome is ResultOutcome.FAILED
+    assert {r.outcome for r in sim.results[:-1]} == {ResultOutcome.AMBIGUOUS}
     assert not provider.delivered

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from connectors.base import LookupResult, OutgoingEmail, SendOutcome, SendStatus
+from connectors.base import LookupResult, LookupStatus, OutgoingEmail, SendOutcome, SendStatus
 from connectors.outbox import OutboxProvider
 from sendonce.keys import idempotency_key_for
 from sendonce.publish import complete_intent
@@ -143,7 +143,7 @@ class FlakyThenOk:
             return SendOutcome(SendStatus.NOT_SENT_RETRYABLE, self.name, error_code="refused")
         return SendOutcome(SendStatus.ACCEPTED, self.name, provider_message_id="m1")
 
-    async def lookup(self, idempotency_key: str, message_id: str) -> LookupResult:
+    async def lookup(self, idempotency_key: str, message_id: str, sender: str) -> LookupResult:
         raise AssertionError("no lookup expected")
 
     async def close(self) -> None:
@@ -173,3 +173,48 @@ def test_results_and_key_match_what_the_publisher_computes(outbox: OutboxProvide
     assert result["idempotency_key"].encode() == rec.key
     assert result["intent_offset"] == rec.offset
     assert result["intent_partition"] == rec.partition
+
+
+class TimesOutButDelivers:
+    """Answers the send ambiguously; Sent Items shows it only after two lookups."""
+
+    name = "laggy"
+
+    def __init__(self) -> None:
+        self.sends = 0
+        self.lookups: list[str] = []
+
+    async def send(self, outgoing: OutgoingEmail) -> SendOutcome:
+        self.sends += 1
+        return SendOutcome(SendStatus.AMBIGUOUS, self.name, error_code="read_timeout")
+
+    async def lookup(self, idempotency_key: str, message_id: str, sender: str) -> LookupResult:
+        self.lookups.append(sender)
+        if len(self.lookups) < 3:
+            return LookupResult(LookupStatus.UNKNOWN, self.name, detail="not in Sent Items yet")
+        return LookupResult(LookupStatus.FOUND, self.name, provider_message_id="AAMk-1")
+
+
+def test_ambiguous_send_is_reconciled_by_later_lookups_of_the_origin_record() -> None:
+    now = [1_000_000]
+    provider = TimesOutButDelivers()
+    p = InMemoryPipeline(provider, clock=lambda: now[0])
+    rec = p.intent_record(intent(1))
+    run(p.run([rec]))
+    [ambiguous] = p.results()
+    assert ambiguous["outcome"] == "AMBIGUOUS"
+    assert p.outputs(p.settings.topics.results_ambiguous) == [ambiguous]
+
+    # Nothing is looked up during the grace period.
+    assert run(p.reconcile()).records == 0
+    for _ in range(4):
+        now[0] += 600_000
+        run(p.reconcile())
+
+    assert provider.sends == 1
+    assert provider.lookups == ["orders@acme.example"] * 3
+    sent = p.results()[-1]
+    assert sent["outcome"] == "SENT" and sent["reconciled"]
+    assert sent["intent_offset"] == rec.offset
+    assert sent["provider_message_id"] == "AAMk-1"
+    assert not p.processor.reconcile_index
