@@ -1,0 +1,424 @@
+"""Microsoft Graph as an :class:`~connectors.base.EmailProvider`.
+
+Two sending modes:
+
+* ``sendmail``: ``POST /users/{sender}/sendMail`` with ``saveToSentItems: true``;
+* ``draft-send``: ``POST /users/{sender}/messages`` (``Prefer: IdType="ImmutableId"``,
+  with a deterministic ``internetMessageId``), then ``POST .../messages/{id}/send``;
+  records the immutable id and the internet message id.
+
+Every message carries the idempotency key in a single-value extended property
+(``connectors/graph/message.py``), which is what :meth:`GraphProvider.lookup`
+searches the sender's Sent Items for. Every request sends a ``client-request-id``
+derived from key and attempt; the outcome's evidence keeps ``request-id``,
+``client-request-id``, ``Date`` and ``x-ms-ags-diagnostic``.
+
+Outcome classification (``connectors/graph/classify.py``):
+
+===========================================================  ====================
+what happened                                                 SendStatus
+===========================================================  ====================
+202                                                           ACCEPTED
+400 recipient/content errors, 403 access denied / mailbox     REJECTED (no retry)
+not enabled, 404 mailbox not found
+connection refused, DNS or TLS failure before the request    NOT_SENT_RETRYABLE
+was written
+timeout, reset, 5xx, 429 on the send call, any other         AMBIGUOUS (never
+failure after the request was written                         resent blind)
+401 InvalidAuthenticationToken                                token refreshed, the
+                                                              request retried once
+===========================================================  ====================
+
+All requests go through a :class:`~connectors.graph.throttle.MailboxThrottle`:
+at most 4 in flight per mailbox, a request budget per 10 minutes, a
+messages-per-minute cap, and Retry-After honoured by every task of the mailbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from connectors.base import (
+    LookupResult,
+    LookupStatus,
+    OutgoingEmail,
+    SendOutcome,
+    SendStatus,
+)
+from connectors.graph.auth import GraphAuthError, GraphTokenProvider
+from connectors.graph.classify import (
+    Classification,
+    HttpAttempt,
+    classify,
+    classify_create,
+    parse_graph_error,
+    stage_of_exception,
+)
+from connectors.graph.message import (
+    client_request_id,
+    draft_body,
+    evidence_from_headers,
+    send_mail_body,
+    sent_items_filter_url,
+    user_url,
+)
+from connectors.graph.throttle import MailboxThrottle
+
+log = logging.getLogger("sendonce.graph")
+
+GRAPH_URL = "https://graph.microsoft.com/v1.0"
+MODES = ("sendmail", "draft-send")
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """How to reach Graph and how hard to push it."""
+
+    graph_url: str = GRAPH_URL
+    mode: str = "sendmail"
+    ca_bundle: Path | None = None
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
+    max_concurrent_per_mailbox: int = 4
+    requests_per_window: int | None = 9_000
+    sends_per_minute: int | None = 30
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"Graph mode must be one of {MODES}, not {self.mode!r}")
+
+
+@dataclass
+class _Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class _Failed(Exception):
+    """A request that ended without a response; carries what the classifier needs."""
+
+    def __init__(self, attempt: HttpAttempt, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(attempt.stage)
+        self.attempt = attempt
+        self.headers = headers or {}
+
+
+class GraphProvider:
+    """Sends through Microsoft Graph and looks messages up in Sent Items."""
+
+    name = "graph"
+
+    def __init__(
+        self,
+        tokens: GraphTokenProvider,
+        settings: GraphSettings | None = None,
+        throttle: MailboxThrottle | None = None,
+    ) -> None:
+        self.tokens = tokens
+        self.settings = settings or GraphSettings()
+        self.throttle = throttle or MailboxThrottle(
+            max_concurrent=self.settings.max_concurrent_per_mailbox,
+            requests_per_window=self.settings.requests_per_window,
+            sends_per_minute=self.settings.sends_per_minute,
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Created lazily: a ClientSession must be made inside the running loop.
+        if self._session is None:
+            import ssl
+
+            ssl_context: ssl.SSLContext | bool = True
+            if self.settings.ca_bundle is not None:
+                ssl_context = ssl.create_default_context(cafile=str(self.settings.ca_bundle))
+            connector = aiohttp.TCPConnector(ssl=ssl_context, limit=0, limit_per_host=0)
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=self.settings.connect_timeout_s,
+                sock_read=self.settings.read_timeout_s,
+            )
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        return self._session
+
+    # -- sending ----------------------------------------------------------
+
+    async def send(self, outgoing: OutgoingEmail) -> SendOutcome:
+        """Send one email and classify the outcome."""
+        if self.settings.mode == "draft-send":
+            return await self._draft_send(outgoing)
+        url = f"{user_url(self.settings.graph_url, outgoing.sender)}/sendMail"
+        crid = client_request_id(outgoing.idempotency_key, outgoing.attempt_id)
+        return await self._send_call(
+            outgoing, url, send_mail_body(outgoing), crid, extra={}, provider_message_id=None
+        )
+
+    async def _draft_send(self, outgoing: OutgoingEmail) -> SendOutcome:
+        base = user_url(self.settings.graph_url, outgoing.sender)
+        crid = client_request_id(outgoing.idempotency_key, outgoing.attempt_id, step="create")
+        try:
+            response = await self._request(
+                outgoing.sender,
+                "POST",
+                f"{base}/messages",
+                crid,
+                json_body=draft_body(outgoing),
+                headers={"Prefer": 'IdType="ImmutableId"'},
+                sending=False,
+            )
+        except _Failed as failed:
+            # No response at all: classify_create never calls that "created".
+            failure = classify_create(failed.attempt) or classify(failed.attempt)
+            return self._outcome(failure, failed.headers, crid)
+        except GraphAuthError as exc:
+            return self._auth_failure(exc, crid)
+        code, message = parse_graph_error(response.body)
+        refused = classify_create(
+            HttpAttempt("response", response.status, code, response.headers.get("Retry-After"))
+        )
+        if refused is not None:
+            return self._outcome(refused, response.headers, crid, error_message=message)
+        draft = _json(response.body)
+        message_id = str(draft.get("id", ""))
+        internet_message_id = draft.get("internetMessageId")
+        if not message_id:
+            # Created but unusable: nothing was sent, a new attempt is safe.
+            return SendOutcome(
+                SendStatus.NOT_SENT_RETRYABLE,
+                self.name,
+                error_code="draft_without_id",
+                evidence=evidence_from_headers(response.headers),
+            )
+        send_crid = client_request_id(outgoing.idempotency_key, outgoing.attempt_id, step="send")
+        return await self._send_call(
+            outgoing,
+            f"{base}/messages/{message_id}/send",
+            None,
+            send_crid,
+            extra={"draft_id": message_id, "create_client_request_id": crid},
+            provider_message_id=message_id,
+            internet_message_id=internet_message_id,
+        )
+
+    async def _send_call(
+        self,
+        outgoing: OutgoingEmail,
+        url: str,
+        body: dict[str, Any] | None,
+        crid: str,
+        *,
+        extra: dict[str, str],
+        provider_message_id: str | None,
+        internet_message_id: str | None = None,
+    ) -> SendOutcome:
+        try:
+            response = await self._request(outgoing.sender, "POST", url, crid, json_body=body)
+        except _Failed as failed:
+            return self._outcome(classify(failed.attempt), failed.headers, crid, extra=extra)
+        except GraphAuthError as exc:
+            return self._auth_failure(exc, crid)
+        code, message = parse_graph_error(response.body)
+        verdict = classify(
+            HttpAttempt("response", response.status, code, response.headers.get("Retry-After"))
+        )
+        return self._outcome(
+            verdict,
+            response.headers,
+            crid,
+            error_message=message,
+            extra=extra,
+            provider_message_id=provider_message_id,
+            internet_message_id=internet_message_id,
+        )
+
+    def _outcome(
+        self,
+        verdict: Classification,
+        headers: Mapping[str, str],
+        crid: str,
+        *,
+        error_message: str | None = None,
+        extra: dict[str, str] | None = None,
+        provider_message_id: str | None = None,
+        internet_message_id: str | None = None,
+    ) -> SendOutcome:
+        evidence = {"client-request-id": crid, **evidence_from_headers(headers), **(extra or {})}
+        accepted_at = None
+        if verdict.status is SendStatus.ACCEPTED:
+            accepted_at = _date_ms(headers.get("Date")) or int(time.time() * 1000)
+        return SendOutcome(
+            verdict.status,
+            self.name,
+            provider_request_id=evidence.get("request-id"),
+            provider_message_id=provider_message_id,
+            internet_message_id=internet_message_id,
+            accepted_at_ms=accepted_at,
+            error_code=verdict.error_code,
+            error_message=verdict.error_message or error_message,
+            retry_after_s=verdict.retry_after_s,
+            evidence=evidence,
+        )
+
+    def _auth_failure(self, exc: GraphAuthError, crid: str) -> SendOutcome:
+        # No token means no request reached Graph: provably not sent.
+        return SendOutcome(
+            SendStatus.NOT_SENT_RETRYABLE,
+            self.name,
+            error_code="auth_failed",
+            error_message=str(exc),
+            evidence={"client-request-id": crid},
+        )
+
+    # -- lookups ------------------------------------------------------------
+
+    async def lookup(self, idempotency_key: str, message_id: str, sender: str) -> LookupResult:
+        """Search the sender's Sent Items for the key's extended property.
+
+        Never definitive: Sent Items lag behind acceptance, so an empty answer
+        is UNKNOWN and the reconciler asks again later.
+        """
+        url = sent_items_filter_url(self.settings.graph_url, sender, idempotency_key)
+        crid = client_request_id(idempotency_key, f"lookup-{int(time.time())}")
+        try:
+            response = await self._request(sender, "GET", url, crid, sending=False)
+        except (_Failed, GraphAuthError) as exc:
+            return LookupResult(LookupStatus.UNKNOWN, self.name, detail=type(exc).__name__)
+        if response.status != 200:
+            code, _ = parse_graph_error(response.body)
+            return LookupResult(
+                LookupStatus.UNKNOWN,
+                self.name,
+                provider_request_id=response.headers.get("request-id"),
+                detail=f"Sent Items lookup answered {response.status} {code or ''}".strip(),
+            )
+        found = _json(response.body).get("value") or []
+        if not found:
+            return LookupResult(
+                LookupStatus.UNKNOWN,
+                self.name,
+                provider_request_id=response.headers.get("request-id"),
+                detail="not in Sent Items (yet)",
+            )
+        first = found[0]
+        detail = f"found in Sent Items ({len(found)} cop{'y' if len(found) == 1 else 'ies'})"
+        if len(found) > 1:
+            # One request, several deliveries: a transport duplicate to report,
+            # not a second send of ours.
+            detail += "; transport duplicate"
+        return LookupResult(
+            LookupStatus.FOUND,
+            self.name,
+            provider_request_id=response.headers.get("request-id"),
+            provider_message_id=first.get("id"),
+            internet_message_id=first.get("internetMessageId"),
+            accepted_at_ms=_iso_ms(first.get("sentDateTime")),
+            detail=detail,
+        )
+
+    # -- transport ----------------------------------------------------------
+
+    async def _request(
+        self,
+        mailbox: str,
+        method: str,
+        url: str,
+        crid: str,
+        *,
+        json_body: dict[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        sending: bool = True,
+    ) -> _Response:
+        """One Graph call with throttling and one token refresh on 401."""
+        refreshed = False
+        while True:
+            token = await self.tokens.get_token()
+            async with self.throttle.request(mailbox, sending=sending):
+                response = await self._http(method, url, token, crid, json_body, headers)
+            if response.status == 401 and not refreshed:
+                code, _ = parse_graph_error(response.body)
+                if code in (None, "InvalidAuthenticationToken"):
+                    # Rejected before any processing: safe to retry once.
+                    await self.tokens.invalidate(token)
+                    refreshed = True
+                    continue
+            if response.status in (429, 503) and response.headers.get("Retry-After"):
+                verdict = classify(
+                    HttpAttempt("response", response.status, None, response.headers["Retry-After"])
+                )
+                if verdict.retry_after_s:
+                    self.throttle.retry_after(mailbox, verdict.retry_after_s)
+            return response
+
+    async def _http(
+        self,
+        method: str,
+        url: str,
+        token: str,
+        crid: str,
+        json_body: dict[str, Any] | None,
+        headers: Mapping[str, str] | None,
+    ) -> _Response:
+        request_headers = {
+            "Authorization": f"Bearer {token}",
+            "client-request-id": crid,
+            "return-client-request-id": "true",
+            **(headers or {}),
+        }
+        try:
+            async with self._client().request(
+                method,
+                URL(url, encoded=True),
+                json=json_body,
+                headers=request_headers,
+                allow_redirects=False,
+            ) as resp:
+                body = await resp.read()
+                return _Response(resp.status, dict(resp.headers), body)
+        except Exception as exc:
+            raise _Failed(HttpAttempt(stage_of_exception(exc), exception=exc)) from None
+
+    async def close(self) -> None:
+        """Close the HTTP session and MSAL's client."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self.tokens.close()
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _date_ms(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        return int(parsedate_to_datetime(value).timestamp() * 1000)
+    except (TypeError, ValueError):
+        return None
+
+
+def _iso_ms(value: object) -> int | None:
+    if not isinstance(value, str):
+        return None
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return None
