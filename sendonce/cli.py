@@ -22,6 +22,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["partitions"] = args.partitions
     if getattr(args, "replication_factor", None):
         overrides["replication_factor"] = args.replication_factor
+    if getattr(args, "provider", None):
+        overrides["provider"] = args.provider
     return settings.with_overrides(**overrides) if overrides else settings
 
 
@@ -108,7 +110,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sendonce.demo import run_demo
 
-    return run_demo(keep=args.keep)
+    return run_demo(keep=args.keep, provider=args.provider)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run the intents worker (Faust agent + ledger)")
     common(p)
+    p.add_argument(
+        "--provider", choices=("outbox", "graph", "null"), help="provider (SENDONCE_PROVIDER)"
+    )
     p.set_defaults(func=_cmd_worker)
 
     topics = sub.add_parser("topics", help="manage topics").add_subparsers(
@@ -151,14 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the end-to-end demo on a local broker and the outbox")
     p.add_argument("--keep", action="store_true", help="keep the broker running afterwards")
+    p.add_argument(
+        "--provider",
+        choices=("outbox", "graph"),
+        default="outbox",
+        help="outbox (default) or graph (the Graph emulator over HTTPS, real MSAL)",
+    )
     p.set_defaults(func=_cmd_demo)
 
     dev = sub.add_parser("dev", help="developer tools").add_subparsers(
         dest="dev_command", required=True
     )
-    from sendonce.dev.kafka import add_cli
+    from sendonce.dev.graph_emulator import add_cli as add_graph_emulator_cli
+    from sendonce.dev.kafka import add_cli as add_kafka_cli
 
-    add_cli(dev)
+    add_kafka_cli(dev)
+    add_graph_emulator_cli(dev)
     return parser
 
 

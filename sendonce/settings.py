@@ -89,11 +89,52 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     ),
     "replication_factor": ("SENDONCE_REPLICATION_FACTOR", "Replication factor of new topics."),
     "data_dir": ("SENDONCE_DATA_DIR", "Worker state directory (RocksDB ledger)."),
-    "provider": ("SENDONCE_PROVIDER", "Email provider: `outbox` (default) or `null`."),
+    "provider": ("SENDONCE_PROVIDER", "Email provider: `outbox` (default), `graph` or `null`."),
     "outbox_dir": ("SENDONCE_OUTBOX_DIR", "Folder the outbox provider writes `.eml` files to."),
     "outbox_fault": (
         "SENDONCE_OUTBOX_FAULT",
         "Test hook: `kill-after-accept:N` SIGKILLs the worker right after its Nth accepted send.",
+    ),
+    "graph_tenant_id": ("SENDONCE_GRAPH_TENANT_ID", "Entra ID tenant of the Graph app."),
+    "graph_client_id": ("SENDONCE_GRAPH_CLIENT_ID", "Application (client) id of the Graph app."),
+    "graph_client_secret": (
+        "SENDONCE_GRAPH_CLIENT_SECRET",
+        "Client secret (or use the certificate settings); never logged.",
+    ),
+    "graph_certificate_key_path": (
+        "SENDONCE_GRAPH_CERTIFICATE_KEY_PATH",
+        "PEM private key of the app's certificate (instead of a secret).",
+    ),
+    "graph_certificate_thumbprint": (
+        "SENDONCE_GRAPH_CERTIFICATE_THUMBPRINT",
+        "SHA-1 thumbprint of that certificate, as shown in the app registration.",
+    ),
+    "graph_authority": (
+        "SENDONCE_GRAPH_AUTHORITY",
+        "Authority override (the emulator's); default login.microsoftonline.com/{tenant}.",
+    ),
+    "graph_url": ("SENDONCE_GRAPH_URL", "Graph API base URL."),
+    "graph_ca_bundle": (
+        "SENDONCE_GRAPH_CA_BUNDLE",
+        "PEM CA bundle for the authority and Graph (the emulator's test CA).",
+    ),
+    "graph_mode": ("SENDONCE_GRAPH_MODE", "`sendmail` or `draft-send`."),
+    "graph_connect_timeout_s": ("SENDONCE_GRAPH_CONNECT_TIMEOUT_S", "Graph connect timeout."),
+    "graph_read_timeout_s": (
+        "SENDONCE_GRAPH_READ_TIMEOUT_S",
+        "Graph read timeout; a send timing out is AMBIGUOUS.",
+    ),
+    "graph_mailbox_concurrency": (
+        "SENDONCE_GRAPH_MAILBOX_CONCURRENCY",
+        "Requests in flight per sender mailbox (Graph allows 4).",
+    ),
+    "graph_sends_per_minute": (
+        "SENDONCE_GRAPH_SENDS_PER_MINUTE",
+        "Messages per minute per mailbox (Exchange Online: 30); 0 lifts the cap.",
+    ),
+    "graph_requests_per_10min": (
+        "SENDONCE_GRAPH_REQUESTS_PER_10MIN",
+        "Request budget per mailbox per 10 minutes (Graph: 10,000).",
     ),
     "worker_id": ("SENDONCE_WORKER_ID", "Name recorded in ledger attempts (default host-pid)."),
     "batch_size": ("SENDONCE_BATCH_SIZE", "Intents taken per batch by the worker."),
@@ -167,6 +208,20 @@ class Settings:
     provider: str = "outbox"
     outbox_dir: Path = Path(".sendonce/outbox")
     outbox_fault: str = ""
+    graph_tenant_id: str = ""
+    graph_client_id: str = ""
+    graph_client_secret: str = field(default="", repr=False)
+    graph_certificate_key_path: str = ""
+    graph_certificate_thumbprint: str = ""
+    graph_authority: str = ""
+    graph_url: str = "https://graph.microsoft.com/v1.0"
+    graph_ca_bundle: str = ""
+    graph_mode: str = "sendmail"
+    graph_connect_timeout_s: float = 10.0
+    graph_read_timeout_s: float = 30.0
+    graph_mailbox_concurrency: int = 4
+    graph_sends_per_minute: int = 30
+    graph_requests_per_10min: int = 9000
     worker_id: str = field(default_factory=_default_worker_id)
     batch_size: int = 500
     batch_within_s: float = 0.05
@@ -207,10 +262,12 @@ class Settings:
             raise SettingsError("SENDONCE_PARTITIONS must be at least 1")
         if self.replication_factor < 1:
             raise SettingsError("SENDONCE_REPLICATION_FACTOR must be at least 1")
-        if self.provider not in ("outbox", "null"):
+        if self.provider not in ("outbox", "graph", "null"):
             raise SettingsError(
-                f"SENDONCE_PROVIDER={self.provider!r} is not a known provider (outbox, null)"
+                f"SENDONCE_PROVIDER={self.provider!r} is not a known provider (outbox, graph, null)"
             )
+        if self.provider == "graph":
+            self._validate_graph()
         if self.batch_size < 1 or self.send_concurrency < 1 or self.retry_max_attempts < 1:
             raise SettingsError(
                 "SENDONCE_BATCH_SIZE, SENDONCE_SEND_CONCURRENCY and "
@@ -225,6 +282,26 @@ class Settings:
             raise SettingsError(f"SENDONCE_LOG_LEVEL={self.log_level!r} is not a log level")
         if not self.bootstrap_servers.strip():
             raise SettingsError("SENDONCE_BOOTSTRAP_SERVERS is empty")
+
+    def _validate_graph(self) -> None:
+        if not self.graph_tenant_id or not self.graph_client_id:
+            raise SettingsError(
+                "SENDONCE_PROVIDER=graph needs SENDONCE_GRAPH_TENANT_ID and "
+                "SENDONCE_GRAPH_CLIENT_ID"
+            )
+        has_cert = bool(self.graph_certificate_key_path or self.graph_certificate_thumbprint)
+        if bool(self.graph_client_secret) == has_cert:
+            raise SettingsError(
+                "Graph needs either SENDONCE_GRAPH_CLIENT_SECRET or both "
+                "SENDONCE_GRAPH_CERTIFICATE_KEY_PATH and SENDONCE_GRAPH_CERTIFICATE_THUMBPRINT"
+            )
+        if has_cert and not (self.graph_certificate_key_path and self.graph_certificate_thumbprint):
+            raise SettingsError(
+                "certificate auth needs SENDONCE_GRAPH_CERTIFICATE_KEY_PATH and "
+                "SENDONCE_GRAPH_CERTIFICATE_THUMBPRINT"
+            )
+        if self.graph_mode not in ("sendmail", "draft-send"):
+            raise SettingsError(f"SENDONCE_GRAPH_MODE={self.graph_mode!r}: sendmail or draft-send")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -264,6 +341,8 @@ def settings_table_markdown() -> str:
         var, doc = SETTINGS_DOC[f.name]
         value = getattr(defaults, f.name)
         shown = f"`{value}`" if value != "" else "(empty)"
+        if not f.repr:
+            shown = "(empty; secret)"
         rows.append(f"| `{var}` | {shown} | {doc} |")
     return "\n".join(rows)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -48,7 +49,39 @@ def provider_from_settings(settings: Settings) -> EmailProvider:
     """Build the configured provider."""
     if settings.provider == "null":
         return NullProvider()
+    if settings.provider == "graph":
+        return graph_provider_from_settings(settings)
     return OutboxProvider(settings.outbox_dir, OutboxFault.parse(settings.outbox_fault))
+
+
+def graph_provider_from_settings(settings: Settings) -> EmailProvider:
+    """The Microsoft Graph provider for ``settings`` (validated by Settings)."""
+    from connectors.graph.auth import GraphTokenProvider
+    from connectors.graph.provider import GraphProvider, GraphSettings
+
+    ca_bundle = Path(settings.graph_ca_bundle) if settings.graph_ca_bundle else None
+    tokens = GraphTokenProvider(
+        tenant_id=settings.graph_tenant_id,
+        client_id=settings.graph_client_id,
+        client_secret=settings.graph_client_secret or None,
+        certificate_key_path=settings.graph_certificate_key_path or None,
+        certificate_thumbprint=settings.graph_certificate_thumbprint or None,
+        authority=settings.graph_authority or None,
+        ca_bundle=ca_bundle,
+    )
+    return GraphProvider(
+        tokens,
+        GraphSettings(
+            graph_url=settings.graph_url,
+            mode=settings.graph_mode,
+            ca_bundle=ca_bundle,
+            connect_timeout_s=settings.graph_connect_timeout_s,
+            read_timeout_s=settings.graph_read_timeout_s,
+            max_concurrent_per_mailbox=settings.graph_mailbox_concurrency,
+            requests_per_window=settings.graph_requests_per_10min or None,
+            sends_per_minute=settings.graph_sends_per_minute or None,
+        ),
+    )
 
 
 class FaustSink:

@@ -260,6 +260,9 @@ class GraphEmulator:
         # called from another thread (run_in_thread); no awaits happen while it is held.
         self._lock = threading.Lock()
         self._tokens: dict[str, TokenRecord] = {}
+        # Everything that must never appear in a log, kept across reset(), so a
+        # test can prove that nothing it saw leaked (see sensitive_values()).
+        self._sensitive: set[str] = set(secrets_by_app.values())
         self._messages: dict[str, list[StoredMessage]] = {}
         self._deliveries: list[Delivery] = []
         self._requests: list[RequestRecord] = []
@@ -409,6 +412,14 @@ class GraphEmulator:
         if mailbox is not None:
             out = [r for r in out if r["mailbox"] == mailbox.lower()]
         return out
+
+    def sensitive_values(self) -> set[str]:
+        """Client secrets, issued access tokens and message bodies this emulator has seen.
+
+        For leak tests: none of these may appear in any log record.
+        """
+        with self._lock:
+            return set(self._sensitive)
 
     def concurrency(self) -> dict[str, Any]:
         """Observed maximum in-flight requests per mailbox and the 429s it caused."""
@@ -649,6 +660,7 @@ class GraphEmulator:
             return self._token_error(request, rec, exc)
         token = secrets.token_urlsafe(48)
         with self._lock:
+            self._sensitive.add(token)
             self._tokens[token] = TokenRecord(
                 client_id=client_id, expires_at=time.monotonic() + self.token_lifetime
             )
@@ -1058,6 +1070,10 @@ class GraphEmulator:
         )
 
     def _new_message(self, mailbox: str, parsed: _ParsedMessage, folder: Any) -> StoredMessage:
+        content = parsed.body.get("content") if isinstance(parsed.body, dict) else None
+        if isinstance(content, str) and content.strip():
+            with self._lock:
+                self._sensitive.add(content)
         return StoredMessage(
             mailbox=mailbox,
             rest_id=new_rest_id(),

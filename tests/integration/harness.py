@@ -154,7 +154,7 @@ def intent(n: int, tenant: str = "acme", **overrides: Any) -> dict[str, Any]:
         "tenant_id": tenant,
         "source_event_id": f"evt-{n}",
         "action_type": "receipt",
-        "sender": f"orders@{tenant}.example",
+        "sender": overrides.pop("sender", f"orders@{tenant}.example"),
         "to": [f"user{n}@example.com"],
         "subject": f"Receipt {n}",
         "text_body": f"Thanks for order {n}.",
