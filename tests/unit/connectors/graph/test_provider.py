@@ -318,3 +318,153 @@ def test_ledger_accept_then_reset_ends_sent_through_reconciliation_with_one_deli
     assert sent["reconciled"]
     assert len(emulator.deliveries(key=sent["idempotency_key"])) == 1
     assert [r["operation"] for r in emulator.requests()].count("sendMail") == 1
+
+
+def run_pipeline(
+    emulator: GraphEmulator,
+    intents: list[dict[str, Any]],
+    *,
+    rounds: int = 0,
+    step_ms: int = 31_000,
+    settings_overrides: dict[str, Any] | None = None,
+    real_time: bool = False,
+) -> InMemoryPipeline:
+    """Process ``intents`` in one batch, then run ``rounds`` reconciler ticks."""
+    from sendonce.settings import Settings
+
+    clock = [1_000_000]
+    settings = Settings(partitions=12, retry_base_delay_s=0.0, **(settings_overrides or {}))
+
+    async def go() -> InMemoryPipeline:
+        provider = provider_for(emulator)
+        pipeline = InMemoryPipeline(
+            provider,
+            settings=settings,
+            clock=(lambda: int(time.time() * 1000)) if real_time else (lambda: clock[0]),
+        )
+        try:
+            await pipeline.run([pipeline.intent_record(i) for i in intents])
+            for _ in range(rounds):
+                clock[0] += step_ms
+                if real_time:
+                    await asyncio.sleep(step_ms / 1000)
+                await pipeline.reconcile()
+        finally:
+            await provider.close()
+        return pipeline
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("fault", "outcomes", "deliveries"),
+    [
+        ({"kind": "latency", "latency_ms": 50}, ["SENT"], 1),
+        # Delivered although Graph answered an error: found by the lookup.
+        ({"kind": "unavailable", "deliver": True}, ["AMBIGUOUS", "SENT"], 1),
+        ({"kind": "gateway_timeout", "deliver": True}, ["AMBIGUOUS", "SENT"], 1),
+        ({"kind": "throttle", "deliver": True}, ["AMBIGUOUS", "SENT"], 1),
+        ({"kind": "timeout", "hang_ms": 5000}, ["AMBIGUOUS", "SENT"], 1),
+        ({"kind": "reset"}, ["AMBIGUOUS", "SENT"], 1),
+        # Not delivered and never visible: reviewed by an operator, never resent blind.
+        ({"kind": "unavailable"}, ["AMBIGUOUS"], 0),
+        ({"kind": "reset", "deliver": False}, ["AMBIGUOUS"], 0),
+        # A transport duplicate is Graph's, not ours: one send, SENT.
+        ({"kind": "duplicate"}, ["SENT"], 2),
+    ],
+)
+def test_ledger_outcome_of_each_fault(
+    emulator: GraphEmulator, fault: dict[str, Any], outcomes: list[str], deliveries: int
+) -> None:
+    emulator.add_fault({**fault, "operations": ["send"], "count": 1})
+    pipeline = run_pipeline(
+        emulator,
+        [intent(1)],
+        rounds=12,
+        step_ms=400_000,
+        settings_overrides={"graph_read_timeout_s": 1.0},
+    )
+    results = pipeline.results()
+    assert [r["outcome"] for r in results] == outcomes
+    key = results[0]["idempotency_key"]
+    assert len(emulator.deliveries(key=key)) == deliveries
+    sends = [r for r in emulator.requests() if r["path"].endswith("/sendMail")]
+    assert len(sends) == 1  # whatever happened, one send request: nothing resent blind
+    entry = pipeline.store.get(key, pipeline.fetcher.records.popitem()[0].partition)
+    assert entry is not None
+    if outcomes[-1] == "AMBIGUOUS":
+        assert entry.review_required  # looked up until the deadline, then flagged
+    if outcomes[-1] == "SENT" and len(outcomes) == 2:
+        assert results[-1]["reconciled"]
+
+
+def test_visibility_delay_is_reconciled_after_several_lookups(emulator: GraphEmulator) -> None:
+    emulator.add_fault({"kind": "reset", "operations": ["send"], "count": 1})
+    emulator.add_fault(
+        {"kind": "visibility_delay", "operations": ["send"], "count": 1, "delay_ms": 2500}
+    )
+    pipeline = run_pipeline(
+        emulator,
+        [intent(1)],
+        rounds=8,
+        step_ms=1_000,
+        real_time=True,
+        settings_overrides={"reconcile_grace_s": 0.5, "reconcile_interval_s": 0.5},
+    )
+    assert [r["outcome"] for r in pipeline.results()] == ["AMBIGUOUS", "SENT"]
+    lookups = [r for r in emulator.requests() if r["operation"] == "listMessages"]
+    assert len(lookups) >= 2  # the first lookup(s) came too early and found nothing
+
+
+def test_429_with_retry_after_then_one_eventual_delivery_under_resend_policy(
+    emulator: GraphEmulator,
+) -> None:
+    emulator.add_fault({"kind": "throttle", "retry_after": 2, "operations": ["send"], "count": 1})
+    pipeline = run_pipeline(
+        emulator,
+        [intent(1)],
+        rounds=6,
+        step_ms=700,
+        real_time=True,
+        settings_overrides={
+            "reconcile_grace_s": 0.5,
+            "reconcile_interval_s": 0.5,
+            "reconcile_deadline_s": 1.0,
+            "reconcile_on_deadline": "resend",
+        },
+    )
+    outcomes = [r["outcome"] for r in pipeline.results()]
+    assert outcomes[0] == "AMBIGUOUS" and outcomes[-1] == "SENT"
+    key = pipeline.results()[0]["idempotency_key"]
+    assert len(emulator.deliveries(key=key)) == 1
+    requests = emulator.requests(mailbox=SENDER)
+    throttled = next(r for r in requests if r["status"] == 429)
+    later = [r for r in requests if r["start_ms"] > throttled["end_ms"]]
+    assert later
+    assert min(r["start_ms"] for r in later) >= throttled["end_ms"] + 2000
+
+
+def test_200_concurrent_intents_over_3_mailboxes_through_the_ledger(
+    emulator: GraphEmulator,
+) -> None:
+    emulator.add_fault({"kind": "latency", "latency_ms": 20})
+    mailboxes = [f"sender{i}@contoso.example" for i in range(3)]
+    intents = [{**intent(n), "sender": mailboxes[n % 3]} for n in range(200)]
+    pipeline = run_pipeline(emulator, intents, settings_overrides={"send_concurrency": 64})
+    assert [r["outcome"] for r in pipeline.results()] == ["SENT"] * 200
+    seen = emulator.concurrency()
+    assert max(seen["max_in_flight"].values()) <= 4
+    assert not any(seen["throttled"].values())
+    assert len(emulator.deliveries()) == 200
+
+
+def test_unknown_and_disabled_mailboxes_are_rejected_without_retry() -> None:
+    emulator = GraphEmulator(
+        mailboxes=[SENDER, "off@contoso.example"], disabled_mailboxes=["off@contoso.example"]
+    )
+    with emulator.run_in_thread():
+        unknown = send(emulator, outgoing(1, sender="ghost@contoso.example"))
+        disabled = send(emulator, outgoing(2, sender="off@contoso.example"))
+    assert unknown.status is SendStatus.REJECTED
+    assert disabled.status is SendStatus.REJECTED
+    assert unknown.error_code != disabled.error_code
