@@ -167,17 +167,8 @@ class _Emails:
 
 
 def _graph_env(emulator: Any) -> dict[str, str]:
-    return {
-        "SENDONCE_PROVIDER": "graph",
-        "SENDONCE_GRAPH_TENANT_ID": emulator.tenant,
-        "SENDONCE_GRAPH_CLIENT_ID": emulator.client_id,
-        "SENDONCE_GRAPH_CLIENT_SECRET": emulator.client_secret or "",
-        "SENDONCE_GRAPH_AUTHORITY": emulator.authority(),
-        "SENDONCE_GRAPH_URL": emulator.graph_url,
-        "SENDONCE_GRAPH_CA_BUNDLE": str(emulator.ca_bundle_path),
-        # The demo's 40 emails would take over a minute under Exchange's 30/min cap.
-        "SENDONCE_GRAPH_SENDS_PER_MINUTE": "0",
-    }
+    # The demo's 40 emails would take over a minute under Exchange's 30/min cap.
+    return {**emulator.worker_env(), "SENDONCE_GRAPH_SENDS_PER_MINUTE": "0"}
 
 
 def run_demo(keep: bool = False, provider: str = "outbox") -> int:

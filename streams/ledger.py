@@ -439,9 +439,7 @@ def _on_send_finished(
             internet_message_id=outcome.internet_message_id,
             accepted_at_ms=outcome.accepted_at_ms or event.now_ms,
         )
-        return Decision(
-            sent, (Persist(sent), Emit(_result_for_settled(sent, event.intent, event.now_ms)))
-        )
+        return _settled(sent, event.intent, event.now_ms)
     if outcome.status is SendStatus.REJECTED:
         failed = replace(
             base,
@@ -449,9 +447,7 @@ def _on_send_finished(
             error_code=outcome.error_code or "rejected",
             error_message=outcome.error_message,
         )
-        return Decision(
-            failed, (Persist(failed), Emit(_result_for_settled(failed, event.intent, event.now_ms)))
-        )
+        return _settled(failed, event.intent, event.now_ms)
     if outcome.status is SendStatus.NOT_SENT_RETRYABLE:
         if entry.attempt_count >= policy.max_attempts:
             failed = replace(
@@ -463,10 +459,7 @@ def _on_send_finished(
                     f"{outcome.error_code or 'unknown'}"
                 ),
             )
-            return Decision(
-                failed,
-                (Persist(failed), Emit(_result_for_settled(failed, event.intent, event.now_ms))),
-            )
+            return _settled(failed, event.intent, event.now_ms)
         delay = policy.delay_for(entry.attempt_count, outcome.retry_after_s)
         return _new_attempt(base, event.intent, event.now_ms, delay)
     # AMBIGUOUS: record it durably with its lookup schedule and report it; the
@@ -482,10 +475,12 @@ def _on_send_finished(
         event.now_ms,
         reconcile,
     )
-    return Decision(
-        ambiguous,
-        (Persist(ambiguous), Emit(_result_for_settled(ambiguous, event.intent, event.now_ms))),
-    )
+    return _settled(ambiguous, event.intent, event.now_ms)
+
+
+def _settled(entry: LedgerEntry, intent: IntentFacts, now_ms: int) -> Decision:
+    """Persist a settled entry, then report it for ``intent``."""
+    return Decision(entry, (Persist(entry), Emit(_result_for_settled(entry, intent, now_ms))))
 
 
 def _schedule_reconciliation(
@@ -539,9 +534,7 @@ def _on_lookup_finished(
             lookup_deadline_ms=None,
             review_required=False,
         )
-        return Decision(
-            sent, (Persist(sent), Emit(_result_for_settled(sent, event.intent, event.now_ms)))
-        )
+        return _settled(sent, event.intent, event.now_ms)
     if lookup.status is LookupStatus.NOT_FOUND_DEFINITIVE:
         # The provider proves the attempt never landed: a new attempt cannot
         # duplicate it. It still counts against the budget, or a provider that
@@ -570,10 +563,7 @@ def _on_lookup_finished(
             event.now_ms,
             reconcile,
         )
-        return Decision(
-            ambiguous,
-            (Persist(ambiguous), Emit(_result_for_settled(ambiguous, event.intent, event.now_ms))),
-        )
+        return _settled(ambiguous, event.intent, event.now_ms)
     deadline = entry.lookup_deadline_ms
     if deadline is not None and event.now_ms >= deadline:
         if reconcile.on_deadline == "resend" and entry.attempt_count < policy.max_attempts:
@@ -596,9 +586,7 @@ def _fail(base: LedgerEntry, event: LookupFinished, code: str, message: str) -> 
         next_lookup_at_ms=None,
         lookup_deadline_ms=None,
     )
-    return Decision(
-        failed, (Persist(failed), Emit(_result_for_settled(failed, event.intent, event.now_ms)))
-    )
+    return _settled(failed, event.intent, event.now_ms)
 
 
 def _new_attempt(base: LedgerEntry, intent: IntentFacts, now_ms: int, delay_s: float) -> Decision:

@@ -413,6 +413,18 @@ class GraphEmulator:
             out = [r for r in out if r["mailbox"] == mailbox.lower()]
         return out
 
+    def worker_env(self) -> dict[str, str]:
+        """``SENDONCE_*`` variables that point a worker's Graph provider at this emulator."""
+        return {
+            "SENDONCE_PROVIDER": "graph",
+            "SENDONCE_GRAPH_TENANT_ID": self.tenant,
+            "SENDONCE_GRAPH_CLIENT_ID": self.client_id,
+            "SENDONCE_GRAPH_CLIENT_SECRET": self.client_secret or "",
+            "SENDONCE_GRAPH_AUTHORITY": self.authority(),
+            "SENDONCE_GRAPH_URL": self.graph_url,
+            "SENDONCE_GRAPH_CA_BUNDLE": str(self.ca_bundle_path),
+        }
+
     def sensitive_values(self) -> set[str]:
         """Client secrets, issued access tokens and message bodies this emulator has seen.
 

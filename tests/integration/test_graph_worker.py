@@ -37,13 +37,7 @@ def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
 
 def graph_env(emulator: GraphEmulator) -> dict[str, str]:
     return {
-        "SENDONCE_PROVIDER": "graph",
-        "SENDONCE_GRAPH_TENANT_ID": emulator.tenant,
-        "SENDONCE_GRAPH_CLIENT_ID": emulator.client_id,
-        "SENDONCE_GRAPH_CLIENT_SECRET": emulator.client_secret or "",
-        "SENDONCE_GRAPH_AUTHORITY": emulator.authority(),
-        "SENDONCE_GRAPH_URL": emulator.graph_url,
-        "SENDONCE_GRAPH_CA_BUNDLE": str(emulator.ca_bundle_path),
+        **emulator.worker_env(),
         "SENDONCE_GRAPH_READ_TIMEOUT_S": "2",
         "SENDONCE_GRAPH_SENDS_PER_MINUTE": "0",
         "SENDONCE_RECONCILE_GRACE_S": "1",
