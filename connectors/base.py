@@ -114,3 +114,14 @@ class EmailProvider(Protocol):
     async def close(self) -> None:
         """Release connections and files."""
         ...
+
+
+def estimated_wait_s(provider: EmailProvider, sender: str, ahead: int = 0) -> float:
+    """How long a send from ``sender`` would wait for the provider's rate limits.
+
+    Optional capability: a provider with per-mailbox limits (Graph) defines
+    ``estimated_wait_s(sender, ahead)``, where ``ahead`` counts sends the caller
+    admitted for that sender and has not finished; others never make a sender wait.
+    """
+    method = getattr(provider, "estimated_wait_s", None)
+    return float(method(sender, ahead)) if callable(method) else 0.0

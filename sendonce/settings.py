@@ -48,6 +48,11 @@ class TopicNames:
         return self._name("email.results.failed")
 
     @property
+    def intents_deferred(self) -> str:
+        """Intents moved out of a batch because their sender mailbox is saturated."""
+        return self._name("email.intents.deferred")
+
+    @property
     def dlq(self) -> str:
         """Dead letters: original bytes plus a reason."""
         return self._name("email.intents.dlq")
@@ -142,6 +147,10 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "SENDONCE_BATCH_WITHIN_S",
         "Seconds the worker waits to fill a batch before processing it.",
     ),
+    "defer_after_s": (
+        "SENDONCE_DEFER_AFTER_S",
+        "A send whose mailbox would wait longer than this moves to the deferred lane; 0 never.",
+    ),
     "send_concurrency": (
         "SENDONCE_SEND_CONCURRENCY",
         "Provider calls in flight at once per worker.",
@@ -225,6 +234,7 @@ class Settings:
     worker_id: str = field(default_factory=_default_worker_id)
     batch_size: int = 500
     batch_within_s: float = 0.05
+    defer_after_s: float = 2.0
     send_concurrency: int = 64
     retry_max_attempts: int = 5
     retry_base_delay_s: float = 0.5

@@ -28,6 +28,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     compact = {"cleanup.policy": "compact"}
     return [
         TopicSpec(t.intents, n, {}),
+        TopicSpec(t.intents_deferred, n, {}),
         TopicSpec(t.results_sent, n, {}),
         TopicSpec(t.results_ambiguous, n, {}),
         TopicSpec(t.results_failed, n, {}),

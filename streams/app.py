@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,10 +91,16 @@ class FaustSink:
     def __init__(self, app: faust.App) -> None:
         self._app = app
 
-    async def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+    async def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
         """Send and wait for acks=all."""
         pending = await self._app.producer.send(
-            topic, key, value, partition=None, timestamp=None, headers=None
+            topic, key, value, partition=None, timestamp=None, headers=list(headers or []) or None
         )
         await pending
 
@@ -132,6 +139,10 @@ def build_worker_app(
         autodiscover=False,
     )
     intents = app.topic(settings.topics.intents, partitions=settings.partitions, **_RAW)
+    # The deferred lane: co-partitioned with the intents (same count, same
+    # murmur2 partitioner), so Faust assigns partition p of both, and of the
+    # ledger, to the same worker.
+    deferred = app.topic(settings.topics.intents_deferred, partitions=settings.partitions, **_RAW)
     intents_topic = settings.topics.intents
 
     def owns(partition: int) -> bool:
@@ -177,6 +188,12 @@ def build_worker_app(
     app.timer(interval=settings.reconcile_tick_s, name="sendonce.reconcile")(reconcile_tick)
 
     async def process_intents(stream: Any) -> None:
+        await _run_lane(stream)
+
+    async def process_deferred(stream: Any) -> None:
+        await _run_lane(stream)
+
+    async def _run_lane(stream: Any) -> None:
         try:
             async for events in stream.take_events(
                 settings.batch_size, within=settings.batch_within_s
@@ -198,6 +215,7 @@ def build_worker_app(
             fetcher.close()
 
     app.agent(intents, name="sendonce.intents", concurrency=1)(process_intents)
+    app.agent(deferred, name="sendonce.deferred", concurrency=1)(process_deferred)
     return WorkerApp(app, ledger, settings)
 
 
@@ -234,15 +252,15 @@ def check_topics(settings: Settings, timeout: float = 30.0) -> None:
         raise WorkerStartupError(
             f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}"
         ) from exc
-    name = settings.topics.intents
-    if name not in topics:
-        raise WorkerStartupError(f"topic {name} does not exist; run `sendonce topics create`")
-    have = len(topics[name].partitions)
-    if have != settings.partitions:
-        raise WorkerStartupError(
-            f"topic {name} has {have} partitions but SENDONCE_PARTITIONS={settings.partitions}; "
-            "they must match (one owner per key)"
-        )
+    for name in (settings.topics.intents, settings.topics.intents_deferred):
+        if name not in topics:
+            raise WorkerStartupError(f"topic {name} does not exist; run `sendonce topics create`")
+        have = len(topics[name].partitions)
+        if have != settings.partitions:
+            raise WorkerStartupError(
+                f"topic {name} has {have} partitions but SENDONCE_PARTITIONS="
+                f"{settings.partitions}; they must match (one owner per key)"
+            )
 
 
 def run_worker(settings: Settings) -> int:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
 
-from connectors.base import EmailProvider, OutgoingEmail
+from connectors.base import EmailProvider, OutgoingEmail, estimated_wait_s
 from schemas.codec import CodecError, SchemaCodec, WrongSchemaError
 from sendonce.keys import (
     InvalidIntentError,
@@ -81,9 +81,33 @@ class ConsumedRecord:
 class Sink(Protocol):
     """Produces records and returns once the broker acknowledged them."""
 
-    async def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+    async def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
         """Produce one record durably."""
         ...
+
+
+#: Header on a deferred intent naming the intent record it was moved from.
+ORIGIN_HEADER = "sendonce-origin"
+
+
+def origin_header(ref: IntentRef) -> tuple[str, bytes]:
+    """The lineage header of a record moved to the deferred lane."""
+    return (ORIGIN_HEADER, f"{ref.topic}:{ref.partition}:{ref.offset}".encode())
+
+
+def origin_of(record: ConsumedRecord) -> IntentRef | None:
+    """The original intent's coordinates carried by a deferred record, if any."""
+    for name, value in record.headers:
+        if name == ORIGIN_HEADER and value:
+            topic, partition, offset = value.decode().rsplit(":", 2)
+            return IntentRef(topic, int(partition), int(offset))
+    return None
 
 
 class RecordFetcher(Protocol):
@@ -121,6 +145,7 @@ class BatchStats:
 
     records: int = 0
     dead_lettered: int = 0
+    deferred: int = 0
     provider_calls: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
 
@@ -168,6 +193,8 @@ class IntentProcessor:
         )
         #: AMBIGUOUS keys awaiting a lookup: key -> (partition, due time in ms).
         self.reconcile_index: dict[str, tuple[int, int]] = {}
+        #: Inline sends admitted per sender and not finished (for deferral).
+        self._admitted: dict[str, int] = {}
 
     async def process_batch(self, records: Sequence[ConsumedRecord]) -> BatchStats:
         """Process records in order per key; returns when every effect is durable."""
@@ -217,13 +244,19 @@ class IntentProcessor:
                 f"partition {expected} (Kafka's murmur2 partitioner over "
                 f"{self.settings.partitions} partitions); one owner per key needs it there",
             )
+        ref = record.ref
+        if record.topic == self.topics.intents_deferred:
+            origin = origin_of(record)
+            if origin is None:
+                raise BadIntent("misrouted", "deferred record without its origin header")
+            ref = origin
         facts = IntentFacts(
             key=key.value,
             tenant_id=intent["tenant_id"],
             source_event_id=intent["source_event_id"],
             action_type=intent["action_type"],
             content_fingerprint=fingerprint,
-            ref=record.ref,
+            ref=ref,
             sender=normalize_address(intent["sender"]),
         )
         return _Accepted(record, intent, facts)
@@ -265,8 +298,44 @@ class IntentProcessor:
 
     async def _drive(self, item: _Accepted, stats: BatchStats, first: Event | None = None) -> None:
         key = item.facts.key
-        async with self._lock_for(key):
-            await self._drive_locked(item, stats, first)
+        lock = self._lock_for(key)
+        deferrable = first is None and self._deferrable(item)
+        if deferrable and lock.locked():
+            # The key is busy (deferred lane or reconciler): queue behind it in
+            # the deferred lane instead of stalling this batch on its mailbox.
+            await self._defer(item, stats)
+            return
+        async with lock:
+            sender = item.facts.sender
+            if (
+                deferrable
+                and self.store.get(key, item.record.partition) is None
+                and estimated_wait_s(self.provider, sender, self._admitted.get(sender, 0))
+                > self.settings.defer_after_s
+            ):
+                await self._defer(item, stats)
+                return
+            self._admitted[sender] = self._admitted.get(sender, 0) + 1
+            try:
+                await self._drive_locked(item, stats, first)
+            finally:
+                left = self._admitted[sender] - 1
+                if left:
+                    self._admitted[sender] = left
+                else:
+                    del self._admitted[sender]
+
+    def _deferrable(self, item: _Accepted) -> bool:
+        return self.settings.defer_after_s > 0 and item.record.topic == self.topics.intents
+
+    async def _defer(self, item: _Accepted, stats: BatchStats) -> None:
+        """Move the intent to the deferred lane, keeping its original bytes and lineage."""
+        record = item.record
+        assert record.value is not None
+        headers = [(k, v) for k, v in record.headers if v is not None and k != ORIGIN_HEADER]
+        headers.append(origin_header(record.ref))
+        await self.sink.produce(self.topics.intents_deferred, record.key, record.value, headers)
+        stats.deferred += 1
 
     async def _drive_locked(self, item: _Accepted, stats: BatchStats, first: Event | None) -> None:
         partition = item.record.partition

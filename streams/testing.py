@@ -8,7 +8,7 @@ is for checking how *your* intents resolve.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +27,18 @@ class RecordingSink:
     """Keeps every produced record."""
 
     produced: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
+    headers: list[tuple[tuple[str, bytes], ...]] = field(default_factory=list)
 
-    async def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+    async def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
         """Record it."""
         self.produced.append((topic, key, value))
+        self.headers.append(tuple(headers or ()))
 
 
 @dataclass
@@ -97,6 +105,18 @@ class InMemoryPipeline:
     async def reconcile(self) -> BatchStats:
         """One reconciler tick."""
         return await self.processor.reconcile_due()
+
+    def deferred_records(self) -> list[ConsumedRecord]:
+        """What the worker moved to the deferred lane, as records of that topic."""
+        topic = self.settings.topics.intents_deferred
+        out = []
+        for (t, key, value), headers in zip(self.sink.produced, self.sink.headers, strict=True):
+            if t == topic:
+                partition = partition_for_key(key, self.settings.partitions) if key else 0
+                offset = self._next_offset.get(-1 - partition, 0)
+                self._next_offset[-1 - partition] = offset + 1
+                out.append(ConsumedRecord(topic, partition, offset, key, value, headers=headers))
+        return out
 
     def outputs(self, topic: str) -> list[dict[str, Any]]:
         """Decoded records produced to ``topic``."""

@@ -150,6 +150,14 @@ class GraphProvider:
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
         return self._session
 
+    def estimated_wait_s(self, sender: str, ahead: int = 0) -> float:
+        """Seconds a send from ``sender`` would wait on this worker's throttle.
+
+        ``ahead``: sends the caller has already admitted for ``sender`` that
+        may not have reached the throttle yet.
+        """
+        return self.throttle.estimated_wait(sender, sending=True, ahead=ahead)
+
     # -- sending ----------------------------------------------------------
 
     async def send(self, outgoing: OutgoingEmail) -> SendOutcome:

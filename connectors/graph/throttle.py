@@ -72,6 +72,8 @@ class _Mailbox:
     gates: dict[bool, asyncio.Lock] = field(default_factory=dict)
     waits: int = 0
     wait_seconds: float = 0.0
+    #: Tasks waiting to start a request, sends and others apart.
+    queued: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
     in_flight: int = 0
     max_in_flight: int = 0
     total_requests: int = 0
@@ -177,7 +179,32 @@ class MailboxThrottle:
             state.in_flight -= 1
             state.semaphore.release()
 
+    def estimated_wait(self, mailbox: str, *, sending: bool = True, ahead: int = 0) -> float:
+        """Seconds a request for ``mailbox`` arriving now would wait, roughly.
+
+        Counts Retry-After, the request budget, the per-minute send cap and the
+        sends already queued ahead (or ``ahead``, the caller's own count of
+        sends it has admitted and not finished, if larger); not the time
+        requests in flight take. The worker uses it to move a saturated
+        mailbox's sends out of its batch.
+        """
+        state = self._state(mailbox)
+        now = self._clock()
+        delay = max(0.0, self._rate_delay(state, sending, now))
+        if sending and self.sends_per_minute is not None:
+            over = len(state.sends) + max(state.queued[True], ahead) + 1 - self.sends_per_minute
+            if over > 0:
+                delay = max(delay, over * _MINUTE_S / self.sends_per_minute)
+        return delay
+
     async def _acquire(self, state: _Mailbox, sending: bool) -> None:
+        state.queued[sending] += 1
+        try:
+            await self._acquire_queued(state, sending)
+        finally:
+            state.queued[sending] -= 1
+
+    async def _acquire_queued(self, state: _Mailbox, sending: bool) -> None:
         arrived = self._clock()
         gate = state.gates[sending]
         # Queued behind another waiter of this mailbox counts as a wait too.

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,41 @@ def test_graph_worker_sends_once_and_reconciles_accept_then_reset(
     assert len(emulator.deliveries()) == 20
     assert worker.alive()
     assert emulator.client_secret and emulator.client_secret not in worker.log()
+
+
+def test_a_saturated_mailbox_does_not_stall_another(
+    pipeline: Pipeline, emulator: GraphEmulator
+) -> None:
+    slow, fast = "newsletter@acme.example", "support@acme.example"
+    env = {
+        **graph_env(emulator),
+        "SENDONCE_GRAPH_SENDS_PER_MINUTE": "6",
+        "SENDONCE_DEFER_AFTER_S": "2",
+    }
+    worker = pipeline.start_worker(**env)
+
+    def sent_by(sender: str) -> int:
+        return len(emulator.deliveries(mailbox=sender))
+
+    def wait_until(condition: Callable[[], bool], seconds: float, why: str) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert time.monotonic() < deadline, why
+            pipeline.watcher.poll(timeout=0.2)
+
+    pipeline.publish([intent(n, sender=slow) for n in range(12)])
+    wait_until(lambda: sent_by(slow) == 6, 60, "the slow mailbox never reached its cap")
+    # The slow mailbox's next send is a minute away. Its remaining intents wait
+    # in the deferred lane, not in the batch, so a later intent for another
+    # mailbox goes out at once.
+    pipeline.publish([intent(100 + n, sender=fast) for n in range(5)])
+    wait_until(lambda: sent_by(fast) == 5, 20, "the fast mailbox was stalled by the slow one")
+    assert sent_by(slow) == 6
+
+    records = pipeline.wait_results(17, timeout=180)
+    assert sorted(r.value["outcome"] for r in records) == ["SENT"] * 17
+    assert sent_by(slow) == 12 and sent_by(fast) == 5
+    for r in records:
+        assert r.value["intent_topic"] == pipeline.settings.topics.intents
+        assert len(emulator.deliveries(key=str(r.value["idempotency_key"]))) == 1
+    assert worker.alive()

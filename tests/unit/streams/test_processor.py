@@ -12,6 +12,7 @@ from connectors.base import LookupResult, LookupStatus, OutgoingEmail, SendOutco
 from connectors.outbox import OutboxProvider
 from sendonce.keys import idempotency_key_for
 from sendonce.publish import complete_intent
+from streams.processor import ConsumedRecord
 from streams.testing import InMemoryPipeline
 
 
@@ -218,3 +219,85 @@ def test_ambiguous_send_is_reconciled_by_later_lookups_of_the_origin_record() ->
     assert sent["intent_offset"] == rec.offset
     assert sent["provider_message_id"] == "AAMk-1"
     assert not p.processor.reconcile_index
+
+
+class SaturatedMailbox:
+    """Accepts everything; reports one mailbox as saturated until told otherwise."""
+
+    name = "saturated"
+
+    def __init__(self, busy: str) -> None:
+        self.busy: str | None = busy
+        self.sent: list[str] = []
+
+    def estimated_wait_s(self, sender: str, ahead: int = 0) -> float:
+        return 60.0 if sender == self.busy else 0.0
+
+    async def send(self, outgoing: OutgoingEmail) -> SendOutcome:
+        self.sent.append(outgoing.idempotency_key)
+        return SendOutcome(SendStatus.ACCEPTED, self.name, provider_message_id="m")
+
+    async def lookup(self, idempotency_key: str, message_id: str, sender: str) -> LookupResult:
+        return LookupResult(LookupStatus.UNKNOWN, self.name)
+
+    async def close(self) -> None:
+        return None
+
+
+def test_a_saturated_mailbox_moves_to_the_deferred_lane_and_others_are_sent() -> None:
+    provider = SaturatedMailbox(busy="slow@acme.example")
+    p = InMemoryPipeline(provider)
+    slow = [p.intent_record(intent(n, sender="slow@acme.example")) for n in range(3)]
+    fast = [p.intent_record(intent(10 + n)) for n in range(3)]
+    repeat = p.intent_record(intent(0, sender="slow@acme.example"))
+    stats = run(p.run([slow[0], fast[0], slow[1], fast[1], slow[2], fast[2], repeat]))
+
+    assert stats.deferred == 4
+    assert len(provider.sent) == 3  # only the fast mailbox went out inline
+    assert [r["outcome"] for r in p.results()] == ["SENT"] * 3
+
+    provider.busy = None  # the mailbox drains
+    lane = p.deferred_records()
+    assert all(r.topic == p.settings.topics.intents_deferred for r in lane)
+    run(p.run(lane))
+
+    results = p.results()[3:]
+    assert sorted(r["outcome"] for r in results) == ["DUPLICATE", "SENT", "SENT", "SENT"]
+    # Results keep the lineage of the original records, not of the deferred copies.
+    assert {r["intent_offset"] for r in results} == {r.offset for r in (*slow, repeat)}
+    assert {r["intent_topic"] for r in results} == {p.settings.topics.intents}
+    assert len(provider.sent) == 6
+
+
+def test_a_busy_key_is_deferred_behind_itself_instead_of_waiting() -> None:
+    provider = SaturatedMailbox(busy="nobody@acme.example")
+    p = InMemoryPipeline(provider)
+    first = p.intent_record(intent(1))
+
+    async def go() -> Any:
+        lock = p.processor._lock_for(idempotency_key_for(complete_intent(intent(1))).value)
+        async with lock:  # e.g. the deferred lane is sending this key right now
+            return await p.run([first])
+
+    stats = run(go())
+    assert stats.deferred == 1 and not provider.sent
+
+
+def test_deferral_can_be_switched_off() -> None:
+    from sendonce.settings import Settings
+
+    provider = SaturatedMailbox(busy="slow@acme.example")
+    p = InMemoryPipeline(provider, settings=Settings(defer_after_s=0, retry_base_delay_s=0))
+    run(p.run([p.intent_record(intent(1, sender="slow@acme.example"))]))
+    assert provider.sent and not p.deferred_records()
+
+
+def test_a_record_on_the_deferred_topic_without_origin_is_dead_lettered() -> None:
+    provider = SaturatedMailbox(busy="x@acme.example")
+    p = InMemoryPipeline(provider)
+    good = p.intent_record(intent(1))
+    forged = ConsumedRecord(
+        p.settings.topics.intents_deferred, good.partition, 0, good.key, good.value
+    )
+    run(p.run([forged]))
+    assert [d["error_type"] for d in p.outputs(p.settings.topics.dlq)] == ["misrouted"]

@@ -317,3 +317,41 @@ def test_fake_time_detects_a_deadlock() -> None:
 
     with pytest.raises(RuntimeError, match="deadlock"):
         ft.run(stuck())
+
+
+def test_estimated_wait_grows_with_the_send_cap_and_retry_after() -> None:
+    ft = FakeTime()
+    throttle = ft.throttle(sends_per_minute=10)
+    assert throttle.estimated_wait("a@x") == 0.0
+
+    async def main() -> tuple[float, float, float, float]:
+        await asyncio.gather(*(_request(ft, throttle, "a@x") for _ in range(10)))
+        full = throttle.estimated_wait("a@x")
+        lookup = throttle.estimated_wait("a@x", sending=False)
+        other = throttle.estimated_wait("b@x")
+        throttle.retry_after("b@x", 30)
+        return full, lookup, other, throttle.estimated_wait("b@x")
+
+    full, lookup, other, after_retry = ft.run(main())
+    assert full >= 6.0  # the cap is used up: the next send waits for the window
+    assert lookup == 0.0  # lookups are not capped per minute
+    assert other == 0.0
+    assert after_retry == 30.0
+
+
+def test_estimated_wait_counts_sends_queued_ahead() -> None:
+    ft = FakeTime()
+    throttle = ft.throttle(sends_per_minute=2)
+    seen: list[float] = []
+
+    async def main() -> None:
+        tasks = [asyncio.ensure_future(_request(ft, throttle, "a@x")) for _ in range(6)]
+        await asyncio.sleep(0)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        seen.append(throttle.estimated_wait("a@x"))
+        await asyncio.gather(*tasks)
+
+    ft.run(main())
+    # 2 sent, 4 queued: a seventh send is at least two minutes out.
+    assert seen[0] >= 120.0
