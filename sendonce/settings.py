@@ -67,6 +67,11 @@ class TopicNames:
         """First sighting of each inbound webhook event."""
         return self._name("email.webhooks.deduped")
 
+    @property
+    def webhooks_replays(self) -> str:
+        """Replayed inbound events, for audit (when enabled)."""
+        return self._name("email.webhooks.replays")
+
     def results(self) -> tuple[str, str, str]:
         """All result topics."""
         return (self.results_sent, self.results_ambiguous, self.results_failed)
@@ -200,6 +205,42 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "SENDONCE_SESSION_TIMEOUT_S",
         "Consumer group session timeout: how long a dead worker keeps its partitions.",
     ),
+    "receiver_host": ("SENDONCE_RECEIVER_HOST", "Address the webhook receiver listens on."),
+    "receiver_port": ("SENDONCE_RECEIVER_PORT", "Port of the webhook receiver (0: a free port)."),
+    "receiver_max_body_bytes": (
+        "SENDONCE_RECEIVER_MAX_BODY_BYTES",
+        "Largest webhook request body the receiver reads; larger ones get 413.",
+    ),
+    "receiver_client_states": (
+        "SENDONCE_RECEIVER_CLIENT_STATES",
+        "Graph clientState secrets: JSON object or `id=secret,id2=secret2`, keyed by "
+        "subscription id or tenant id; never logged.",
+    ),
+    "receiver_signing_secrets": (
+        "SENDONCE_RECEIVER_SIGNING_SECRETS",
+        "Signed-webhook secrets per source (`/webhooks/{source}`), same formats; "
+        "`whsec_` values are base64; never logged.",
+    ),
+    "receiver_signature_tolerance_s": (
+        "SENDONCE_RECEIVER_SIGNATURE_TOLERANCE_S",
+        "Largest age (or clock skew) of a signed webhook's timestamp; older ones get 401.",
+    ),
+    "receiver_produce_timeout_s": (
+        "SENDONCE_RECEIVER_PRODUCE_TIMEOUT_S",
+        "Seconds the receiver waits for Kafka to acknowledge a request's events before 503.",
+    ),
+    "webhook_dedupe_ttl_s": (
+        "SENDONCE_WEBHOOK_DEDUPE_TTL_S",
+        "How long the dedupe stream remembers an inbound event id (default 7 days).",
+    ),
+    "webhook_fault": (
+        "SENDONCE_WEBHOOK_FAULT",
+        "Test hook: `kill-after-mark:N` SIGKILLs the worker after its Nth new sighting is marked.",
+    ),
+    "webhook_replays_topic": (
+        "SENDONCE_WEBHOOK_REPLAYS_TOPIC",
+        "`true`: the dedupe stream also copies each replay to `email.webhooks.replays`.",
+    ),
     "log_level": ("SENDONCE_LOG_LEVEL", "Log level: debug, info, warning, error."),
 }
 
@@ -248,6 +289,16 @@ class Settings:
     reconcile_tick_s: float = 1.0
     standby_replicas: int = 1
     session_timeout_s: float = 30.0
+    receiver_host: str = "127.0.0.1"
+    receiver_port: int = 8080
+    receiver_max_body_bytes: int = 1024 * 1024
+    receiver_client_states: str = field(default="", repr=False)
+    receiver_signing_secrets: str = field(default="", repr=False)
+    receiver_signature_tolerance_s: float = 300.0
+    receiver_produce_timeout_s: float = 5.0
+    webhook_dedupe_ttl_s: float = 7 * 24 * 3600.0
+    webhook_fault: str = ""
+    webhook_replays_topic: bool = False
     log_level: str = "info"
 
     @property
@@ -259,6 +310,15 @@ class Settings:
     def ledger_changelog_topic(self) -> str:
         """Faust's name for the ledger table's compacted changelog."""
         return f"{self.app_id}-ledger-changelog"
+
+    @property
+    def webhook_sightings_changelog_topic(self) -> str:
+        """The webhook sighting table's changelog.
+
+        Named by the topic prefix, not the app id, so a fresh consumer group
+        replaying the raw topic restores the same sightings and forwards nothing.
+        """
+        return f"{self.topic_prefix}email.webhooks.sightings"
 
     def with_overrides(self, **changes: Any) -> Settings:
         """Return a copy with some settings replaced (validated again)."""
@@ -338,9 +398,25 @@ def _convert(var: str, raw: str, type_name: Any) -> Any:
             return float(raw)
         if kind == "Path":
             return Path(raw)
+        if kind == "bool":
+            return _boolean(raw)
     except ValueError as exc:
         raise SettingsError(f"{var}={raw!r} is not a valid {kind}") from exc
     return raw
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _boolean(raw: str) -> bool:
+    # Raises ValueError like int()/float() so _convert words the error the same way.
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(raw)
 
 
 def settings_table_markdown() -> str:

@@ -35,6 +35,17 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.dlq, n, {}),
         TopicSpec(t.webhooks_raw, n, {}),
         TopicSpec(t.webhooks_deduped, n, {}),
+        TopicSpec(t.webhooks_replays, n, {}),
+        # The sighting markers: compacted, and deleted after the dedupe TTL so
+        # the changelog does not grow forever (an expired marker is a new sighting).
+        TopicSpec(
+            settings.webhook_sightings_changelog_topic,
+            n,
+            {
+                "cleanup.policy": "compact,delete",
+                "retention.ms": str(int(settings.webhook_dedupe_ttl_s * 1000)),
+            },
+        ),
         # Faust would create this one too; creating it here makes its partition
         # count match the intents topic even if the worker starts second.
         TopicSpec(settings.ledger_changelog_topic, n, compact),

@@ -26,9 +26,10 @@ from connectors.null import NullProvider
 from connectors.outbox import OutboxFault, OutboxProvider
 from schemas.codec import SchemaCodec, default_codec
 from sendonce.settings import Settings
-from streams.fetcher import KafkaRecordFetcher
+from streams.fetcher import KafkaForwardedLookup, KafkaRecordFetcher
 from streams.processor import ConsumedRecord, IntentProcessor
-from streams.store import FaustLedgerStore
+from streams.store import FaustLedgerStore, FaustTableBytes
+from streams.webhooks import SightingProcessor, WebhookFault
 
 log = logging.getLogger("sendonce.worker")
 
@@ -216,7 +217,64 @@ def build_worker_app(
 
     app.agent(intents, name="sendonce.intents", concurrency=1)(process_intents)
     app.agent(deferred, name="sendonce.deferred", concurrency=1)(process_deferred)
+    _add_webhook_dedupe(app, settings, codec)
     return WorkerApp(app, ledger, settings)
+
+
+def _add_webhook_dedupe(app: faust.App, settings: Settings, codec: SchemaCodec) -> None:
+    """The inbound dedupe stream: its own agent and sighting table."""
+    raw = app.topic(settings.topics.webhooks_raw, partitions=settings.partitions, **_RAW)
+    ttl_s = settings.webhook_dedupe_ttl_s
+    changelog = app.topic(
+        settings.webhook_sightings_changelog_topic,
+        partitions=settings.partitions,
+        compacting=True,
+        deleting=True,
+        retention=ttl_s,
+        internal=True,
+        **_RAW,
+    )
+    sightings = app.Table(
+        "webhook_sightings",
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.partitions,
+        schema=faust.Schema(**_RAW),
+        changelog_topic=changelog,
+        options={"driver": "rocksdict"},
+    )
+    lookup = KafkaForwardedLookup(settings.bootstrap_servers, settings.topics.webhooks_deduped)
+    processor = SightingProcessor(
+        settings,
+        FaustTableBytes(sightings),
+        FaustSink(app),
+        lookup,
+        codec,
+        fault=WebhookFault(settings.webhook_fault),
+    )
+
+    async def dedupe_webhooks(stream: Any) -> None:
+        try:
+            async for events in stream.take_events(
+                settings.batch_size, within=settings.batch_within_s
+            ):
+                try:
+                    stats = await processor.process_batch([_record(e) for e in events])
+                except Exception as exc:
+                    log.critical("webhook batch failed, stopping worker: %s", type(exc).__name__)
+                    await app.crash(exc)
+                    raise
+                if stats.replays:
+                    log.info(
+                        "webhooks: %d forwarded, %d replays dropped (%d in total)",
+                        stats.forwarded,
+                        stats.replays,
+                        processor.replays_total,
+                    )
+        finally:
+            lookup.close()
+
+    app.agent(raw, name="sendonce.webhooks", concurrency=1)(dedupe_webhooks)
 
 
 def _record(event: Any) -> ConsumedRecord:
@@ -252,7 +310,11 @@ def check_topics(settings: Settings, timeout: float = 30.0) -> None:
         raise WorkerStartupError(
             f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}"
         ) from exc
-    for name in (settings.topics.intents, settings.topics.intents_deferred):
+    for name in (
+        settings.topics.intents,
+        settings.topics.intents_deferred,
+        settings.topics.webhooks_raw,
+    ):
         if name not in topics:
             raise WorkerStartupError(f"topic {name} does not exist; run `sendonce topics create`")
         have = len(topics[name].partitions)

@@ -67,3 +67,55 @@ class KafkaRecordFetcher:
 def _headers(raw: Any) -> tuple[tuple[str, bytes | None], ...]:
     pairs = raw.items() if isinstance(raw, dict) else (raw or [])
     return tuple((str(k), v.encode() if isinstance(v, str) else v) for k, v in pairs)
+
+
+class KafkaForwardedLookup:
+    """Finds whether a dedupe id was already forwarded, reading one partition's tail.
+
+    Only runs after a crash between marking and forwarding, so reading from the
+    marking time (via offsets-for-times) to the end of one partition is cheap.
+    """
+
+    def __init__(self, bootstrap_servers: str, topic: str, timeout_s: float = 10.0) -> None:
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"sendonce-forwarded-lookup-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "logger": logging.getLogger("sendonce.kafka.lookup"),
+        }
+        self._consumer = Consumer(config)
+        self._topic = topic
+        self._timeout_s = timeout_s
+        self._lock = asyncio.Lock()
+
+    async def contains(self, dedupe_id: str, partition: int, since_ms: int) -> bool:
+        """Whether a record keyed ``dedupe_id`` is on ``partition`` at or after ``since_ms``."""
+        async with self._lock:
+            return await asyncio.to_thread(self._contains, dedupe_id.encode(), partition, since_ms)
+
+    def _contains(self, key: bytes, partition: int, since_ms: int) -> bool:
+        # A little slack: the forward's timestamp is taken after the marking time,
+        # but clocks of producer and broker may differ slightly.
+        start = TopicPartition(self._topic, partition, max(0, since_ms - 60_000))
+        [found] = self._consumer.offsets_for_times([start], timeout=self._timeout_s)
+        _, high = self._consumer.get_watermark_offsets(
+            TopicPartition(self._topic, partition), timeout=self._timeout_s
+        )
+        offset = found.offset if found.offset >= 0 else high
+        if offset >= high:
+            return False
+        self._consumer.assign([TopicPartition(self._topic, partition, offset)])
+        while offset < high:
+            msg = self._consumer.poll(self._timeout_s)
+            if msg is None:
+                raise RuntimeError(f"could not read {self._topic}[{partition}] to its end")
+            if msg.error():
+                continue
+            if msg.key() == key:
+                return True
+            offset = (msg.offset() or 0) + 1
+        return False
+
+    def close(self) -> None:
+        """Leave."""
+        self._consumer.close()

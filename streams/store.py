@@ -88,27 +88,52 @@ def _partition_context(partition: int) -> Iterator[None]:
         _current_event.reset(token)
 
 
-class FaustLedgerStore:
-    """The ledger in a Faust table: RocksDB locally, a compacted changelog in Kafka."""
+class FaustTableBytes:
+    """Durable per-partition bytes in a Faust table (raw key and value serializers).
+
+    ``put`` writes the changelog record and awaits the broker's acknowledgement
+    (acks=all) before updating the local RocksDB copy, so the local copy is
+    never ahead of the changelog.
+    """
 
     def __init__(self, table: Any) -> None:
         self._table = table
 
-    def get(self, key: str, partition: int) -> LedgerEntry | None:
-        """Read the local RocksDB copy of ``key`` in ``partition``."""
+    def get(self, key: bytes, partition: int) -> bytes | None:
+        """The local copy of ``key`` in ``partition``."""
         with _partition_context(partition):
-            raw = self._table.data.get(key.encode())
-        return None if raw is None else LedgerEntry.from_bytes(raw)
+            raw: bytes | None = self._table.data.get(key)
+        return raw
 
-    async def put(self, entry: LedgerEntry, partition: int) -> None:
-        """Write the changelog record, await the broker's ack, then the local copy."""
-        key = entry.key.encode()
-        value = entry.to_bytes()
+    async def put(self, key: bytes, value: bytes, partition: int) -> None:
+        """Durable write: changelog acked first, then the local copy."""
         # Table assignment would only queue the changelog record (send_soon);
         # the future resolves when the broker acknowledged it (acks=all).
         await self._table.send_changelog(partition, key, value)
         with _partition_context(partition):
             self._table.data[key] = value
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every key and value of the active partitions (a RocksDB scan)."""
+        for key, value in self._table.data._iteritems():
+            if value is not None:
+                yield key, value
+
+
+class FaustLedgerStore:
+    """The ledger in a Faust table: RocksDB locally, a compacted changelog in Kafka."""
+
+    def __init__(self, table: Any) -> None:
+        self._bytes = FaustTableBytes(table)
+
+    def get(self, key: str, partition: int) -> LedgerEntry | None:
+        """Read the local RocksDB copy of ``key`` in ``partition``."""
+        raw = self._bytes.get(key.encode(), partition)
+        return None if raw is None else LedgerEntry.from_bytes(raw)
+
+    async def put(self, entry: LedgerEntry, partition: int) -> None:
+        """Write the changelog record, await the broker's ack, then the local copy."""
+        await self._bytes.put(entry.key.encode(), entry.to_bytes(), partition)
 
     def ambiguous_entries(self, partitions: int) -> Iterator[tuple[int, LedgerEntry]]:
         """Scan the active partitions' RocksDB for AMBIGUOUS entries.
@@ -120,6 +145,6 @@ class FaustLedgerStore:
         from streams.processor import partition_for_key
 
         marker = b'"status":"AMBIGUOUS"'
-        for key, value in self._table.data._iteritems():
-            if value is not None and marker in value:
+        for key, value in self._bytes.items():
+            if marker in value:
                 yield partition_for_key(key, partitions), LedgerEntry.from_bytes(value)
