@@ -169,9 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from sendonce.dev.graph_emulator import add_cli as add_graph_emulator_cli
     from sendonce.dev.kafka import add_cli as add_kafka_cli
+    from sendonce.receiver_cli import add_cli as add_receiver_cli
 
     add_kafka_cli(dev)
     add_graph_emulator_cli(dev)
+    add_receiver_cli(sub)
     return parser
 
 

@@ -1,0 +1,38 @@
+"""Inbound provider webhooks: the receiver that writes them to ``email.webhooks.raw``.
+
+* :mod:`connectors.webhooks.receiver`: the aiohttp app (:class:`WebhookReceiver`),
+  ``sendonce receiver`` (:func:`run_receiver`) and :class:`ReceiverThread`.
+* :mod:`connectors.webhooks.graph`: Graph notifications, clientState, dedupe ids.
+* :mod:`connectors.webhooks.signed`: Standard Webhooks style HMAC signatures.
+* :mod:`connectors.webhooks.producer`: the acks=all producer the receiver awaits.
+"""
+
+from __future__ import annotations
+
+from connectors.webhooks.graph import ClientStateVerifier, dedupe_id, parse_notifications
+from connectors.webhooks.producer import AckingProducer, EventSink, ProduceError
+from connectors.webhooks.receiver import (
+    ReceiverConfig,
+    ReceiverThread,
+    WebhookReceiver,
+    build_app,
+    run_receiver,
+)
+from connectors.webhooks.signed import SignatureError, sign, verify_signature
+
+__all__ = [
+    "AckingProducer",
+    "ClientStateVerifier",
+    "EventSink",
+    "ProduceError",
+    "ReceiverConfig",
+    "ReceiverThread",
+    "SignatureError",
+    "WebhookReceiver",
+    "build_app",
+    "dedupe_id",
+    "parse_notifications",
+    "run_receiver",
+    "sign",
+    "verify_signature",
+]

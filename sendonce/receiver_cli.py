@@ -1,0 +1,47 @@
+"""``sendonce receiver``: run the inbound webhook receiver in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from sendonce.settings import Settings
+
+__all__ = ["add_cli"]
+
+
+def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``receiver`` on ``subparsers``; its ``func(args)`` returns the exit code."""
+    p = subparsers.add_parser(
+        "receiver",
+        help="run the inbound webhook receiver (Graph notifications, signed webhooks)",
+        description=(
+            "Serve POST /graph/notifications, /graph/lifecycle and /webhooks/{source}; "
+            "write each verified event to the raw webhooks topic (acks=all) and answer "
+            "202 only once Kafka acknowledged it, 503 when it cannot. Runs until "
+            "SIGTERM/SIGINT. Secrets come from SENDONCE_RECEIVER_* variables."
+        ),
+    )
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (SENDONCE_BOOTSTRAP_SERVERS)")
+    p.add_argument("--host", help="listen address (SENDONCE_RECEIVER_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (SENDONCE_RECEIVER_PORT, default 8080)")
+    p.set_defaults(func=_cmd_receiver)
+
+
+def _cmd_receiver(args: argparse.Namespace) -> int:
+    from connectors.webhooks.receiver import run_receiver
+
+    settings = Settings.from_env()
+    overrides: dict[str, object] = {}
+    if args.bootstrap:
+        overrides["bootstrap_servers"] = args.bootstrap
+    if args.host:
+        overrides["receiver_host"] = args.host
+    if args.port is not None:
+        overrides["receiver_port"] = args.port
+    if overrides:
+        settings = settings.with_overrides(**overrides)
+    # main() configures logging at WARNING; the receiver's own records (its listen
+    # address, rejections, 503s) follow SENDONCE_LOG_LEVEL.
+    logging.getLogger("sendonce").setLevel(settings.log_level.upper())
+    return run_receiver(settings)
