@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from connectors.webhooks.receiver import ReceiverConfig, ReceiverThread
 from schemas.codec import default_codec
 from sendonce.publish import IntentPublisher
 from sendonce.results import ResultWatcher
@@ -64,13 +67,45 @@ def count(watcher: ResultWatcher, topic: str) -> int:
     return sum(1 for r in watcher.records if r.topic == topic)
 
 
+def post_http(pipeline: Pipeline, notification_id: str, times: int) -> None:
+    """POST one Graph notification ``times`` times through the real receiver."""
+    settings = dataclasses.replace(
+        pipeline.settings, receiver_port=0, receiver_client_states="sub-1=the-client-state"
+    )
+    body = json.dumps(
+        {
+            "value": [
+                {
+                    "id": notification_id,
+                    "subscriptionId": "sub-1",
+                    "changeType": "created",
+                    "resource": "users/a/messages/b",
+                    "resourceData": {"id": "b"},
+                    "clientState": "the-client-state",
+                    "tenantId": "tenant-1",
+                }
+            ]
+        }
+    ).encode()
+    with ReceiverThread(ReceiverConfig.from_settings(settings)) as receiver:
+        for _ in range(times):
+            request = urllib.request.Request(
+                f"{receiver.url}/graph/notifications",
+                data=body,
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert response.status == 202
+
+
 def test_five_deliveries_then_a_replay_by_a_fresh_group_forward_exactly_once(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
     t = pipeline.settings.topics
     audit = {"SENDONCE_WEBHOOK_REPLAYS_TOPIC": "true"}
     first = pipeline.start_worker(**audit)
-    post(pipeline, "notification-1", 5)
+    post_http(pipeline, "notification-1", 5)
     watcher = watch(pipeline)
     watcher.wait_for(5, timeout=120)  # 1 forwarded + 4 replays
     assert count(watcher, t.webhooks_deduped) == 1
@@ -88,8 +123,8 @@ def test_five_deliveries_then_a_replay_by_a_fresh_group_forward_exactly_once(
     assert count(watcher, t.webhooks_deduped) == 1
     assert count(watcher, t.webhooks_replays) == 9
     [forwarded] = [r for r in watcher.records if r.topic == t.webhooks_deduped]
-    assert forwarded.key == b"notification-1"
-    assert forwarded.value["dedupe_id"] == "notification-1"
+    assert forwarded.key == b"graph:notification-1"
+    assert forwarded.value["dedupe_id"] == "graph:notification-1"
     assert second.alive()
     watcher.close()
 
