@@ -118,6 +118,25 @@ class RecordFetcher(Protocol):
         ...
 
 
+def dead_letter(
+    record: ConsumedRecord, reason: str, error_type: str, now_ms: int, settings: Settings
+) -> dict[str, Any]:
+    """A DeadLetter record: the original bytes, where they came from, and why."""
+    return {
+        "source_topic": record.topic,
+        "source_partition": record.partition,
+        "source_offset": record.offset,
+        "source_timestamp": record.timestamp_ms,
+        "original_key": record.key,
+        "original_value": record.value,
+        "original_headers": [{"key": k, "value": v} for k, v in record.headers],
+        "reason": reason,
+        "error_type": error_type,
+        "failed_at": now_ms,
+        "worker": settings.worker_id,
+    }
+
+
 def partition_for_key(key: bytes, partitions: int) -> int:
     """The partition Kafka's default (murmur2) partitioner picks for ``key``."""
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
@@ -269,23 +288,10 @@ class IntentProcessor:
             record.offset,
             bad.error_type,
         )
-        value = self.codec.encode(
-            "DeadLetter",
-            {
-                "source_topic": record.topic,
-                "source_partition": record.partition,
-                "source_offset": record.offset,
-                "source_timestamp": record.timestamp_ms,
-                "original_key": record.key,
-                "original_value": record.value,
-                "original_headers": [{"key": k, "value": v} for k, v in record.headers],
-                "reason": bad.reason,
-                "error_type": bad.error_type,
-                "failed_at": self._clock(),
-                "worker": self.settings.worker_id,
-            },
+        letter = dead_letter(record, bad.reason, bad.error_type, self._clock(), self.settings)
+        await self.sink.produce(
+            self.topics.dlq, record.key, self.codec.encode("DeadLetter", letter)
         )
-        await self.sink.produce(self.topics.dlq, record.key, value)
 
     # -- driving one key --------------------------------------------------
 

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from schemas.codec import CodecError, SchemaCodec
 from sendonce.settings import Settings
 from streams.ledger import IntentRef
-from streams.processor import ConsumedRecord, Sink, origin_header
+from streams.processor import ConsumedRecord, Sink, dead_letter, origin_header
 
 log = logging.getLogger("sendonce.webhooks")
 
@@ -289,20 +289,6 @@ class SightingProcessor:
         log.warning(
             "dead-lettered webhook record %s[%d]@%d", record.topic, record.partition, record.offset
         )
-        value = self.codec.encode(
-            "DeadLetter",
-            {
-                "source_topic": record.topic,
-                "source_partition": record.partition,
-                "source_offset": record.offset,
-                "source_timestamp": record.timestamp_ms,
-                "original_key": record.key,
-                "original_value": record.value,
-                "original_headers": [{"key": k, "value": v} for k, v in record.headers],
-                "reason": reason,
-                "error_type": "invalid_webhook",
-                "failed_at": self._clock(),
-                "worker": self.settings.worker_id,
-            },
-        )
+        letter = dead_letter(record, reason, "invalid_webhook", self._clock(), self.settings)
+        value = self.codec.encode("DeadLetter", letter)
         await self.sink.produce(self.topics.dlq, record.key, value)
