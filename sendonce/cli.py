@@ -167,12 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="developer tools").add_subparsers(
         dest="dev_command", required=True
     )
+    from sendonce.dev.chaos import add_cli as add_chaos_cli
     from sendonce.dev.graph_emulator import add_cli as add_graph_emulator_cli
     from sendonce.dev.kafka import add_cli as add_kafka_cli
     from sendonce.receiver_cli import add_cli as add_receiver_cli
 
     add_kafka_cli(dev)
     add_graph_emulator_cli(dev)
+    add_chaos_cli(dev)
     add_receiver_cli(sub)
     return parser
 

@@ -180,9 +180,11 @@ def build_worker_app(
         try:
             stats = await processor.reconcile_due()
         except Exception as exc:
-            log.critical("reconciliation failed, stopping worker: %s", type(exc).__name__)
-            await app.crash(exc)
-            raise
+            # Nothing the reconciler does is acked anywhere: keys whose drive
+            # failed (a broker restart, say) stay indexed and the next tick
+            # retries them. Crashing the worker would gain nothing.
+            log.warning("reconciliation tick failed, retrying: %s", type(exc).__name__)
+            return
         if stats.records:
             log.info("reconciled %d ambiguous sends: %s", stats.records, stats.outcomes)
 

@@ -357,7 +357,6 @@ class IntentProcessor:
             for effect in decision.effects:
                 if isinstance(effect, Persist):
                     await self.store.put(effect.entry, partition)
-                    self._index(effect.entry, partition)
                 elif isinstance(effect, Emit):
                     await self._emit(effect.result, stats)
                 elif isinstance(effect, CallProvider):
@@ -373,6 +372,11 @@ class IntentProcessor:
                         key, self._message_id(item), item.facts.sender
                     )
                     event = LookupFinished(item.facts, effect.attempt_id, lookup, self._clock())
+        # Only a drive that ran to the end takes a key off the reconcile index:
+        # one that failed between persisting an outcome and emitting its result
+        # leaves the key there, and the next tick emits the result (same id).
+        if entry is not None:
+            self._index(entry, partition)
 
     # -- reconciliation ---------------------------------------------------
 
@@ -411,7 +415,7 @@ class IntentProcessor:
     async def _reconcile_one(self, key: str, partition: int, stats: BatchStats) -> None:
         assert self._fetcher is not None
         entry = self.store.get(key, partition)
-        if entry is None or entry.status is not LedgerStatus.AMBIGUOUS:
+        if entry is None or entry.status is LedgerStatus.PENDING:
             self.reconcile_index.pop(key, None)
             return
         record = await self._fetcher.fetch(entry.origin)
@@ -421,7 +425,12 @@ class IntentProcessor:
             return
         item = self._accept(record)
         stats.records += 1
-        await self._drive(item, stats, ReconcileDue(item.facts, self._clock()))
+        first: Event = ReconcileDue(item.facts, self._clock())
+        if entry.status is not LedgerStatus.AMBIGUOUS:
+            # Settled by an earlier tick that failed before emitting the result:
+            # the origin record's result is emitted again (deterministic id).
+            first = IntentArrived(item.facts, self._clock(), self.settings.worker_id)
+        await self._drive(item, stats, first)
 
     async def _call(self, item: _Accepted, entry: LedgerEntry) -> Any:
         intent = item.intent

@@ -13,7 +13,7 @@ from connectors.outbox import OutboxProvider
 from sendonce.keys import idempotency_key_for
 from sendonce.publish import complete_intent
 from streams.processor import ConsumedRecord
-from streams.testing import InMemoryPipeline
+from streams.testing import InMemoryPipeline, RecordingSink
 
 
 def intent(n: int, **overrides: Any) -> dict[str, Any]:
@@ -301,3 +301,37 @@ def test_a_record_on_the_deferred_topic_without_origin_is_dead_lettered() -> Non
     )
     run(p.run([forged]))
     assert [d["error_type"] for d in p.outputs(p.settings.topics.dlq)] == ["misrouted"]
+
+
+class SinkDownOnce(RecordingSink):
+    """Fails the next produce to a results topic, like a broker restarting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+
+    async def produce(self, topic: str, key: Any, value: bytes, headers: Any = None) -> None:
+        if self.armed and topic.startswith("email.results"):
+            self.armed = False
+            raise ConnectionError("broker restarting")
+        await super().produce(topic, key, value, headers)
+
+
+def test_a_reconciliation_that_fails_after_persisting_emits_its_result_next_tick() -> None:
+    now = [1_000_000]
+    provider = TimesOutButDelivers()
+    provider.lookups = ["x", "x"]  # the next lookup finds the message
+    p = InMemoryPipeline(provider, clock=lambda: now[0])
+    sink = SinkDownOnce()
+    p.sink = sink
+    p.processor.sink = sink
+    run(p.run([p.intent_record(intent(1))]))
+    now[0] += 60_000
+    sink.armed = True
+    with pytest.raises(ConnectionError):
+        run(p.reconcile())  # SENT persisted, its result not emitted
+    assert p.processor.reconcile_index  # still owed
+    run(p.reconcile())
+    outcomes = [r["outcome"] for r in p.results()]
+    assert outcomes == ["AMBIGUOUS", "SENT"]
+    assert not p.processor.reconcile_index

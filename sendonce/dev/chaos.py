@@ -1,0 +1,747 @@
+"""``sendonce dev chaos``: a seeded torture run of the real system, and its checker.
+
+One run starts its own local Kafka broker, the Microsoft Graph emulator (in a thread),
+12-partition topics under a unique prefix and K ``sendonce worker`` processes in one
+consumer group. It publishes a seeded workload in bursts (fresh intents, repeats, key
+reuses with other content, garbage records) while a seeded schedule SIGKILLs and
+restarts workers, adds and removes a worker (rebalances), optionally restarts the
+broker, and changes the emulator's fault rules per burst. Then it waits until every
+intent record has a result or a dead letter and checks the invariants:
+
+* no idempotency key delivered more than once by the emulator (deliveries the emulator
+  itself duplicated, flagged ``transport_duplicate``, are counted apart);
+* no intent record without a result or dead letter (``lost``);
+* every AMBIGUOUS key was reconciled to SENT or is listed as open.
+
+The seed reproduces the workload and the schedule; the exact interleaving of worker
+threads, the broker and the emulator's draws does not repeat, so a failing seed shows
+a weakness, not a guaranteed replay.
+
+The engine lives here (not under ``tests/``) because tests are not installed;
+``tests/chaos`` imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ChaosReport", "add_cli", "run_chaos"]
+
+Progress = Callable[[str], None]
+
+TENANTS = 20
+MAILBOXES = 30
+PARTITIONS = 12
+ACTIONS = ("receipt", "reply", "escalation", "invite")
+# The worker's Graph read timeout; a ``timeout`` fault hangs longer than this.
+READ_TIMEOUT_S = 2.0
+RECONCILE_DEADLINE_S = 20.0
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class ChaosReport:
+    """What a run did and what the checker found."""
+
+    seed: int
+    intents: int = 0
+    keys: int = 0
+    kills: int = 0
+    rebalances: int = 0
+    broker_restarts: int = 0
+    delivered_twice: int = 0
+    transport_duplicates: int = 0
+    lost: int = 0
+    ambiguous_open: int = 0
+    reconciled: int = 0
+    # Details beyond the summary line.
+    outcomes: dict[str, int] = field(default_factory=dict)
+    dead_letters: int = 0
+    expected_dead_letters: int = 0
+    conflicts: int = 0
+    expected_conflicts: int = 0
+    unexpected_worker_exits: int = 0
+    keyless_deliveries: int = 0
+    sent_without_delivery: int = 0
+    delivered_but_open: int = 0
+    result_id_mismatches: int = 0
+    drained: bool = False
+    delivered_twice_keys: list[str] = field(default_factory=list)
+    lost_records: list[tuple[str, int, int]] = field(default_factory=list)
+    open_ambiguous_keys: list[str] = field(default_factory=list)
+    root: str = ""
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """The guarantee held: nothing delivered twice, nothing lost."""
+        return self.delivered_twice == 0 and self.lost == 0
+
+    def summary(self) -> str:
+        """The one summary line the issue asks for."""
+        return (
+            f"intents={self.intents} keys={self.keys} kills={self.kills} "
+            f"rebalances={self.rebalances} broker_restarts={self.broker_restarts} "
+            f"delivered_twice={self.delivered_twice} "
+            f"transport_duplicates={self.transport_duplicates} lost={self.lost} "
+            f"ambiguous_open={self.ambiguous_open} reconciled={self.reconciled} "
+            f"seed={self.seed}"
+        )
+
+    def details(self) -> str:
+        """A second line with what is worth a look but is not a verdict."""
+        outcomes = ",".join(f"{k}:{v}" for k, v in sorted(self.outcomes.items()))
+        return (
+            f"outcomes={outcomes} dead_letters={self.dead_letters}/"
+            f"{self.expected_dead_letters} conflicts={self.conflicts}/"
+            f"{self.expected_conflicts} unexpected_worker_exits={self.unexpected_worker_exits} "
+            f"keyless_deliveries={self.keyless_deliveries} "
+            f"sent_without_delivery={self.sent_without_delivery} "
+            f"delivered_but_open={self.delivered_but_open} "
+            f"result_id_mismatches={self.result_id_mismatches} drained={self.drained} "
+            f"elapsed_s={self.elapsed_s:.0f} root={self.root}"
+        )
+
+
+# --------------------------------------------------------------------------- workload
+
+
+@dataclass
+class PlannedRecord:
+    """One record to publish: a valid intent (``intent``) or garbage bytes (``raw``)."""
+
+    kind: str  # fresh | repeat | supplied | reuse | bad
+    intent: dict[str, Any] | None = None
+    raw: bytes | None = None
+
+
+def _mailbox(i: int) -> tuple[str, str]:
+    """Mailbox ``i``'s tenant and address; mailboxes are spread over the tenants."""
+    tenant = f"tenant{i % TENANTS:02d}"
+    return tenant, f"sender{i:02d}@{tenant}.example"
+
+
+def _fresh_intent(rng: random.Random, seed: int, n: int) -> dict[str, Any]:
+    tenant, sender = _mailbox(rng.randrange(MAILBOXES))
+    to = [f"user{rng.randrange(10_000)}@example.com" for _ in range(rng.choice((1, 1, 1, 2)))]
+    return {
+        "tenant_id": tenant,
+        "source_event_id": f"chaos-{seed}-evt-{n}",
+        "action_type": rng.choice(ACTIONS),
+        "sender": sender,
+        "to": to,
+        "subject": f"Chaos {seed} #{n}",
+        "text_body": f"Body of intent {n} (seed {seed}).",
+    }
+
+
+def plan_workload(n: int, seed: int, bursts: int) -> list[list[PlannedRecord]]:
+    """``n`` records in ``bursts`` bursts: >= 30 % repeats, a few conflicts and bad records.
+
+    Repeats copy an earlier intent, half of them from the same burst (the agent retried
+    at once) and half from any earlier burst (a replay minutes later); some upper-case
+    the recipients, which the key normalises away. A ``reuse`` sends a producer-supplied
+    key again with another body: the system must answer CONFLICT.
+    """
+    rng = random.Random(f"workload-{seed}")
+    bad = max(2, n // 200)
+    pairs = max(2, n // 150)
+    repeats = max(1, int(n * 0.35))
+    fresh = max(1, n - bad - 2 * pairs - repeats)
+    kinds = ["fresh"] * fresh + ["repeat"] * repeats + ["supplied", "reuse"] * pairs
+    kinds += ["bad"] * bad
+    kinds = kinds[:n] if len(kinds) > n else kinds
+    rng.shuffle(kinds)
+    size = max(1, -(-len(kinds) // bursts))
+    plan: list[list[PlannedRecord]] = []
+    earlier: list[dict[str, Any]] = []
+    supplied: list[dict[str, Any]] = []
+    counter = 0
+    for start in range(0, len(kinds), size):
+        burst: list[PlannedRecord] = []
+        current: list[dict[str, Any]] = []
+        for kind in kinds[start : start + size]:
+            counter += 1
+            if kind == "bad":
+                raw = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+                burst.append(PlannedRecord("bad", raw=raw))
+                continue
+            if kind == "reuse" and supplied:
+                original = supplied.pop(rng.randrange(len(supplied)))
+                changed = {**original, "text_body": f"Regenerated body {counter}."}
+                burst.append(PlannedRecord("reuse", intent=changed))
+                continue
+            if kind == "repeat" and (earlier or current):
+                pool = current if current and (rng.random() < 0.5 or not earlier) else earlier
+                copy = dict(rng.choice(pool))
+                if rng.random() < 0.3:
+                    copy["to"] = [addr.upper() for addr in copy["to"]]
+                burst.append(PlannedRecord("repeat", intent=copy))
+                continue
+            intent = _fresh_intent(rng, seed, counter)
+            if kind in ("supplied", "reuse"):
+                # A reuse with no supplied key left to reuse becomes a supplied original.
+                intent["idempotency_key"] = f"order-{seed}-{counter}"
+                supplied.append(intent)
+                kind = "supplied"
+            current.append(intent)
+            burst.append(PlannedRecord(kind if kind != "repeat" else "fresh", intent=intent))
+        earlier.extend(current)
+        plan.append(burst)
+    return plan
+
+
+def burst_faults(rng: random.Random) -> list[dict[str, Any]]:
+    """The emulator's fault rules for one burst: each kind present with modest odds."""
+    candidates: list[dict[str, Any]] = [
+        {
+            "kind": "latency",
+            "distribution": "uniform",
+            "low_ms": 50,
+            "high_ms": 1500,
+            "probability": 0.05,
+        },
+        {"kind": "throttle", "retry_after": 1, "operations": ["send"], "probability": 0.01},
+        {
+            "kind": "unavailable",
+            "operations": ["send"],
+            "probability": 0.01,
+            "deliver": rng.random() < 0.5,
+        },
+        {
+            "kind": "gateway_timeout",
+            "operations": ["send"],
+            "probability": 0.01,
+            "deliver": rng.random() < 0.5,
+        },
+        {"kind": "reset", "operations": ["send"], "probability": 0.01},
+        {
+            "kind": "timeout",
+            "operations": ["send"],
+            "hang_ms": READ_TIMEOUT_S * 2000,
+            "probability": 0.01,
+        },
+        {"kind": "duplicate", "probability": 0.01},
+        {"kind": "visibility_delay", "delay_ms": 1500, "probability": 0.05},
+    ]
+    return [f for f in candidates if rng.random() < 0.6]
+
+
+# --------------------------------------------------------------------------- workers
+
+
+@dataclass
+class ChaosWorker:
+    """One worker slot: its own data dir and log; restarted in place after a kill."""
+
+    slot: int
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    incarnation: int = 0
+    # Set when the harness killed/stopped it on purpose, so an exit is not a crash.
+    expected_exit: bool = False
+    removed: bool = False
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
+
+
+class Cluster:
+    """The broker, the emulator and the worker processes of one run."""
+
+    def __init__(self, root: Path, seed: int, progress: Progress) -> None:
+        from connectors.graph.emulator import GraphEmulator
+        from sendonce.dev.kafka import LocalKafka
+        from sendonce.settings import Settings
+        from sendonce.topics import create_topics
+
+        self.root = root
+        self.progress = progress
+        self.kafka = LocalKafka(root / "kafka", heap="1g")
+        # Generous: the first run on a machine may resolve the broker jars.
+        self.bootstrap = self.kafka.start(timeout=180)
+        self.emulator = GraphEmulator(seed=seed, ca_dir=root / "graph-ca")
+        self.emulator_thread = self.emulator.run_in_thread()
+        tag = uuid.uuid4().hex[:8]
+        self.settings = Settings(
+            bootstrap_servers=self.bootstrap,
+            app_id=f"sendonce-chaos-{tag}",
+            topic_prefix=f"chaos{tag}.",
+            partitions=PARTITIONS,
+            data_dir=root / "workers",
+            outbox_dir=root / "outbox",
+        )
+        create_topics(self.settings)
+        self.workers: list[ChaosWorker] = []
+        self.unexpected_exits = 0
+
+    def env(self, worker: ChaosWorker) -> dict[str, str]:
+        s = self.settings
+        env = dict(os.environ)
+        env.update(self.emulator.worker_env())
+        env.update(
+            {
+                "SENDONCE_BOOTSTRAP_SERVERS": s.bootstrap_servers,
+                "SENDONCE_APP_ID": s.app_id,
+                "SENDONCE_TOPIC_PREFIX": s.topic_prefix,
+                "SENDONCE_PARTITIONS": str(s.partitions),
+                "SENDONCE_DATA_DIR": str(worker.data_dir),
+                "SENDONCE_WORKER_ID": f"w{worker.slot}.{worker.incarnation}",
+                "SENDONCE_LOG_LEVEL": "info",
+                "SENDONCE_GRAPH_SENDS_PER_MINUTE": "0",
+                "SENDONCE_GRAPH_READ_TIMEOUT_S": str(READ_TIMEOUT_S),
+                # A SIGKILLed worker's partitions move after 8 s, not after 30 s.
+                "SENDONCE_SESSION_TIMEOUT_S": "8",
+                "SENDONCE_RECONCILE_GRACE_S": "1",
+                "SENDONCE_RECONCILE_INTERVAL_S": "1",
+                "SENDONCE_RECONCILE_DEADLINE_S": str(RECONCILE_DEADLINE_S),
+                "SENDONCE_RECONCILE_TICK_S": "0.5",
+            }
+        )
+        return env
+
+    def add_worker(self) -> ChaosWorker:
+        slot = len(self.workers)
+        worker = ChaosWorker(slot, self.root / f"worker-{slot}", self.root / f"worker-{slot}.log")
+        self.workers.append(worker)
+        self.start(worker)
+        return worker
+
+    def start(self, worker: ChaosWorker) -> None:
+        worker.incarnation += 1
+        worker.expected_exit = False
+        with open(worker.log_path, "ab") as log:
+            log.write(f"\n==== chaos: start incarnation {worker.incarnation}\n".encode())
+            worker.process = subprocess.Popen(
+                [sys.executable, "-m", "sendonce.cli", "worker"],
+                env=self.env(worker),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self, worker: ChaosWorker) -> None:
+        """SIGKILL: no shutdown, no flush, no commit."""
+        assert worker.process is not None
+        worker.expected_exit = True
+        with contextlib.suppress(ProcessLookupError):
+            worker.process.send_signal(signal.SIGKILL)
+        worker.process.wait(30)
+        with open(worker.log_path, "ab") as log:
+            log.write(b"\n==== chaos: SIGKILL\n")
+
+    def stop(self, worker: ChaosWorker, timeout: float = 30) -> None:
+        """SIGTERM (a clean leave), SIGKILL if it does not exit in time."""
+        worker.expected_exit = True
+        if worker.process is None or not worker.alive():
+            return
+        worker.process.send_signal(signal.SIGTERM)
+        try:
+            worker.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            worker.process.wait(10)
+
+    def check_workers(self) -> None:
+        """Restart a worker that died on its own, and count it: that is a finding."""
+        for w in self.workers:
+            if w.removed or w.alive() or w.expected_exit:
+                continue
+            code = w.process.returncode if w.process is not None else None
+            self.unexpected_exits += 1
+            self.progress(f"!! worker {w.slot} exited by itself (code {code}); restarting")
+            self.progress(w.log_tail(1500))
+            self.start(w)
+
+    def close(self) -> None:
+        for w in self.workers:
+            with contextlib.suppress(Exception):
+                self.stop(w, timeout=15)
+        with contextlib.suppress(Exception):
+            self.emulator_thread.stop()
+        with contextlib.suppress(Exception):
+            self.kafka.stop()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class _Event:
+    at: float
+    action: str  # burst | kill | restart | add | remove | broker
+    arg: int = 0
+
+
+def _schedule(
+    rng: random.Random,
+    bursts: int,
+    duration: float,
+    kills: int,
+    rebalances: int,
+    broker_restarts: int,
+) -> list[_Event]:
+    gap = duration / bursts
+    events = [_Event(i * gap, "burst", i) for i in range(bursts)]
+    for _ in range(kills):
+        # Right after a burst the workers are mid-batch: sends in flight, PENDING acked,
+        # SENT not yet written, offsets not committed. That is where a kill hurts.
+        base = rng.randrange(bursts) * gap
+        at = base + rng.uniform(0.05, min(gap, 3.0))
+        events.append(_Event(at, "kill"))
+        events.append(_Event(at + rng.uniform(0.5, 3.0), "restart"))
+    for _ in range(rebalances):
+        at = rng.uniform(0.1, duration * 0.6)
+        events.append(_Event(at, "add"))
+        events.append(_Event(rng.uniform(at + 2, duration), "remove"))
+    for _ in range(broker_restarts):
+        events.append(_Event(rng.uniform(duration * 0.2, duration * 0.8), "broker"))
+    events.sort(key=lambda e: e.at)
+    return events
+
+
+def run_chaos(
+    intents: int,
+    workers: int,
+    seed: int,
+    *,
+    kills: int = 3,
+    rebalances: int = 1,
+    broker_restarts: int = 0,
+    duration: float = 60.0,
+    drain_timeout: float = 300.0,
+    root: Path | None = None,
+    keep: bool = False,
+    progress: Progress = _stderr,
+) -> ChaosReport:
+    """Run one seeded torture run against the real system and check it."""
+    started = time.monotonic()
+    own_root = root is None
+    root = Path(tempfile.mkdtemp(prefix=f"sendonce-chaos-{seed}-")) if root is None else root
+    root.mkdir(parents=True, exist_ok=True)
+    progress(f"chaos: seed={seed} root={root}")
+    rng = random.Random(seed)
+    bursts = max(6, min(60, intents // 100), kills + 2)
+    plan = plan_workload(intents, seed, bursts)
+    events = _schedule(rng, len(plan), duration, kills, rebalances, broker_restarts)
+    report = ChaosReport(seed=seed, root=str(root))
+    cluster = Cluster(root, seed, progress)
+    try:
+        for _ in range(workers):
+            cluster.add_worker()
+        _execute(cluster, plan, events, rng, report)
+        cluster.emulator.clear_faults()
+        for w in cluster.workers:
+            if not w.removed and not w.alive():
+                cluster.start(w)
+        _check(cluster, plan, report, drain_timeout)
+    finally:
+        report.unexpected_worker_exits = cluster.unexpected_exits
+        report.elapsed_s = time.monotonic() - started
+        cluster.close()
+        if own_root and not keep and report.ok:
+            shutil.rmtree(root, ignore_errors=True)
+    return report
+
+
+def _wait_until(cluster: Cluster, at: float, t0: float) -> None:
+    """Pace the schedule (a timetable, not a synchronisation), watching for workers
+    that die on their own meanwhile."""
+    while True:
+        left = t0 + at - time.monotonic()
+        cluster.check_workers()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.5))
+
+
+def _execute(
+    cluster: Cluster,
+    plan: list[list[PlannedRecord]],
+    events: list[_Event],
+    rng: random.Random,
+    report: ChaosReport,
+) -> None:
+    from sendonce.publish import IntentPublisher
+
+    publisher = IntentPublisher(cluster.bootstrap, cluster.settings.topics.intents)
+    killed: list[ChaosWorker] = []
+    t0 = time.monotonic()
+    try:
+        for event in events:
+            _wait_until(cluster, event.at, t0)
+            live = [w for w in cluster.workers if not w.removed and w.alive()]
+            if event.action == "burst":
+                faults = burst_faults(rng)
+                cluster.emulator.set_faults(faults)
+                for record in plan[event.arg]:
+                    if record.intent is not None:
+                        publisher.publish(record.intent)
+                    else:
+                        publisher.publish_raw(f"garbage-{report.intents}".encode(), record.raw)
+                    report.intents += 1
+                publisher.flush(120)
+                progress_line = (
+                    f"burst {event.arg + 1}/{len(plan)}: {len(plan[event.arg])} records, "
+                    f"faults={[f['kind'] for f in faults]}"
+                )
+                cluster.progress(progress_line)
+            elif event.action == "kill" and live:
+                victim = rng.choice(live)
+                cluster.kill(victim)
+                killed.append(victim)
+                report.kills += 1
+                cluster.progress(f"SIGKILL worker {victim.slot} at t={event.at:.1f}s")
+            elif event.action == "restart" and killed:
+                w = killed.pop(0)
+                if not w.removed and not w.alive():
+                    cluster.start(w)
+                    cluster.progress(f"restarted worker {w.slot}")
+            elif event.action == "add":
+                w = cluster.add_worker()
+                report.rebalances += 1
+                cluster.progress(f"added worker {w.slot} (rebalance)")
+            elif event.action == "remove":
+                # Never remove the last worker standing: someone must drain the topic.
+                candidates = [w for w in live if w not in killed]
+                if len(candidates) > 1:
+                    w = rng.choice(candidates)
+                    w.removed = True
+                    cluster.stop(w)
+                    report.rebalances += 1
+                    cluster.progress(f"removed worker {w.slot} (rebalance)")
+            elif event.action == "broker":
+                cluster.progress("restarting the broker")
+                cluster.kafka.restart(timeout=120)
+                report.broker_restarts += 1
+                cluster.progress("broker back")
+        publisher.flush(120)
+    finally:
+        with contextlib.suppress(Exception):
+            publisher.close()
+
+
+# --------------------------------------------------------------------------- checker
+
+
+def _coords_of(value: dict[str, Any]) -> tuple[str, int, int] | None:
+    if "result_id" in value:
+        return (
+            str(value["intent_topic"]),
+            int(value["intent_partition"]),
+            int(value["intent_offset"]),
+        )
+    if "source_topic" in value:
+        return (
+            str(value["source_topic"]),
+            int(value["source_partition"]),
+            int(value["source_offset"]),
+        )
+    return None
+
+
+def _ambiguous_state(records: list[dict[str, Any]]) -> tuple[set[str], set[str], set[str]]:
+    """(ambiguous keys, keys with a SENT result, keys reconciled to SENT)."""
+    ambiguous, sent, reconciled = set(), set(), set()
+    for v in records:
+        key = str(v.get("idempotency_key"))
+        if v.get("outcome") == "AMBIGUOUS":
+            ambiguous.add(key)
+        elif v.get("outcome") == "SENT":
+            sent.add(key)
+            if v.get("reconciled"):
+                reconciled.add(key)
+    return ambiguous, sent, reconciled
+
+
+def _check(
+    cluster: Cluster, plan: list[list[PlannedRecord]], report: ChaosReport, drain_timeout: float
+) -> None:
+    from sendonce.results import ResultWatcher, read_topics
+
+    topics = cluster.settings.topics
+    expected = {
+        (r.topic, r.partition, r.offset)
+        for r in read_topics(cluster.bootstrap, [topics.intents], timeout=60)
+    }
+    watcher = ResultWatcher(cluster.bootstrap, [*topics.results(), topics.dlq])
+    try:
+        covered: set[tuple[str, int, int]] = set()
+        seen = 0
+        deadline = time.monotonic() + drain_timeout
+        last_report = time.monotonic()
+        # Drain: every intent record needs a result or a dead letter.
+        while time.monotonic() < deadline:
+            watcher.poll()
+            for r in watcher.records[seen:]:
+                c = _coords_of(r.value)
+                if c is not None:
+                    covered.add(c)
+            seen = len(watcher.records)
+            missing = expected - covered
+            if not missing:
+                report.drained = True
+                break
+            cluster.check_workers()
+            if time.monotonic() - last_report > 10:
+                last_report = time.monotonic()
+                cluster.progress(f"draining: {len(missing)} of {len(expected)} records open")
+        # Settle: give ambiguous sends the reconcile deadline to be found or flagged.
+        settle = time.monotonic() + RECONCILE_DEADLINE_S + 15
+        while report.drained and time.monotonic() < settle:
+            ambiguous, sent, _ = _ambiguous_state([r.value for r in watcher.records])
+            if not ambiguous - sent:
+                break
+            watcher.poll()
+            cluster.check_workers()
+        # One last read so results written meanwhile count.
+        while watcher.poll(1.0):
+            pass
+        records = [r.value for r in watcher.records]
+    finally:
+        watcher.close()
+
+    for v in records:
+        c = _coords_of(v)
+        if c is not None:
+            covered.add(c)
+    lost = sorted(expected - covered)
+    report.lost = len(lost)
+    report.lost_records = lost[:50]
+
+    by_id: dict[str, dict[str, Any]] = {}
+    outcomes: Counter[str] = Counter()
+    for v in records:
+        if "result_id" not in v:
+            continue
+        rid = str(v["result_id"])
+        identity = (v["outcome"], v["idempotency_key"], _coords_of(v))
+        if rid in by_id:
+            first = by_id[rid]
+            if (first["outcome"], first["idempotency_key"], _coords_of(first)) != identity:
+                report.result_id_mismatches += 1
+            continue
+        by_id[rid] = v
+        outcomes[str(v["outcome"])] += 1
+    report.outcomes = dict(outcomes)
+    report.conflicts = outcomes.get("CONFLICT", 0)
+    report.expected_conflicts = sum(r.kind == "reuse" for b in plan for r in b)
+    report.expected_dead_letters = sum(r.kind == "bad" for b in plan for r in b)
+    report.dead_letters = len(
+        {c for v in records if "result_id" not in v and (c := _coords_of(v)) is not None}
+    )
+    result_keys = {str(v["idempotency_key"]) for v in by_id.values()}
+    report.keys = len(result_keys)
+
+    deliveries = cluster.emulator.deliveries()
+    per_key: defaultdict[str, int] = defaultdict(int)
+    for d in deliveries:
+        if d["transport_duplicate"]:
+            report.transport_duplicates += 1
+            continue
+        if d["idempotency_key"] is None:
+            report.keyless_deliveries += 1
+            continue
+        per_key[str(d["idempotency_key"])] += 1
+    twice = sorted(k for k, n in per_key.items() if n > 1)
+    report.delivered_twice = len(twice)
+    report.delivered_twice_keys = twice[:50]
+
+    ambiguous, sent, reconciled = _ambiguous_state(list(by_id.values()))
+    open_keys = sorted(ambiguous - sent)
+    report.ambiguous_open = len(open_keys)
+    report.open_ambiguous_keys = open_keys[:50]
+    report.reconciled = len(reconciled)
+    # Not verdicts, but worth a look: a SENT the provider never saw, and a delivery the
+    # system still calls ambiguous after the reconcile deadline.
+    report.sent_without_delivery = len(sent - set(per_key))
+    report.delivered_but_open = len(set(open_keys) & set(per_key))
+
+
+def _iter_lines(report: ChaosReport) -> Iterator[str]:
+    yield report.summary()
+    yield report.details()
+    if report.delivered_twice_keys:
+        yield f"delivered twice: {report.delivered_twice_keys}"
+    if report.lost_records:
+        yield f"lost (topic, partition, offset): {report.lost_records}"
+    if report.open_ambiguous_keys:
+        yield f"ambiguous open (review): {report.open_ambiguous_keys[:10]}"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``chaos`` on ``subparsers``; its ``func(args)`` returns the exit code."""
+    p = subparsers.add_parser(
+        "chaos",
+        help="torture run: real broker, Graph emulator, workers, seeded kills and faults",
+        description=(
+            "Run the real system (own local broker, Graph emulator, worker processes) "
+            "under a seeded schedule of SIGKILLs, rebalances, broker restarts and provider "
+            "faults, then check: no key delivered twice, no intent lost. Prints one "
+            "summary line; exits 1 when the guarantee broke."
+        ),
+    )
+    p.add_argument("--intents", type=int, default=2000, help="records to publish (2000)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (2)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: random, printed)")
+    p.add_argument("--kills", type=int, default=3, help="SIGKILLs of a worker (3)")
+    p.add_argument("--rebalances", type=int, default=1, help="add+remove worker pairs (1)")
+    p.add_argument(
+        "--broker-restarts", type=int, default=0, help="broker restarts mid-run (default 0)"
+    )
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of bursts (60)")
+    p.add_argument(
+        "--drain-timeout", type=float, default=300.0, help="seconds to wait for results (300)"
+    )
+    p.add_argument("--root", type=Path, default=None, help="run directory (default: temp)")
+    p.add_argument("--keep", action="store_true", help="keep the run directory and logs")
+    p.set_defaults(func=_cmd_chaos)
+
+
+def _cmd_chaos(args: argparse.Namespace) -> int:
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
+    report = run_chaos(
+        args.intents,
+        args.workers,
+        seed,
+        kills=args.kills,
+        rebalances=args.rebalances,
+        broker_restarts=args.broker_restarts,
+        duration=args.duration,
+        drain_timeout=args.drain_timeout,
+        root=args.root,
+        keep=args.keep,
+    )
+    for line in _iter_lines(report):
+        print(line, flush=True)
+    return 0 if report.ok else 1

@@ -1,0 +1,1 @@
+"""Torture runs of the real system (``sendonce dev chaos``); excluded from the default run."""
