@@ -6,14 +6,15 @@ The agent is a thin shell: it turns a batch of Faust events into
 because faust-streaming can commit offsets past in-flight messages with
 concurrency > 1 (issue 606); throughput comes from batching instead. Offsets of
 a batch are acknowledged only after every effect of the batch is durable
-(``take_events`` acks after the loop body returns).
+(:func:`acked_batches`; never Faust's ``take_events``, which acks in a
+``finally`` even when the batch was interrupted).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,9 +199,7 @@ def build_worker_app(
 
     async def _run_lane(stream: Any) -> None:
         try:
-            async for events in stream.take_events(
-                settings.batch_size, within=settings.batch_within_s
-            ):
+            async for events in acked_batches(stream, settings):
                 records = [_record(e) for e in events]
                 try:
                     stats = await processor.process_batch(records)
@@ -257,9 +256,7 @@ def _add_webhook_dedupe(app: faust.App, settings: Settings, codec: SchemaCodec) 
 
     async def dedupe_webhooks(stream: Any) -> None:
         try:
-            async for events in stream.take_events(
-                settings.batch_size, within=settings.batch_within_s
-            ):
+            async for events in acked_batches(stream, settings):
                 try:
                     stats = await processor.process_batch([_record(e) for e in events])
                 except Exception as exc:
@@ -277,6 +274,23 @@ def _add_webhook_dedupe(app: faust.App, settings: Settings, codec: SchemaCodec) 
             lookup.close()
 
     app.agent(raw, name="sendonce.webhooks", concurrency=1)(dedupe_webhooks)
+
+
+async def acked_batches(stream: Any, settings: Settings) -> AsyncIterator[list[Any]]:
+    """Batches of events, each acked only after the loop body finished with it.
+
+    Faust's ``take_events`` acks a batch in a ``finally``, so a batch cancelled
+    by a shutdown or failed halfway would be acked and then committed: its
+    intents lost without a result (the torture harness found exactly that).
+    Here a batch whose body raised or was cancelled is never acked; the next
+    owner gets it again and the ledger makes the repeat harmless.
+    """
+    async for events in stream.noack_take(settings.batch_size, within=settings.batch_within_s):
+        yield events
+        # Reached only when the consumer asks for the next batch, i.e. after
+        # the body finished without raising.
+        for event in events:
+            await stream.ack(event)
 
 
 def _record(event: Any) -> ConsumedRecord:

@@ -115,3 +115,28 @@ def test_a_saturated_mailbox_does_not_stall_another(
         assert r.value["intent_topic"] == pipeline.settings.topics.intents
         assert len(emulator.deliveries(key=str(r.value["idempotency_key"]))) == 1
     assert worker.alive()
+
+
+def test_a_graceful_stop_mid_batch_loses_no_intent(
+    pipeline: Pipeline, emulator: GraphEmulator
+) -> None:
+    # Found by the torture harness: Faust's take_events acked a batch cancelled
+    # by shutdown, the offsets were committed, and its intents never got a result.
+    emulator.add_fault({"kind": "latency", "latency_ms": 4000, "operations": ["send"]})
+    worker = pipeline.start_worker(**graph_env(emulator))
+    refs = pipeline.publish([intent(n, sender=SENDER) for n in range(12)])
+
+    deadline = time.monotonic() + 60
+    while not emulator.concurrency()["in_flight"]:
+        assert time.monotonic() < deadline, "no send ever started"
+        pipeline.watcher.poll(timeout=0.2)
+    worker.stop()  # SIGTERM while the batch's sends are in flight
+    assert worker.process.returncode is not None
+
+    emulator.clear_faults()
+    pipeline.start_worker(**graph_env(emulator))
+    records = pipeline.wait_results(12, timeout=120)
+    keys = {str(r.value["idempotency_key"]) for r in records}
+    assert keys == set(refs)  # every intent has a result
+    for key in keys:
+        assert len(emulator.deliveries(key=key)) <= 1
