@@ -120,8 +120,8 @@ def test_a_saturated_mailbox_does_not_stall_another(
 def test_a_graceful_stop_mid_batch_loses_no_intent(
     pipeline: Pipeline, emulator: GraphEmulator
 ) -> None:
-    # Found by the torture harness: Faust's take_events acked a batch cancelled
-    # by shutdown, the offsets were committed, and its intents never got a result.
+    # A SIGTERM while sends are in flight: whatever Faust commits on the way
+    # down, the next worker must still give every intent a result.
     emulator.add_fault({"kind": "latency", "latency_ms": 4000, "operations": ["send"]})
     worker = pipeline.start_worker(**graph_env(emulator))
     refs = pipeline.publish([intent(n, sender=SENDER) for n in range(12)])
