@@ -32,7 +32,7 @@ import aiohttp
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from schemas.codec import default_codec
-from sendonce.dev.kafka import LocalKafka, ensure_jars
+from sendonce.dev.kafka import LocalKafka, ensure_jars, pick_free_ports
 from sendonce.settings import Settings
 from sendonce.topics import create_topics
 
@@ -73,19 +73,7 @@ def raw_event(dedupe_id: str) -> bytes:
 
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "SENDONCE_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "SENDONCE_APP_ID": settings.app_id,
-            "SENDONCE_TOPIC_PREFIX": settings.topic_prefix,
-            "SENDONCE_PARTITIONS": str(settings.partitions),
-            "SENDONCE_DATA_DIR": str(settings.data_dir),
-            "SENDONCE_LOG_LEVEL": "warning",
-            **extra,
-        }
-    )
-    return env
+    return {**os.environ, **settings.to_env(), "SENDONCE_LOG_LEVEL": "warning", **extra}
 
 
 async def _post_all(url: str, requests: int, concurrency: int) -> float:
@@ -107,7 +95,7 @@ async def _post_all(url: str, requests: int, concurrency: int) -> float:
 
 
 def bench_receiver(settings: Settings, work: Path, requests: int) -> dict[str, float]:
-    port = _free_port()
+    [port] = pick_free_ports(1)
     env = env_for(
         settings,
         SENDONCE_RECEIVER_PORT=str(port),
@@ -248,15 +236,6 @@ def _watch_counts(
             seen += len(batch)
     consumer.close()
     return first, last
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:

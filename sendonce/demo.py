@@ -111,18 +111,7 @@ def _bad_records(publisher: IntentPublisher) -> int:
 def _start_worker(
     settings: Settings, log_path: Path, extra_env: dict[str, str]
 ) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "SENDONCE_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "SENDONCE_APP_ID": settings.app_id,
-            "SENDONCE_DATA_DIR": str(settings.data_dir),
-            "SENDONCE_OUTBOX_DIR": str(settings.outbox_dir),
-            "SENDONCE_PARTITIONS": str(settings.partitions),
-            "SENDONCE_PROVIDER": "outbox",
-            **extra_env,
-        }
-    )
+    env = {**os.environ, **settings.to_env(), **extra_env}
     log = open(log_path, "wb")  # noqa: SIM115 - handed to the child
     return subprocess.Popen(
         [sys.executable, "-m", "sendonce.cli", "worker"],

@@ -373,6 +373,20 @@ class Settings:
         if self.graph_mode not in ("sendmail", "draft-send"):
             raise SettingsError(f"SENDONCE_GRAPH_MODE={self.graph_mode!r}: sendmail or draft-send")
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``SENDONCE_*`` variables, to start another process with them.
+
+        ``worker_id`` is left out: it names one process, not a configuration.
+        """
+        env: dict[str, str] = {}
+        for f in fields(self):
+            if f.name == "worker_id":
+                continue
+            value = getattr(self, f.name)
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            env[SETTINGS_DOC[f.name][0]] = text
+        return env
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read settings from ``SENDONCE_*`` variables, defaults for the rest."""

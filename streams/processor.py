@@ -313,9 +313,10 @@ class IntentProcessor:
             return
         async with lock:
             sender = item.facts.sender
+            entry = self.store.get(key, item.record.partition)
             if (
                 deferrable
-                and self.store.get(key, item.record.partition) is None
+                and entry is None
                 and estimated_wait_s(self.provider, sender, self._admitted.get(sender, 0))
                 > self.settings.defer_after_s
             ):
@@ -323,7 +324,7 @@ class IntentProcessor:
                 return
             self._admitted[sender] = self._admitted.get(sender, 0) + 1
             try:
-                await self._drive_locked(item, stats, first)
+                await self._drive_locked(item, stats, first, entry)
             finally:
                 left = self._admitted[sender] - 1
                 if left:
@@ -343,10 +344,12 @@ class IntentProcessor:
         await self.sink.produce(self.topics.intents_deferred, record.key, record.value, headers)
         stats.deferred += 1
 
-    async def _drive_locked(self, item: _Accepted, stats: BatchStats, first: Event | None) -> None:
+    async def _drive_locked(
+        self, item: _Accepted, stats: BatchStats, first: Event | None, entry: LedgerEntry | None
+    ) -> None:
+        """Drive one key from ``entry`` (read under the key's lock) until no effect is left."""
         partition = item.record.partition
         key = item.facts.key
-        entry = self.store.get(key, partition)
         event: Event | None = first or IntentArrived(
             item.facts, self._clock(), self.settings.worker_id
         )
@@ -438,7 +441,7 @@ class IntentProcessor:
             idempotency_key=entry.key,
             attempt_id=entry.attempt_id,
             tenant_id=intent["tenant_id"],
-            sender=normalize_address(intent["sender"]),
+            sender=item.facts.sender,
             to=tuple(intent["to"]),
             cc=tuple(intent.get("cc") or ()),
             bcc=tuple(intent.get("bcc") or ()),
@@ -454,7 +457,7 @@ class IntentProcessor:
             return await self.provider.send(email)
 
     def _message_id(self, item: _Accepted) -> str:
-        return message_id_for(item.facts.key, normalize_address(item.intent["sender"]))
+        return message_id_for(item.facts.key, item.facts.sender)
 
     async def _emit(self, result: ResultRecord, stats: BatchStats) -> None:
         stats.outcomes[result.outcome.value] = stats.outcomes.get(result.outcome.value, 0) + 1

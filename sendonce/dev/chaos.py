@@ -305,14 +305,9 @@ class Cluster:
 
     def env(self, worker: ChaosWorker) -> dict[str, str]:
         s = self.settings
-        env = dict(os.environ)
-        env.update(self.emulator.worker_env())
+        env = {**os.environ, **s.to_env(), **self.emulator.worker_env()}
         env.update(
             {
-                "SENDONCE_BOOTSTRAP_SERVERS": s.bootstrap_servers,
-                "SENDONCE_APP_ID": s.app_id,
-                "SENDONCE_TOPIC_PREFIX": s.topic_prefix,
-                "SENDONCE_PARTITIONS": str(s.partitions),
                 "SENDONCE_DATA_DIR": str(worker.data_dir),
                 "SENDONCE_WORKER_ID": f"w{worker.slot}.{worker.incarnation}",
                 "SENDONCE_LOG_LEVEL": "info",

@@ -66,23 +66,8 @@ class Pipeline:
 
     def env(self, **extra: str) -> dict[str, str]:
         s = self.settings
-        env = dict(os.environ)
-        env.update(
-            {
-                "SENDONCE_BOOTSTRAP_SERVERS": s.bootstrap_servers,
-                "SENDONCE_APP_ID": s.app_id,
-                "SENDONCE_TOPIC_PREFIX": s.topic_prefix,
-                "SENDONCE_PARTITIONS": str(s.partitions),
-                "SENDONCE_DATA_DIR": str(s.data_dir),
-                "SENDONCE_OUTBOX_DIR": str(s.outbox_dir),
-                "SENDONCE_PROVIDER": "outbox",
-                "SENDONCE_LOG_LEVEL": "info",
-                # A SIGKILLed worker's partitions move after this, not after 30 s.
-                "SENDONCE_SESSION_TIMEOUT_S": "8",
-            }
-        )
-        env.update(extra)
-        return env
+        # A SIGKILLed worker's partitions move after 8 s, not after 30 s.
+        return {**os.environ, **s.to_env(), "SENDONCE_SESSION_TIMEOUT_S": "8", **extra}
 
     def start_worker(self, **extra_env: str) -> WorkerProcess:
         n = len(self.workers)

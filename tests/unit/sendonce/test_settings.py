@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import fields
 from pathlib import Path
 
@@ -51,3 +52,17 @@ def test_from_env_converts_types() -> None:
 def test_bad_values_are_clear_errors(var: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env({var: value})
+
+
+def test_to_env_round_trips_every_setting_but_the_process_name() -> None:
+    s = Settings(
+        partitions=3,
+        data_dir=Path("/var/lib/sendonce"),
+        webhook_replays_topic=True,
+        batch_within_s=0.2,
+        graph_client_secret="not-logged",
+    )
+    env = s.to_env()
+    assert "SENDONCE_WORKER_ID" not in env
+    again = Settings.from_env(env)
+    assert dataclasses.replace(again, worker_id=s.worker_id) == s
