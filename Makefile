@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit integration kafka-jars clean
+.PHONY: demo test lint typecheck unit integration torture kafka-jars clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ unit: $(STAMP)
 
 integration: $(STAMP) kafka-jars
 	$(BIN)/pytest tests/integration
+
+# The long torture run of issue 5 (about 30 minutes). SEED=n replays a schedule.
+torture: $(STAMP) kafka-jars
+	$(BIN)/sendonce dev chaos --intents 100000 --workers 3 --kills 50 --rebalances 5 \
+		--broker-restarts 2 --duration 900 --drain-timeout 900 $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) .sendonce deploy/local-kafka/lib .pytest_cache .mypy_cache .ruff_cache

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from streams.faults import CRASH_POINTS, parse_crash_spec
+
 
 class SettingsError(ValueError):
     """A ``SENDONCE_*`` variable holds a value that cannot be used."""
@@ -241,6 +243,13 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "SENDONCE_WEBHOOK_REPLAYS_TOPIC",
         "`true`: the dedupe stream also copies each replay to `email.webhooks.replays`.",
     ),
+    "crash_at": (
+        "SENDONCE_CRASH_AT",
+        "Test hook: `POINT:N` SIGKILLs the worker the Nth time it reaches POINT: "
+        "`after-pending` (PENDING durable, provider not called), `after-accept` "
+        "(provider accepted, nothing recorded) or `after-sent` (SENT durable, "
+        "result not emitted, offsets not committed).",
+    ),
     "log_level": ("SENDONCE_LOG_LEVEL", "Log level: debug, info, warning, error."),
 }
 
@@ -299,6 +308,7 @@ class Settings:
     webhook_dedupe_ttl_s: float = 7 * 24 * 3600.0
     webhook_fault: str = ""
     webhook_replays_topic: bool = False
+    crash_at: str = ""
     log_level: str = "info"
 
     @property
@@ -348,6 +358,13 @@ class Settings:
                 f"SENDONCE_RECONCILE_ON_DEADLINE={self.reconcile_on_deadline!r} must be "
                 "review or resend"
             )
+        try:
+            parse_crash_spec(self.crash_at)
+        except ValueError as exc:
+            raise SettingsError(
+                f"SENDONCE_CRASH_AT={self.crash_at!r} must be POINT:N with POINT one of "
+                f"{', '.join(CRASH_POINTS)} and N >= 1"
+            ) from exc
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"SENDONCE_LOG_LEVEL={self.log_level!r} is not a log level")
         if not self.bootstrap_servers.strip():

@@ -4,17 +4,21 @@ The agent is a thin shell: it turns a batch of Faust events into
 :class:`~streams.processor.ConsumedRecord` values and hands them to
 :class:`~streams.processor.IntentProcessor`. Agent concurrency stays at 1
 because faust-streaming can commit offsets past in-flight messages with
-concurrency > 1 (issue 606); throughput comes from batching instead. Offsets of
-a batch are acknowledged only after every effect of the batch is durable
-(:func:`acked_batches`; never Faust's ``take_events``, which acks in a
-``finally`` even when the batch was interrupted).
+concurrency > 1 (issue 606); throughput comes from batching instead.
+
+Faust never commits the lanes' source topics (they are declared ``acks=False``): it
+can commit records no agent processed (see :mod:`streams.offsets`). Each lane reports
+the records whose every effect is durable to :class:`~streams.offsets.LaneOffsets`,
+which commits per partition up to the first unfinished offset, and a
+:class:`~streams.offsets.HoleMender` processes records Faust dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +31,20 @@ from connectors.null import NullProvider
 from connectors.outbox import OutboxFault, OutboxProvider
 from schemas.codec import SchemaCodec, default_codec
 from sendonce.settings import Settings
-from streams.fetcher import KafkaForwardedLookup, KafkaRecordFetcher
+from streams.fetcher import KafkaForwardedLookup, KafkaPartitionReader, KafkaRecordFetcher
+from streams.offsets import HoleMender, Lane, LaneOffsets, Partition
 from streams.processor import ConsumedRecord, IntentProcessor
 from streams.store import FaustLedgerStore, FaustTableBytes
 from streams.webhooks import SightingProcessor, WebhookFault
 
 log = logging.getLogger("sendonce.worker")
+
+# How often the hole mender looks, and how long a frontier must be stuck (with its
+# lane idle) before records beyond it count as dropped rather than still on their way.
+MEND_TICK_S = 2.0
+MEND_STALL_S = 10.0
+# A rebalance waits this long at most for a lane's batch in flight to finish.
+REVOKE_WAIT_S = 120.0
 
 _RAW: dict[str, Any] = {
     "key_type": bytes,
@@ -40,6 +52,8 @@ _RAW: dict[str, Any] = {
     "key_serializer": "raw",
     "value_serializer": "raw",
 }
+# Source topics of the lanes: offsets are committed by streams.offsets, not by Faust.
+_SOURCE: dict[str, Any] = {**_RAW, "acks": False}
 
 
 def broker_url(bootstrap_servers: str) -> str:
@@ -140,19 +154,24 @@ def build_worker_app(
         web_enabled=False,
         autodiscover=False,
     )
-    intents = app.topic(settings.topics.intents, partitions=settings.partitions, **_RAW)
+    intents = app.topic(settings.topics.intents, partitions=settings.partitions, **_SOURCE)
     # The deferred lane: co-partitioned with the intents (same count, same
     # murmur2 partitioner), so Faust assigns partition p of both, and of the
     # ledger, to the same worker.
-    deferred = app.topic(settings.topics.intents_deferred, partitions=settings.partitions, **_RAW)
+    deferred = app.topic(
+        settings.topics.intents_deferred, partitions=settings.partitions, **_SOURCE
+    )
     intents_topic = settings.topics.intents
 
     def owns(partition: int) -> bool:
         return TP(intents_topic, partition) in app.assignor.assigned_actives()
 
+    offsets = _SourceOffsets(app, settings)
+    offsets.table("ledger")
     processors: list[IntentProcessor] = []
 
     async def rebuild_reconcile_index() -> None:
+        offsets.recovered("ledger")
         # After every recovery (rebalance) the set of owned partitions changed.
         for processor in processors:
             found = processor.rebuild_reconcile_index(store.ambiguous_entries(settings.partitions))
@@ -191,18 +210,25 @@ def build_worker_app(
 
     app.timer(interval=settings.reconcile_tick_s, name="sendonce.reconcile")(reconcile_tick)
 
+    intents_lane = offsets.lane("intents", settings.topics.intents, processor.process_batch)
+    deferred_lane = offsets.lane(
+        "deferred", settings.topics.intents_deferred, processor.process_batch
+    )
+
     async def process_intents(stream: Any) -> None:
-        await _run_lane(stream)
+        await _run_lane(stream, intents_lane)
 
     async def process_deferred(stream: Any) -> None:
-        await _run_lane(stream)
+        await _run_lane(stream, deferred_lane)
 
-    async def _run_lane(stream: Any) -> None:
+    async def _run_lane(stream: Any, lane: Lane) -> None:
         try:
             async for events in acked_batches(stream, settings):
                 records = [_record(e) for e in events]
                 try:
-                    stats = await processor.process_batch(records)
+                    async with lane.running():
+                        stats = await processor.process_batch(records)
+                        await offsets.finished(records)
                 except Exception as exc:
                     # Bad input never gets here (it is dead-lettered); this is the
                     # broker or the disk failing. Stop the worker without acking
@@ -218,13 +244,113 @@ def build_worker_app(
 
     app.agent(intents, name="sendonce.intents", concurrency=1)(process_intents)
     app.agent(deferred, name="sendonce.deferred", concurrency=1)(process_deferred)
-    _add_webhook_dedupe(app, settings, codec)
+    _add_webhook_dedupe(app, settings, codec, offsets)
+    offsets.install()
     return WorkerApp(app, ledger, settings)
 
 
-def _add_webhook_dedupe(app: faust.App, settings: Settings, codec: SchemaCodec) -> None:
+class _SourceOffsets:
+    """Wires :mod:`streams.offsets` into the Faust app: commits, rebalances, mending."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self._app = app
+        self._settings = settings
+        self._reader = KafkaPartitionReader(settings.bootstrap_servers, settings.app_id)
+        self.offsets = LaneOffsets(self._reader, self._commit, self._owns)
+        self._lanes: list[Lane] = []
+        self._tables: dict[str, bool] = {}
+
+    def lane(self, name: str, topic: str, process: Any) -> Lane:
+        """Register a lane (one agent over ``topic``)."""
+        lane = Lane(name, topic, process)
+        self._lanes.append(lane)
+        return lane
+
+    def table(self, name: str) -> None:
+        """Register a table whose recovery must finish before records are mended."""
+        self._tables[name] = False
+
+    def recovered(self, name: str) -> None:
+        """A table finished recovering for the current assignment."""
+        self._tables[name] = True
+
+    def ready(self) -> bool:
+        """Whether every table is recovered and no rebalance is under way."""
+        return not self._app.rebalancing and all(self._tables.values())
+
+    def _owns(self, topic: str, partition: int) -> bool:
+        return TP(topic, partition) in self._app.assignor.assigned_actives()
+
+    def _owned(self, topic: str) -> list[int]:
+        return [tp.partition for tp in self._app.assignor.assigned_actives() if tp.topic == topic]
+
+    async def _commit(self, offsets: Mapping[Partition, int]) -> bool:
+        # The group member's own consumer: a commit from a member that lost the
+        # partition (an older generation) is refused by the broker.
+        consumer: Any = self._app.consumer
+        committed: bool = await consumer._commit(
+            {TP(topic, partition): offset for (topic, partition), offset in offsets.items()}
+        )
+        return committed
+
+    async def finished(self, records: Sequence[ConsumedRecord]) -> None:
+        """A lane's batch is durable: advance and commit its partitions' frontiers."""
+        try:
+            await self.offsets.finished(records)
+        except Exception as exc:
+            # Not committing is always safe: the records come again and the ledger
+            # makes the repeat harmless. The next batch commits the frontier.
+            log.warning("could not record finished offsets: %s", type(exc).__name__)
+
+    def install(self) -> None:
+        """Connect rebalance handlers and the mender's timer."""
+        app = self._app
+        mender = HoleMender(
+            self._lanes,
+            self.offsets,
+            self._reader,
+            self._owned,
+            self.ready,
+            stall_s=MEND_STALL_S,
+            batch_size=self._settings.batch_size,
+        )
+
+        async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+            for name in self._tables:
+                self._tables[name] = False
+            # Faust waits for acked messages only; ours are not, so wait for each
+            # lane's batch in flight here. Otherwise the next owner could process a
+            # key while this worker is still between its PENDING write and its send.
+            for lane in self._lanes:
+                try:
+                    await asyncio.wait_for(lane.lock.acquire(), timeout=REVOKE_WAIT_S)
+                except TimeoutError:
+                    log.warning("%s: batch still running after %.0fs", lane.name, REVOKE_WAIT_S)
+                    continue
+                lane.lock.release()
+            self.offsets.forget()
+
+        async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+            # A new generation starts from what the group committed.
+            self.offsets.forget()
+
+        app.on_partitions_revoked.connect(on_revoked)
+        app.on_partitions_assigned.connect(on_assigned)
+
+        async def mend_tick() -> None:
+            try:
+                await mender.tick()
+            except Exception as exc:
+                log.warning("mending dropped records failed, retrying: %s", type(exc).__name__)
+
+        app.timer(interval=MEND_TICK_S, name="sendonce.mend")(mend_tick)
+
+
+def _add_webhook_dedupe(
+    app: faust.App, settings: Settings, codec: SchemaCodec, offsets: _SourceOffsets
+) -> None:
     """The inbound dedupe stream: its own agent and sighting table."""
-    raw = app.topic(settings.topics.webhooks_raw, partitions=settings.partitions, **_RAW)
+    raw = app.topic(settings.topics.webhooks_raw, partitions=settings.partitions, **_SOURCE)
     ttl_s = settings.webhook_dedupe_ttl_s
     changelog = app.topic(
         settings.webhook_sightings_changelog_topic,
@@ -243,7 +369,9 @@ def _add_webhook_dedupe(app: faust.App, settings: Settings, codec: SchemaCodec) 
         schema=faust.Schema(**_RAW),
         changelog_topic=changelog,
         options={"driver": "rocksdict"},
+        on_recover=lambda: _recovered(offsets, "sightings"),
     )
+    offsets.table("sightings")
     lookup = KafkaForwardedLookup(settings.bootstrap_servers, settings.topics.webhooks_deduped)
     processor = SightingProcessor(
         settings,
@@ -254,11 +382,16 @@ def _add_webhook_dedupe(app: faust.App, settings: Settings, codec: SchemaCodec) 
         fault=WebhookFault(settings.webhook_fault),
     )
 
+    lane = offsets.lane("webhooks", settings.topics.webhooks_raw, processor.process_batch)
+
     async def dedupe_webhooks(stream: Any) -> None:
         try:
             async for events in acked_batches(stream, settings):
+                records = [_record(e) for e in events]
                 try:
-                    stats = await processor.process_batch([_record(e) for e in events])
+                    async with lane.running():
+                        stats = await processor.process_batch(records)
+                        await offsets.finished(records)
                 except Exception as exc:
                     log.critical("webhook batch failed, stopping worker: %s", type(exc).__name__)
                     await app.crash(exc)
@@ -274,6 +407,10 @@ def _add_webhook_dedupe(app: faust.App, settings: Settings, codec: SchemaCodec) 
             lookup.close()
 
     app.agent(raw, name="sendonce.webhooks", concurrency=1)(dedupe_webhooks)
+
+
+async def _recovered(offsets: _SourceOffsets, table: str) -> None:
+    offsets.recovered(table)
 
 
 async def acked_batches(stream: Any, settings: Settings) -> AsyncIterator[list[Any]]:

@@ -119,3 +119,113 @@ class KafkaForwardedLookup:
     def close(self) -> None:
         """Leave."""
         self._consumer.close()
+
+
+class KafkaPartitionReader:
+    """Committed offsets, high watermarks and record ranges of the worker's group.
+
+    A group-less confluent consumer configured with the worker's group id can read the
+    group's committed offsets without joining it. Used by :mod:`streams.offsets`; its
+    calls are rare (a new frontier, an idle lane), so one lock and a thread suffice.
+    """
+
+    def __init__(self, bootstrap_servers: str, group_id: str, timeout_s: float = 10.0) -> None:
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            # Records of aborted transactions are not intents.
+            "isolation.level": "read_committed",
+            "logger": logging.getLogger("sendonce.kafka.reader"),
+        }
+        self._consumer = Consumer(config)
+        self._timeout_s = timeout_s
+        self._lock = asyncio.Lock()
+
+    async def start_offset(self, topic: str, partition: int) -> int:
+        """The group's committed offset, or the earliest offset when none is committed."""
+        async with self._lock:
+            return await asyncio.to_thread(self._start_offset, topic, partition)
+
+    def _start_offset(self, topic: str, partition: int) -> int:
+        [committed] = self._consumer.committed(
+            [TopicPartition(topic, partition)], timeout=self._timeout_s
+        )
+        if committed.error:
+            raise RuntimeError(f"cannot read committed offset of {topic}[{partition}]")
+        if committed.offset >= 0:
+            return int(committed.offset)
+        low, _ = self._consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=self._timeout_s
+        )
+        return int(low)
+
+    async def end_offset(self, topic: str, partition: int) -> int:
+        """The partition's high watermark."""
+        async with self._lock:
+            return await asyncio.to_thread(self._end_offset, topic, partition)
+
+    def _end_offset(self, topic: str, partition: int) -> int:
+        _, high = self._consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=self._timeout_s
+        )
+        return int(high)
+
+    async def read(
+        self, topic: str, partition: int, start: int, end: int, limit: int
+    ) -> tuple[list[ConsumedRecord], int]:
+        """Up to ``limit`` records of ``[start, end)`` and the offset reading stopped at."""
+        async with self._lock:
+            return await asyncio.to_thread(self._read, topic, partition, start, end, limit)
+
+    def _read(
+        self, topic: str, partition: int, start: int, end: int, limit: int
+    ) -> tuple[list[ConsumedRecord], int]:
+        low, high = self._consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=self._timeout_s
+        )
+        # Offsets below the log start were deleted by retention: nothing to read there.
+        start = max(start, low)
+        end = min(end, high)
+        if start >= end:
+            return [], max(start, end)
+        self._consumer.assign([TopicPartition(topic, partition, start)])
+        records: list[ConsumedRecord] = []
+        stop = start
+        try:
+            while stop < end and len(records) < limit:
+                msg = self._consumer.poll(self._timeout_s)
+                if msg is None:
+                    # Only transaction markers (or aborted records) up to the end.
+                    position = self._consumer.position([TopicPartition(topic, partition)])
+                    offset = position[0].offset if position else -1
+                    if offset > stop:
+                        stop = min(offset, end)
+                        continue
+                    raise RuntimeError(f"could not read {topic}[{partition}] from {stop}")
+                if msg.error():
+                    continue
+                offset = msg.offset() or 0
+                if offset >= end:
+                    stop = end
+                    break
+                _, timestamp_ms = msg.timestamp()
+                records.append(
+                    ConsumedRecord(
+                        topic=topic,
+                        partition=partition,
+                        offset=offset,
+                        key=msg.key(),
+                        value=msg.value(),
+                        timestamp_ms=timestamp_ms,
+                        headers=_headers(msg.headers()),
+                    )
+                )
+                stop = offset + 1
+        finally:
+            self._consumer.unassign()
+        return records, stop
+
+    def close(self) -> None:
+        """Release the client (it never joined the group)."""
+        self._consumer.close()

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
 
-from connectors.base import EmailProvider, OutgoingEmail, estimated_wait_s
+from connectors.base import EmailProvider, OutgoingEmail, SendStatus, estimated_wait_s
 from schemas.codec import CodecError, SchemaCodec, WrongSchemaError
 from sendonce.keys import (
     InvalidIntentError,
@@ -33,6 +33,7 @@ from sendonce.keys import (
     validate_intent,
 )
 from sendonce.settings import Settings, TopicNames
+from streams.faults import AFTER_ACCEPT, AFTER_PENDING, AFTER_SENT, CrashPoints
 from streams.ledger import (
     CallProvider,
     Decision,
@@ -184,6 +185,7 @@ class IntentProcessor:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         fetcher: RecordFetcher | None = None,
         owns: Callable[[int], bool] | None = None,
+        crash_points: CrashPoints | None = None,
     ) -> None:
         self.settings = settings
         self.topics: TopicNames = settings.topics
@@ -206,6 +208,9 @@ class IntentProcessor:
         self._send_slots = asyncio.Semaphore(settings.send_concurrency)
         self._fetcher = fetcher
         self._owns = owns or (lambda _partition: True)
+        # Built here when not passed, so the worker gets SENDONCE_CRASH_AT without
+        # its wiring having to know about the test hook.
+        self._crash = crash_points if crash_points is not None else CrashPoints(settings.crash_at)
         # One coroutine per key at a time, across the agent and the reconciler.
         self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -360,6 +365,12 @@ class IntentProcessor:
             for effect in decision.effects:
                 if isinstance(effect, Persist):
                     await self.store.put(effect.entry, partition)
+                    if effect.entry.status is LedgerStatus.SENT:
+                        self._crash.reached(AFTER_SENT)
+                    elif effect.entry.status is LedgerStatus.PENDING and any(
+                        isinstance(e, CallProvider) for e in decision.effects
+                    ):
+                        self._crash.reached(AFTER_PENDING)
                 elif isinstance(effect, Emit):
                     await self._emit(effect.result, stats)
                 elif isinstance(effect, CallProvider):
@@ -368,6 +379,8 @@ class IntentProcessor:
                         await self._sleep(effect.delay_s)
                     stats.provider_calls += 1
                     outcome = await self._call(item, entry)
+                    if outcome.status is SendStatus.ACCEPTED:
+                        self._crash.reached(AFTER_ACCEPT)
                     event = SendFinished(item.facts, effect.attempt_id, outcome, self._clock())
                 elif isinstance(effect, Reconcile):
                     assert entry is not None

@@ -5,8 +5,12 @@ One run starts its own local Kafka broker, the Microsoft Graph emulator (in a th
 consumer group. It publishes a seeded workload in bursts (fresh intents, repeats, key
 reuses with other content, garbage records) while a seeded schedule SIGKILLs and
 restarts workers, adds and removes a worker (rebalances), optionally restarts the
-broker, and changes the emulator's fault rules per burst. Then it waits until every
-intent record has a result or a dead letter and checks the invariants:
+broker, and changes the emulator's fault rules per burst. Some kills are *crash-point
+kills*: the victim is restarted with ``SENDONCE_CRASH_AT`` and SIGKILLs itself exactly
+between the PENDING ack and the provider call, between provider acceptance and the SENT
+write, or between the SENT write and the offset commit (``streams/faults.py``), windows
+a kill from outside rarely hits. Then it waits until every intent record has a result
+or a dead letter and checks the invariants:
 
 * no idempotency key delivered more than once by the emulator (deliveries the emulator
   itself duplicated, flagged ``transport_duplicate``, are counted apart);
@@ -51,6 +55,11 @@ ACTIONS = ("receipt", "reply", "escalation", "invite")
 # The worker's Graph read timeout; a ``timeout`` fault hangs longer than this.
 READ_TIMEOUT_S = 2.0
 RECONCILE_DEADLINE_S = 20.0
+# An armed worker first waits for the group to drop its killed incarnation (session
+# timeout 8 s), restores its ledger partitions, then needs traffic to reach its point.
+CRASH_WAIT_S = 45.0
+# A crash point armed for the N-th occurrence, N drawn from 1..this.
+CRASH_MAX_OCCURRENCE = 4
 
 
 def _stderr(message: str) -> None:
@@ -68,6 +77,9 @@ class ChaosReport:
     intents: int = 0
     keys: int = 0
     kills: int = 0
+    # Kills where the worker died at its armed crash point, by point; the others
+    # (not reached in time, or pre-empted by another kill) count as plain kills.
+    crash_points: dict[str, int] = field(default_factory=dict)
     rebalances: int = 0
     broker_restarts: int = 0
     delivered_twice: int = 0
@@ -111,9 +123,12 @@ class ChaosReport:
 
     def details(self) -> str:
         """A second line with what is worth a look but is not a verdict."""
+        from streams.faults import CRASH_POINTS
+
         outcomes = ",".join(f"{k}:{v}" for k, v in sorted(self.outcomes.items()))
+        crashes = ",".join(f"{p}:{self.crash_points.get(p, 0)}" for p in CRASH_POINTS)
         return (
-            f"outcomes={outcomes} dead_letters={self.dead_letters}/"
+            f"outcomes={outcomes} crash_points={crashes} dead_letters={self.dead_letters}/"
             f"{self.expected_dead_letters} conflicts={self.conflicts}/"
             f"{self.expected_conflicts} unexpected_worker_exits={self.unexpected_worker_exits} "
             f"keyless_deliveries={self.keyless_deliveries} "
@@ -263,6 +278,10 @@ class ChaosWorker:
     # Set when the harness killed/stopped it on purpose, so an exit is not a crash.
     expected_exit: bool = False
     removed: bool = False
+    # SENDONCE_CRASH_AT of the running incarnation ("" when not armed), and when the
+    # harness stops waiting for it to die there.
+    crash_at: str = ""
+    crash_deadline: float = 0.0
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -302,6 +321,7 @@ class Cluster:
         create_topics(self.settings)
         self.workers: list[ChaosWorker] = []
         self.unexpected_exits = 0
+        self.crash_points_fired: Counter[str] = Counter()
 
     def env(self, worker: ChaosWorker) -> dict[str, str]:
         s = self.settings
@@ -319,6 +339,9 @@ class Cluster:
                 "SENDONCE_RECONCILE_INTERVAL_S": "1",
                 "SENDONCE_RECONCILE_DEADLINE_S": str(RECONCILE_DEADLINE_S),
                 "SENDONCE_RECONCILE_TICK_S": "0.5",
+                # Always set, so a SENDONCE_CRASH_AT in the harness's own
+                # environment cannot arm every worker.
+                "SENDONCE_CRASH_AT": worker.crash_at,
             }
         )
         return env
@@ -330,11 +353,15 @@ class Cluster:
         self.start(worker)
         return worker
 
-    def start(self, worker: ChaosWorker) -> None:
+    def start(self, worker: ChaosWorker, crash_at: str = "") -> None:
+        """Start the worker's next incarnation, armed with ``crash_at`` if given."""
         worker.incarnation += 1
         worker.expected_exit = False
+        worker.crash_at = crash_at
+        worker.crash_deadline = time.monotonic() + CRASH_WAIT_S if crash_at else 0.0
+        armed = f" (SENDONCE_CRASH_AT={crash_at})" if crash_at else ""
         with open(worker.log_path, "ab") as log:
-            log.write(f"\n==== chaos: start incarnation {worker.incarnation}\n".encode())
+            log.write(f"\n==== chaos: start incarnation {worker.incarnation}{armed}\n".encode())
             worker.process = subprocess.Popen(
                 [sys.executable, "-m", "sendonce.cli", "worker"],
                 env=self.env(worker),
@@ -346,6 +373,8 @@ class Cluster:
         """SIGKILL: no shutdown, no flush, no commit."""
         assert worker.process is not None
         worker.expected_exit = True
+        # Its death is the harness's doing now, not the crash point's.
+        worker.crash_at = ""
         with contextlib.suppress(ProcessLookupError):
             worker.process.send_signal(signal.SIGKILL)
         worker.process.wait(30)
@@ -355,6 +384,7 @@ class Cluster:
     def stop(self, worker: ChaosWorker, timeout: float = 30) -> None:
         """SIGTERM (a clean leave), SIGKILL if it does not exit in time."""
         worker.expected_exit = True
+        worker.crash_at = ""
         if worker.process is None or not worker.alive():
             return
         worker.process.send_signal(signal.SIGTERM)
@@ -365,8 +395,15 @@ class Cluster:
             worker.process.wait(10)
 
     def check_workers(self) -> None:
-        """Restart a worker that died on its own, and count it: that is a finding."""
+        """Restart a worker that died on its own, and count it: that is a finding.
+
+        An armed worker that died of SIGKILL reached its crash point; one that has
+        not reached it in time is killed and restarted like after a plain kill.
+        Either way it comes back unarmed.
+        """
         for w in self.workers:
+            if w.crash_at and not w.removed:
+                self._check_armed(w)
             if w.removed or w.alive() or w.expected_exit:
                 continue
             code = w.process.returncode if w.process is not None else None
@@ -374,6 +411,41 @@ class Cluster:
             self.progress(f"!! worker {w.slot} exited by itself (code {code}); restarting")
             self.progress(w.log_tail(1500))
             self.start(w)
+
+    def _check_armed(self, w: ChaosWorker) -> None:
+        point = w.crash_at.partition(":")[0]
+        if w.alive():
+            if time.monotonic() < w.crash_deadline:
+                return
+            self.progress(
+                f"worker {w.slot} did not reach {w.crash_at} within {CRASH_WAIT_S:.0f}s; "
+                "plain SIGKILL and restart"
+            )
+            self.kill(w)
+            self.start(w)
+            return
+        assert w.process is not None
+        if w.process.returncode != -signal.SIGKILL:
+            # Died some other way: check_workers reports it as unexpected.
+            w.crash_at = ""
+            return
+        self.crash_points_fired[point] += 1
+        # The last such line: the tail may still hold an earlier incarnation's.
+        fired = next(
+            (
+                line
+                for line in reversed(w.log_tail(4000).splitlines())
+                if "crash point" in line and "reached" in line
+            ),
+            "",
+        )
+        self.progress(
+            f"worker {w.slot} killed itself at {w.crash_at} ({fired.strip() or 'no log line'}); "
+            "restarting it unarmed"
+        )
+        with open(w.log_path, "ab") as log:
+            log.write(f"\n==== chaos: died at crash point {w.crash_at}\n".encode())
+        self.start(w)
 
     def close(self) -> None:
         for w in self.workers:
@@ -391,8 +463,16 @@ class Cluster:
 @dataclass
 class _Event:
     at: float
-    action: str  # burst | kill | restart | add | remove | broker
+    action: str  # burst | kill | restart | crash | add | remove | broker
     arg: int = 0
+    # For ``crash``: the SENDONCE_CRASH_AT the victim is restarted with.
+    crash_at: str = ""
+
+
+def _is_crash_kill(index: int) -> bool:
+    # The first three kills cover every crash point; later ones alternate with
+    # plain kills.
+    return index < 3 or index % 2 == 0
 
 
 def _schedule(
@@ -402,14 +482,26 @@ def _schedule(
     kills: int,
     rebalances: int,
     broker_restarts: int,
+    crash_points: bool = True,
 ) -> list[_Event]:
+    from streams.faults import CRASH_POINTS
+
     gap = duration / bursts
     events = [_Event(i * gap, "burst", i) for i in range(bursts)]
-    for _ in range(kills):
+    points = rng.sample(CRASH_POINTS, len(CRASH_POINTS))
+    crashes = 0
+    for index in range(kills):
         # Right after a burst the workers are mid-batch: sends in flight, PENDING acked,
         # SENT not yet written, offsets not committed. That is where a kill hurts.
         base = rng.randrange(bursts) * gap
         at = base + rng.uniform(0.05, min(gap, 3.0))
+        if crash_points and _is_crash_kill(index):
+            # The restart into the armed incarnation is itself a SIGKILL at this
+            # moment, so crash-point kills keep the random kill's coverage too.
+            n = rng.randint(1, CRASH_MAX_OCCURRENCE)
+            events.append(_Event(at, "crash", crash_at=f"{points[crashes % len(points)]}:{n}"))
+            crashes += 1
+            continue
         events.append(_Event(at, "kill"))
         events.append(_Event(at + rng.uniform(0.5, 3.0), "restart"))
     for _ in range(rebalances):
@@ -435,8 +527,12 @@ def run_chaos(
     root: Path | None = None,
     keep: bool = False,
     progress: Progress = _stderr,
+    crash_points: bool = True,
 ) -> ChaosReport:
-    """Run one seeded torture run against the real system and check it."""
+    """Run one seeded torture run against the real system and check it.
+
+    ``crash_points=False`` makes every kill a plain SIGKILL at a random moment.
+    """
     started = time.monotonic()
     own_root = root is None
     root = Path(tempfile.mkdtemp(prefix=f"sendonce-chaos-{seed}-")) if root is None else root
@@ -445,7 +541,13 @@ def run_chaos(
     rng = random.Random(seed)
     bursts = max(6, min(60, intents // 100), kills + 2)
     plan = plan_workload(intents, seed, bursts)
-    events = _schedule(rng, len(plan), duration, kills, rebalances, broker_restarts)
+    events = _schedule(rng, len(plan), duration, kills, rebalances, broker_restarts, crash_points)
+    timetable = [
+        f"t={e.at:.1f}s {e.action}{' ' + e.crash_at if e.crash_at else ''}"
+        for e in events
+        if e.action in ("kill", "crash", "add", "remove", "broker")
+    ]
+    progress(f"chaos: schedule {'; '.join(timetable)}")
     report = ChaosReport(seed=seed, root=str(root))
     cluster = Cluster(root, seed, progress)
     try:
@@ -453,12 +555,15 @@ def run_chaos(
             cluster.add_worker()
         _execute(cluster, plan, events, rng, report)
         cluster.emulator.clear_faults()
+        # Settle any armed worker that already died at its point, so it is counted.
+        cluster.check_workers()
         for w in cluster.workers:
             if not w.removed and not w.alive():
                 cluster.start(w)
         _check(cluster, plan, report, drain_timeout)
     finally:
         report.unexpected_worker_exits = cluster.unexpected_exits
+        report.crash_points = dict(cluster.crash_points_fired)
         report.elapsed_s = time.monotonic() - started
         cluster.close()
         if own_root and not keep and report.ok:
@@ -509,11 +614,31 @@ def _execute(
                 )
                 cluster.progress(progress_line)
             elif event.action == "kill" and live:
-                victim = rng.choice(live)
+                # Spare armed workers where possible: killing one forfeits its crash point.
+                victim = rng.choice([w for w in live if not w.crash_at] or live)
                 cluster.kill(victim)
                 killed.append(victim)
                 report.kills += 1
                 cluster.progress(f"SIGKILL worker {victim.slot} at t={event.at:.1f}s")
+            elif event.action == "crash" and live:
+                # An armed worker cannot be armed again; with none left, a plain kill
+                # (restarted at once) keeps the kill count.
+                unarmed = [w for w in live if not w.crash_at]
+                victim = rng.choice(unarmed or live)
+                cluster.kill(victim)
+                report.kills += 1
+                if unarmed:
+                    cluster.start(victim, crash_at=event.crash_at)
+                    cluster.progress(
+                        f"SIGKILL worker {victim.slot} at t={event.at:.1f}s; restarted with "
+                        f"SENDONCE_CRASH_AT={event.crash_at}"
+                    )
+                else:
+                    cluster.start(victim)
+                    cluster.progress(
+                        f"SIGKILL worker {victim.slot} at t={event.at:.1f}s (every live "
+                        "worker armed: plain kill)"
+                    )
             elif event.action == "restart" and killed:
                 w = killed.pop(0)
                 if not w.removed and not w.alive():
@@ -527,7 +652,7 @@ def _execute(
                 # Never remove the last worker standing: someone must drain the topic.
                 candidates = [w for w in live if w not in killed]
                 if len(candidates) > 1:
-                    w = rng.choice(candidates)
+                    w = rng.choice([c for c in candidates if not c.crash_at] or candidates)
                     w.removed = True
                     cluster.stop(w)
                     report.rebalances += 1
@@ -720,6 +845,12 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     p.add_argument("--root", type=Path, default=None, help="run directory (default: temp)")
     p.add_argument("--keep", action="store_true", help="keep the run directory and logs")
+    p.add_argument(
+        "--no-crash-points",
+        dest="crash_points",
+        action="store_false",
+        help="plain SIGKILLs only (default: kills also restart workers with SENDONCE_CRASH_AT)",
+    )
     p.set_defaults(func=_cmd_chaos)
 
 
@@ -736,6 +867,7 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         root=args.root,
         keep=args.keep,
+        crash_points=args.crash_points,
     )
     for line in _iter_lines(report):
         print(line, flush=True)

@@ -1,8 +1,13 @@
-"""A short torture run: real broker, Graph emulator, two workers, kills and a rebalance.
+"""Torture runs in the default test run: real broker, Graph emulator, workers, kills.
 
-Not in the default run (marker ``chaos``); run it with ``pytest -m chaos tests/chaos``.
-The seed comes from ``SENDONCE_CHAOS_SEED`` (to replay a failure) or is drawn fresh, and
-is printed in the summary line either way.
+``test_ci_torture_run`` is the CI variant of issue 5 (a few thousand intents, several
+kills including the three exact crash points, a rebalance). Its seed comes from
+``SENDONCE_CHAOS_SEED`` (to replay a failure) or is drawn fresh, and is printed in the
+summary line either way. The long variant is a command (``make torture``; README).
+
+``test_seed_5_schedule`` replays the schedule that exposed intents committed without
+a result after rebalances (Faust acking records it skipped; fixed by committing
+source offsets ourselves, see ``streams/offsets.py``).
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.harness import plan_workload, run_chaos
+from tests.chaos.harness import ChaosReport, plan_workload, run_chaos
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 
 def test_workload_plan_is_seeded_and_has_the_promised_mix() -> None:
@@ -28,22 +33,44 @@ def test_workload_plan_is_seeded_and_has_the_promised_mix() -> None:
     assert kinds.count("bad") >= 2
 
 
-@pytest.mark.timeout(900)
-def test_short_chaos_run_sends_each_key_at_most_once_and_loses_nothing(tmp_path: Path) -> None:
-    seed = int(os.environ.get("SENDONCE_CHAOS_SEED") or random.SystemRandom().randrange(1, 2**31))
-    report = run_chaos(
-        600,
-        2,
-        seed,
-        kills=3,
-        rebalances=1,
-        duration=30.0,
-        root=tmp_path / "chaos",
-        keep=True,
-    )
+def _assert_guarantee(report: ChaosReport) -> None:
     print(report.summary())
     print(report.details())
-    assert report.kills == 3, report.summary()
     assert report.delivered_twice == 0, (report.summary(), report.delivered_twice_keys)
     assert report.lost == 0, (report.summary(), report.lost_records)
     assert report.drained, report.details()
+
+
+@pytest.mark.timeout(1200)
+def test_ci_torture_run(tmp_path: Path) -> None:
+    seed = int(os.environ.get("SENDONCE_CHAOS_SEED") or random.SystemRandom().randrange(1, 2**31))
+    report = run_chaos(
+        2000,
+        2,
+        seed,
+        kills=4,
+        rebalances=1,
+        duration=40.0,
+        drain_timeout=300.0,
+        root=tmp_path / "chaos",
+        keep=True,
+    )
+    assert report.kills == 4, report.summary()
+    _assert_guarantee(report)
+
+
+@pytest.mark.timeout(900)
+def test_seed_5_schedule(tmp_path: Path) -> None:
+    report = run_chaos(
+        300,
+        2,
+        5,
+        kills=1,
+        rebalances=1,
+        duration=20.0,
+        drain_timeout=200.0,
+        root=tmp_path / "chaos",
+        keep=True,
+        crash_points=False,
+    )
+    _assert_guarantee(report)
