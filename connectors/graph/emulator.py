@@ -983,6 +983,10 @@ class GraphEmulator:
             raise _GraphError(
                 413, "RequestEntityTooLarge", "The request payload exceeds 4 MB."
             ) from None
+        except ConnectionResetError:
+            # The client went away mid-body (a worker SIGKILLed by the torture
+            # harness): nothing was sent, and no traceback belongs in the log.
+            raise _GraphError(400, "BadRequest", "The request body was cut off.") from None
         if not raw.strip():
             return {}
         try:

@@ -490,11 +490,14 @@ def _schedule(
     events = [_Event(i * gap, "burst", i) for i in range(bursts)]
     points = rng.sample(CRASH_POINTS, len(CRASH_POINTS))
     crashes = 0
-    for index in range(kills):
-        # Right after a burst the workers are mid-batch: sends in flight, PENDING acked,
-        # SENT not yet written, offsets not committed. That is where a kill hurts.
-        base = rng.randrange(bursts) * gap
-        at = base + rng.uniform(0.05, min(gap, 3.0))
+    # Right after a burst the workers are mid-batch: sends in flight, PENDING acked,
+    # SENT not yet written, offsets not committed. That is where a kill hurts.
+    kill_times = sorted(
+        rng.randrange(bursts) * gap + rng.uniform(0.05, min(gap, 3.0)) for _ in range(kills)
+    )
+    # The earliest kills arm the crash points: an armed worker needs traffic (and a
+    # rejoin) before it reaches its point, and a later kill must not pre-empt it.
+    for index, at in enumerate(kill_times):
         if crash_points and _is_crash_kill(index):
             # The restart into the armed incarnation is itself a SIGKILL at this
             # moment, so crash-point kills keep the random kill's coverage too.
