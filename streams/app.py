@@ -224,7 +224,9 @@ def build_worker_app(
     async def _run_lane(stream: Any, lane: Lane) -> None:
         try:
             async for events in acked_batches(stream, settings):
-                records = [_record(e) for e in events]
+                records = offsets.admit([_record(e) for e in events])
+                if not records:
+                    continue
                 try:
                     async with lane.running():
                         stats = await processor.process_batch(records)
@@ -277,6 +279,20 @@ class _SourceOffsets:
     def ready(self) -> bool:
         """Whether every table is recovered and no rebalance is under way."""
         return not self._app.rebalancing and all(self._tables.values())
+
+    def admit(self, records: list[ConsumedRecord]) -> list[ConsumedRecord]:
+        """The records of a batch this worker may process now.
+
+        Faust hands a lane events it buffered before a rebalance. Processing one of
+        a partition that moved (or before the ledger is recovered) could race the
+        new owner on a key; dropping it is safe, since it is not committed and its
+        owner reads it again from the committed offset.
+        """
+        if not self.ready():
+            if records:
+                log.info("dropped %d records delivered during a rebalance", len(records))
+            return []
+        return [r for r in records if self._owns(r.topic, r.partition)]
 
     def _owns(self, topic: str, partition: int) -> bool:
         return TP(topic, partition) in self._app.assignor.assigned_actives()
@@ -387,7 +403,9 @@ def _add_webhook_dedupe(
     async def dedupe_webhooks(stream: Any) -> None:
         try:
             async for events in acked_batches(stream, settings):
-                records = [_record(e) for e in events]
+                records = offsets.admit([_record(e) for e in events])
+                if not records:
+                    continue
                 try:
                     async with lane.running():
                         stats = await processor.process_batch(records)
