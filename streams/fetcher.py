@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.ledger import IntentRef
 from streams.processor import ConsumedRecord
@@ -148,9 +149,22 @@ class KafkaPartitionReader:
             return await asyncio.to_thread(self._start_offset, topic, partition)
 
     def _start_offset(self, topic: str, partition: int) -> int:
-        [committed] = self._consumer.committed(
-            [TopicPartition(topic, partition)], timeout=self._timeout_s
-        )
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            try:
+                [committed] = self._consumer.committed(
+                    [TopicPartition(topic, partition)], timeout=self._timeout_s
+                )
+                break
+            except KafkaException as exc:
+                # NOT_COORDINATOR and friends while the group coordinator moves or
+                # loads (a fresh or restarted broker): retriable, so retry a while.
+                error = exc.args[0] if exc.args else None
+                if not (isinstance(error, KafkaError) and error.retriable()):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
         if committed.error:
             raise RuntimeError(f"cannot read committed offset of {topic}[{partition}]")
         if committed.offset >= 0:
