@@ -34,7 +34,7 @@ from sendonce.settings import Settings
 from streams.fetcher import KafkaForwardedLookup, KafkaPartitionReader, KafkaRecordFetcher
 from streams.offsets import HoleMender, Lane, LaneOffsets, Partition
 from streams.processor import ConsumedRecord, IntentProcessor
-from streams.store import FaustLedgerStore, FaustTableBytes
+from streams.store import FaustLedgerStore, FaustTableBytes, PartitionNotOwnedError
 from streams.webhooks import SightingProcessor, WebhookFault
 
 log = logging.getLogger("sendonce.worker")
@@ -188,7 +188,7 @@ def build_worker_app(
         options={"driver": "rocksdict"},
         on_recover=rebuild_reconcile_index,
     )
-    store = FaustLedgerStore(ledger)
+    store = FaustLedgerStore(ledger, owns=lambda p: offsets.writable(intents_topic, p))
     provider_ = provider or provider_from_settings(settings)
     fetcher = KafkaRecordFetcher(settings.bootstrap_servers)
     processor = IntentProcessor(
@@ -197,6 +197,9 @@ def build_worker_app(
     processors.append(processor)
 
     async def reconcile_tick() -> None:
+        if not offsets.ready():
+            # Mid-rebalance or recovering: the keys may be moving to another worker.
+            return
         try:
             stats = await processor.reconcile_due()
         except Exception as exc:
@@ -231,6 +234,11 @@ def build_worker_app(
                     async with lane.running():
                         stats = await processor.process_batch(records)
                         await offsets.finished(records)
+                except PartitionNotOwnedError:
+                    # A rebalance moved a partition of this batch away mid-batch:
+                    # nothing of it is committed, and its new owner reads it again.
+                    log.info("batch abandoned: a partition moved to another worker")
+                    continue
                 except Exception as exc:
                     # Bad input never gets here (it is dead-lettered); this is the
                     # broker or the disk failing. Stop the worker without acking
@@ -258,7 +266,7 @@ class _SourceOffsets:
         self._app = app
         self._settings = settings
         self._reader = KafkaPartitionReader(settings.bootstrap_servers, settings.app_id)
-        self.offsets = LaneOffsets(self._reader, self._commit, self._owns)
+        self.offsets = LaneOffsets(self._reader, self._commit, self.owns)
         self._lanes: list[Lane] = []
         self._tables: dict[str, bool] = {}
 
@@ -292,9 +300,18 @@ class _SourceOffsets:
             if records:
                 log.info("dropped %d records delivered during a rebalance", len(records))
             return []
-        return [r for r in records if self._owns(r.topic, r.partition)]
+        return [r for r in records if self.owns(r.topic, r.partition)]
 
-    def _owns(self, topic: str, partition: int) -> bool:
+    def writable(self, topic: str, partition: int) -> bool:
+        """Whether table writes for ``partition`` are allowed: owned and recovered.
+
+        Unlike :meth:`ready` this stays true while a rebalance waits for the batch
+        in flight (the partition is still ours until the revocation completes).
+        """
+        return all(self._tables.values()) and self.owns(topic, partition)
+
+    def owns(self, topic: str, partition: int) -> bool:
+        """Whether partition ``partition`` of ``topic`` is assigned to this worker."""
         return TP(topic, partition) in self._app.assignor.assigned_actives()
 
     def _owned(self, topic: str) -> list[int]:
@@ -332,8 +349,6 @@ class _SourceOffsets:
         )
 
         async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-            for name in self._tables:
-                self._tables[name] = False
             # Faust waits for acked messages only; ours are not, so wait for each
             # lane's batch in flight here. Otherwise the next owner could process a
             # key while this worker is still between its PENDING write and its send.
@@ -344,6 +359,10 @@ class _SourceOffsets:
                     log.warning("%s: batch still running after %.0fs", lane.name, REVOKE_WAIT_S)
                     continue
                 lane.lock.release()
+            # From here until the tables are recovered for the next assignment,
+            # nothing writes to them (see FaustTableBytes).
+            for name in self._tables:
+                self._tables[name] = False
             self.offsets.forget()
 
         async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -391,7 +410,10 @@ def _add_webhook_dedupe(
     lookup = KafkaForwardedLookup(settings.bootstrap_servers, settings.topics.webhooks_deduped)
     processor = SightingProcessor(
         settings,
-        FaustTableBytes(sightings),
+        FaustTableBytes(
+            sightings,
+            owns=lambda p: offsets.writable(settings.topics.webhooks_raw, p),
+        ),
         FaustSink(app),
         lookup,
         codec,
@@ -410,6 +432,9 @@ def _add_webhook_dedupe(
                     async with lane.running():
                         stats = await processor.process_batch(records)
                         await offsets.finished(records)
+                except PartitionNotOwnedError:
+                    log.info("webhook batch abandoned: a partition moved to another worker")
+                    continue
                 except Exception as exc:
                     log.critical("webhook batch failed, stopping worker: %s", type(exc).__name__)
                     await app.crash(exc)

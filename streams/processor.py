@@ -439,6 +439,9 @@ class IntentProcessor:
             log.warning("origin of an ambiguous key is gone (retention); left for review")
             self.reconcile_index.pop(key, None)
             return
+        if not self._owns(partition):
+            # The fetch took a while; the partition may have moved meanwhile.
+            return
         item = self._accept(record)
         stats.records += 1
         first: Event = ReconcileDue(item.facts, self._clock())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from streams.ledger import LedgerEntry, LedgerStatus
@@ -88,16 +88,27 @@ def _partition_context(partition: int) -> Iterator[None]:
         _current_event.reset(token)
 
 
+class PartitionNotOwnedError(RuntimeError):
+    """A write for a partition this worker does not own (or not yet, or no longer)."""
+
+
 class FaustTableBytes:
     """Durable per-partition bytes in a Faust table (raw key and value serializers).
 
     ``put`` writes the changelog record and awaits the broker's acknowledgement
-    (acks=all) before updating the local RocksDB copy, so the local copy is
-    never ahead of the changelog.
+    (acks=all), then updates the local RocksDB copy, then records the changelog
+    offset the local copy holds. Faust's own ``send_changelog`` records that offset
+    in its send callback, before the local copy is written, and for any partition:
+    the torture harness found a worker whose reconciler wrote to a partition it had
+    just lost, which moved that partition's recorded offset past hundreds of records
+    the worker never had; when the partition came back, recovery skipped them and
+    keys already sent were sent again. So ``owns`` (when given) is checked before
+    the write and again before the local copy and offset are touched.
     """
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, owns: Callable[[int], bool] | None = None) -> None:
         self._table = table
+        self._owns = owns
 
     def get(self, key: bytes, partition: int) -> bytes | None:
         """The local copy of ``key`` in ``partition``."""
@@ -107,11 +118,29 @@ class FaustTableBytes:
 
     async def put(self, key: bytes, value: bytes, partition: int) -> None:
         """Durable write: changelog acked first, then the local copy."""
+        self._check(partition)
         # Table assignment would only queue the changelog record (send_soon);
-        # the future resolves when the broker acknowledged it (acks=all).
-        await self._table.send_changelog(partition, key, value)
+        # the future resolves when the broker acknowledged it (acks=all). No
+        # callback: the offset is recorded below, after the local copy.
+        pending = self._table.changelog_topic.send_soon(
+            key=key,
+            value=value,
+            partition=partition,
+            key_serializer=self._table.key_serializer,
+            value_serializer=self._table.value_serializer,
+            eager_partitioning=True,
+        )
+        metadata = await pending
+        # Ownership may have moved while the broker acknowledged: then the record
+        # is the next owner's to read, and this worker's copy must not claim it.
+        self._check(partition)
         with _partition_context(partition):
             self._table.data[key] = value
+        self._table.data.set_persisted_offset(metadata.topic_partition, metadata.offset)
+
+    def _check(self, partition: int) -> None:
+        if self._owns is not None and not self._owns(partition):
+            raise PartitionNotOwnedError(f"partition {partition} is not owned by this worker")
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every key and value of the active partitions (a RocksDB scan)."""
@@ -123,8 +152,8 @@ class FaustTableBytes:
 class FaustLedgerStore:
     """The ledger in a Faust table: RocksDB locally, a compacted changelog in Kafka."""
 
-    def __init__(self, table: Any) -> None:
-        self._bytes = FaustTableBytes(table)
+    def __init__(self, table: Any, owns: Callable[[int], bool] | None = None) -> None:
+        self._bytes = FaustTableBytes(table, owns)
 
     def get(self, key: str, partition: int) -> LedgerEntry | None:
         """Read the local RocksDB copy of ``key`` in ``partition``."""
