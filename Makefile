@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit integration torture kafka-jars clean
+.PHONY: demo test lint typecheck unit integration torture bench kafka-jars clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ integration: $(STAMP) kafka-jars
 torture: $(STAMP) kafka-jars
 	$(BIN)/sendonce dev chaos --intents 100000 --workers 3 --kills 50 --rebalances 5 \
 		--broker-restarts 2 --duration 900 --drain-timeout 900 $(if $(SEED),--seed $(SEED))
+
+# The benchmark of issue 6: throughput, latency, memory and restore beside the Kafka
+# ceiling and a naive baseline. About 35 minutes on 2 cores, 25 of them restoring the
+# 10M-key ledger (ARGS="--keys 1000000": about 12); ARGS="--only ceiling,sendonce-null"
+# narrows it. The table, bench.json and bench.png go to /tmp/bench-out (--out DIR).
+bench: $(STAMP) kafka-jars
+	$(BIN)/python -m bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .sendonce deploy/local-kafka/lib .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from sendonce.settings import Settings, SettingsError
@@ -113,6 +114,50 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(keep=args.keep, provider=args.provider)
 
 
+def _bench_options() -> Any:
+    """``bench.options`` from the checkout (the benchmark is not installed), or None.
+
+    An editable install does not put the checkout on ``sys.path`` for the console
+    script, so the checkout found from this package (or the working directory) is
+    added when ``bench`` is not importable as is.
+    """
+    try:
+        import bench.options
+    except ImportError:
+        from sendonce.dev.kafka import find_repo_root
+
+        root = find_repo_root() or find_repo_root(Path.cwd())
+        if root is None or not (root / "bench" / "options.py").is_file():
+            return None
+        sys.path.insert(0, str(root))
+        try:
+            import bench.options
+        except ImportError:
+            return None
+    return bench.options
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from bench.intents import run_cli
+
+    return run_cli(args)
+
+
+def _add_bench_cli(dev: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``dev bench`` when the checkout's ``bench/`` is at hand."""
+    options = _bench_options()
+    if options is None:
+        return  # an installed wheel without the checkout: no benchmark to run
+    p = dev.add_parser(
+        "bench",
+        help="benchmark: throughput, latency, memory and restore beside the ceiling "
+        "and a naive baseline (same as python -m bench)",
+        description=options.build_parser().description,
+    )
+    options.add_arguments(p)
+    p.set_defaults(func=_cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``sendonce``."""
     parser = argparse.ArgumentParser(
@@ -175,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_kafka_cli(dev)
     add_graph_emulator_cli(dev)
     add_chaos_cli(dev)
+    _add_bench_cli(dev)
     add_receiver_cli(sub)
     return parser
 
