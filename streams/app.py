@@ -226,27 +226,7 @@ def build_worker_app(
 
     async def _run_lane(stream: Any, lane: Lane) -> None:
         try:
-            async for events in acked_batches(stream, settings):
-                records = offsets.admit([_record(e) for e in events])
-                if not records:
-                    continue
-                try:
-                    async with lane.running():
-                        stats = await processor.process_batch(records)
-                        await offsets.finished(records)
-                except PartitionNotOwnedError:
-                    # A rebalance moved a partition of this batch away mid-batch:
-                    # nothing of it is committed, and its new owner reads it again.
-                    log.info("batch abandoned: a partition moved to another worker")
-                    continue
-                except Exception as exc:
-                    # Bad input never gets here (it is dead-lettered); this is the
-                    # broker or the disk failing. Stop the worker without acking
-                    # the batch: its records are redelivered to the next owner and
-                    # the ledger makes the repeat harmless.
-                    log.critical("batch failed, stopping worker: %s", type(exc).__name__)
-                    await app.crash(exc)
-                    raise
+            async for stats in offsets.run(stream, lane):
                 log.debug("batch done: %s", stats)
         finally:
             await provider_.close()
@@ -300,7 +280,38 @@ class _SourceOffsets:
             if records:
                 log.info("dropped %d records delivered during a rebalance", len(records))
             return []
-        return [r for r in records if self.owns(r.topic, r.partition)]
+        owned = self._app.assignor.assigned_actives()
+        return [r for r in records if TP(r.topic, r.partition) in owned]
+
+    async def run(self, stream: Any, lane: Lane) -> AsyncIterator[Any]:
+        """Process ``stream`` batch by batch through ``lane``; yield each batch's stats.
+
+        A batch counts as finished (and its offsets may be committed) only after
+        every effect is durable; a batch is acked to Faust only after the caller
+        took its stats (:func:`acked_batches`).
+        """
+        async for events in acked_batches(stream, self._settings):
+            records = self.admit([_record(e) for e in events])
+            if not records:
+                continue
+            try:
+                async with lane.running():
+                    stats = await lane.process(records)
+                    await self.finished(records)
+            except PartitionNotOwnedError:
+                # A rebalance moved a partition of this batch away mid-batch:
+                # nothing of it is committed, and its new owner reads it again.
+                log.info("%s: batch abandoned, a partition moved to another worker", lane.name)
+                continue
+            except Exception as exc:
+                # Bad input never gets here (it is dead-lettered); this is the
+                # broker or the disk failing. Stop the worker without acking the
+                # batch: its records are redelivered to the next owner and the
+                # ledger makes the repeat harmless.
+                log.critical("%s: batch failed, stopping worker: %s", lane.name, type(exc).__name__)
+                await self._app.crash(exc)
+                raise
+            yield stats
 
     def writable(self, topic: str, partition: int) -> bool:
         """Whether table writes for ``partition`` are allowed: owned and recovered.
@@ -424,21 +435,7 @@ def _add_webhook_dedupe(
 
     async def dedupe_webhooks(stream: Any) -> None:
         try:
-            async for events in acked_batches(stream, settings):
-                records = offsets.admit([_record(e) for e in events])
-                if not records:
-                    continue
-                try:
-                    async with lane.running():
-                        stats = await processor.process_batch(records)
-                        await offsets.finished(records)
-                except PartitionNotOwnedError:
-                    log.info("webhook batch abandoned: a partition moved to another worker")
-                    continue
-                except Exception as exc:
-                    log.critical("webhook batch failed, stopping worker: %s", type(exc).__name__)
-                    await app.crash(exc)
-                    raise
+            async for stats in offsets.run(stream, lane):
                 if stats.replays:
                     log.info(
                         "webhooks: %d forwarded, %d replays dropped (%d in total)",
