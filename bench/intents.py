@@ -43,7 +43,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from bench import report
+from bench import profile, report
 from bench.memory import RestoreFigures, fill_ledger, measure_restore
 from bench.options import build_parser, selected
 from bench.procs import Emulator, Proc, cpu_seconds, start, start_emulator, start_worker
@@ -192,7 +192,7 @@ def run_config(ctx: Context, config: str, rnd: int) -> RunResult:
             latency = float(config.removeprefix("sendonce-graph-").removesuffix("ms"))
             emulator = start_emulator(ctx.work, latency, run_dir / "graph-emulator.log")
             procs.append(emulator.proc)
-        main = _start(config, settings, run_dir, emulator, args.mailboxes)
+        main = _start(config, settings, run_dir, emulator, args.mailboxes, dict(args.worker_env))
         procs.insert(0, main)
 
         def alive() -> bool:
@@ -217,11 +217,20 @@ def run_config(ctx: Context, config: str, rnd: int) -> RunResult:
         if ctx.kafka is not None and ctx.kafka.pid is not None:
             watched["broker"] = ctx.kafka.pid
         watched["bench"] = os.getpid()
+        recording = None
+        if args.profile and config.startswith("sendonce"):
+            recording = profile.record(main.pid, args.out / "profiles" / f"{config}-r{rnd}.txt")
         cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items()}
         wall_before = time.perf_counter()
         burst.burst(burst_records)
         collector.wait_for([k for k, _ in burst_records], alive=alive)
         wall = time.perf_counter() - wall_before
+        if recording is not None:
+            stacks = recording.stop()
+            if stacks is not None:
+                ctx.progress(
+                    f"  profile {stacks}:\n" + profile.format_summary(profile.summarize(stacks))
+                )
         for name, pid in watched.items():
             before, after = cpu_before[name], cpu_seconds(pid)
             if before is not None and after is not None:
@@ -257,7 +266,12 @@ def run_config(ctx: Context, config: str, rnd: int) -> RunResult:
 
 
 def _start(
-    config: str, settings: Settings, run_dir: Path, emulator: Emulator | None, mailboxes: int
+    config: str,
+    settings: Settings,
+    run_dir: Path,
+    emulator: Emulator | None,
+    mailboxes: int,
+    extra_env: dict[str, str],
 ) -> Proc:
     topics = settings.topics
     common = [
@@ -277,16 +291,15 @@ def _start(
         db = settings.data_dir / "ledger.sqlite"
         return start(config, ["-m", "bench.naive", *common, "--db", str(db)], {}, log)
     if config == "sendonce-null":
-        return start_worker(settings, log, SENDONCE_PROVIDER="null")
+        return start_worker(settings, log, **{**extra_env, "SENDONCE_PROVIDER": "null"})
     assert emulator is not None
-    return start_worker(
-        settings,
-        log,
+    env = {
         **emulator.worker_env(GRAPH_MAILBOX_CONCURRENCY),
         # Every mailbox may have its 4 sends in flight at once; the default (64)
         # would cap a worker at 64 / latency sends per second.
-        SENDONCE_SEND_CONCURRENCY=str(mailboxes * GRAPH_MAILBOX_CONCURRENCY),
-    )
+        "SENDONCE_SEND_CONCURRENCY": str(mailboxes * GRAPH_MAILBOX_CONCURRENCY),
+    }
+    return start_worker(settings, log, **{**env, **extra_env})
 
 
 def _keep_logs(ctx: Context, run_dir: Path, *, failed: bool) -> None:
@@ -405,6 +418,9 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append(f"--only {','.join(args.only)}")
     if args.bootstrap:
         parts.append(f"--bootstrap {args.bootstrap}")
+    parts += [f"--worker-env {name}={value}" for name, value in args.worker_env]
+    if args.profile:
+        parts.append("--profile")
     return " ".join(parts)
 
 

@@ -53,6 +53,14 @@ def only_list(text: str) -> list[str]:
     return names
 
 
+def env_assignment(text: str) -> tuple[str, str]:
+    """``SENDONCE_NAME=VALUE`` as a pair (an argparse type)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("SENDONCE_"):
+        raise argparse.ArgumentTypeError(f"expected SENDONCE_NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the benchmark's options on ``parser``."""
     parser.add_argument(
@@ -117,6 +125,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bootstrap",
         default=None,
         help="use this running broker (host:port) instead of starting a local one",
+    )
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        type=env_assignment,
+        metavar="SENDONCE_NAME=VALUE",
+        help="extra setting for every sendonce worker (repeatable), e.g. "
+        "SENDONCE_PRODUCER_LINGER_MS=0 to see what a setting is worth",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample each sendonce worker with py-spy during its burst; collapsed stacks "
+        "and a summary go to OUT/profiles",
     )
     parser.add_argument(
         "--keep-logs",

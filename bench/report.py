@@ -101,6 +101,9 @@ def _summary(config: str, runs: Sequence[RunResult]) -> dict[str, Any]:
             name: _median([r.burst_cores[name] for r in mine if name in r.burst_cores])
             for name in sorted({n for r in mine for n in r.burst_cores})
         },
+        "intents_per_core_s": _median(
+            [x for x in (per_core_second(r) for r in mine) if x is not None]
+        ),
     }
     called = [x for r in mine for x in r.provider_called_ms]
     if called:
@@ -257,7 +260,23 @@ def run_line(run: RunResult) -> str:
         parts.append(f"RSS {run.rss_mb:,.0f} MB")
     if run.burst_cores:
         parts.append(_cores(run.burst_cores))
+    per_core = per_core_second(run)
+    if per_core is not None:
+        parts.append(f"{per_core:,.0f} intents per process core-second")
     return ", ".join(parts)
+
+
+def per_core_second(run: RunResult) -> float | None:
+    """Burst intents per CPU-second of the measured process (worker, passthrough or naive).
+
+    Throughput divided by the cores the process used: far less sensitive than the
+    rate itself to whatever else the machine runs, so it compares code versions
+    measured at different times.
+    """
+    if run.burst is None:
+        return None
+    cores = run.burst_cores.get("worker", run.burst_cores.get(run.config))
+    return run.burst.rate / cores if cores else None
 
 
 def _cores(cores: Mapping[str, float | None]) -> str:
@@ -295,7 +314,11 @@ def render(doc: dict[str, Any]) -> str:
         )
     lines.append("\nCPU during the burst (cores; median over rounds):")
     for name, s in doc["configs"].items():
-        lines.append(f"  {name:<22}{_cores(s['burst_cores'])}")
+        per_core = s.get("intents_per_core_s")
+        lines.append(
+            f"  {name:<22}{_cores(s['burst_cores'])}"
+            + (f"; {per_core:,.0f} intents per process core-second" if per_core else "")
+        )
     null = doc["configs"].get("sendonce-null", {})
     if "produced_to_provider_called" in null:
         called = null["produced_to_provider_called"]

@@ -10,6 +10,7 @@ test vectors. Changing anything here that changes a key is a breaking change: bu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -25,6 +26,7 @@ __all__ = [
     "MAX_SUBJECT_CHARS",
     "MAX_SUPPLIED_KEY_CHARS",
     "IdempotencyKey",
+    "IntentIdentity",
     "InvalidAddressError",
     "InvalidIntentError",
     "OversizeIntentError",
@@ -34,6 +36,7 @@ __all__ = [
     "derive_key",
     "fingerprint_for",
     "idempotency_key_for",
+    "identify_intent",
     "mask_address",
     "normalize_action_type",
     "normalize_address",
@@ -55,6 +58,7 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DERIVED_HASH_RE = re.compile(r"[0-9a-f]{32}")
 _DOMAIN_END_RE = re.compile(r"[\s<>()]")
+_ASCII_LABEL_RE = re.compile(r"[A-Za-z0-9-]+")
 _HEADER_NAME_RE = re.compile(r"[!-9;-~]+")  # RFC 5322 field name: printable ASCII but ':'
 # RFC 5322 "specials" that only a quoted local part may contain; quoted local parts are
 # not supported, so these are invalid in any local part.
@@ -79,7 +83,8 @@ class InvalidIntentError(ValueError):
 class InvalidAddressError(InvalidIntentError):
     """An email address is invalid. The message shows it masked (``j***@example.com``)."""
 
-    def __init__(self, masked: str, problem: str, field: str = "address") -> None:
+    def __init__(self, masked: str | _Masked, problem: str, field: str = "address") -> None:
+        masked = str(masked)
         super().__init__(field, f"invalid address {masked}: {problem}")
         self.masked = masked
 
@@ -165,11 +170,28 @@ def mask_address(address: str) -> str:
     return f"{first}***@{shown_domain}" if at else f"{first}***"
 
 
+class _Masked:
+    """An address masked only when a message needs it (most addresses are valid)."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def __str__(self) -> str:
+        return mask_address(self._text)
+
+
 def _has_forbidden_char(text: str) -> bool:
+    if text.isascii():
+        # The same answer without a Unicode lookup per character: in ASCII the
+        # forbidden characters are the controls (not printable) and the whitespace
+        # (of which only the space is printable).
+        return not text.isprintable() or " " in text
     return any(ch.isspace() or unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in text)
 
 
-def _extract_address(text: str, masked: str, field: str) -> str:
+def _extract_address(text: str, masked: _Masked, field: str) -> str:
     """Take the address out of ``Display Name <address>`` (portable rule, see README)."""
     if not text.endswith(">"):
         if "<" in text or ">" in text:
@@ -184,7 +206,7 @@ def _extract_address(text: str, masked: str, field: str) -> str:
     return text[opening + 1 : -1].strip()
 
 
-def _check_local_part(local: str, masked: str, field: str) -> None:
+def _check_local_part(local: str, masked: _Masked, field: str) -> None:
     if not 1 <= len(local) <= 64:
         raise InvalidAddressError(masked, "local part must be 1 to 64 characters", field)
     if any(ch in _LOCAL_PART_SPECIALS for ch in local):
@@ -193,7 +215,7 @@ def _check_local_part(local: str, masked: str, field: str) -> None:
         raise InvalidAddressError(masked, "misplaced dot in the local part", field)
 
 
-def _check_domain(domain: str, masked: str, field: str) -> None:
+def _check_domain(domain: str, masked: _Masked, field: str) -> None:
     if not 1 <= len(domain) <= 253 or "." not in domain:
         raise InvalidAddressError(masked, "domain must be 1 to 253 characters with a dot", field)
     for label in domain.split("."):
@@ -201,6 +223,8 @@ def _check_domain(domain: str, masked: str, field: str) -> None:
             raise InvalidAddressError(masked, "domain label must be 1 to 63 characters", field)
         if label.startswith("-") or label.endswith("-"):
             raise InvalidAddressError(masked, "domain label starts or ends with '-'", field)
+        if _ASCII_LABEL_RE.fullmatch(label):
+            continue  # ASCII letters, digits and '-': the common case, no lookups
         for ch in label:
             if ch != "-" and unicodedata.category(ch)[0] not in "LMN":
                 raise InvalidAddressError(masked, "invalid character in the domain", field)
@@ -221,9 +245,17 @@ def normalize_address(addr: str, *, field: str = "address") -> str:
         raise InvalidAddressError(
             "<not a string>", f"expected a string, got {type(addr).__name__}", field
         )
-    masked = mask_address(addr)
+    return _normalize_address(addr, field)
+
+
+# Every intent normalises its sender and recipients several times (validation, key,
+# fingerprint) and senders repeat across intents; the function is pure, and errors are
+# not cached (lru_cache does not keep exceptions).
+@functools.lru_cache(maxsize=16384)
+def _normalize_address(addr: str, field: str) -> str:
+    masked = _Masked(addr)
     text = _extract_address(addr.strip(), masked, field)
-    masked = mask_address(text)
+    masked = _Masked(text)
     address = unicodedata.normalize("NFC", unicodedata.normalize("NFC", text).lower())
     if not address:
         raise InvalidAddressError(masked, "empty", field)
@@ -536,6 +568,56 @@ def validate_intent(
     key, and that bodies plus template parameters are at most ``max_body_bytes`` of UTF-8
     (``OversizeIntentError``).
     """
+    _validated_content_digest(intent, max_body_bytes)
+
+
+@dataclass(frozen=True)
+class IntentIdentity:
+    """What the worker derives from a valid intent: its key, fingerprint and sender."""
+
+    key: IdempotencyKey
+    fingerprint: str
+    #: The normalised sender address.
+    sender: str
+
+
+def identify_intent(
+    intent: Mapping[str, Any], *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+) -> IntentIdentity:
+    """``validate_intent``, ``idempotency_key_for`` and ``fingerprint_for`` in one pass.
+
+    The same checks and results as calling the three, with the content digest (a
+    SHA-256 over the bodies, the worker's costliest step for a large email) computed
+    once instead of three times.
+    """
+    digest = _validated_content_digest(intent, max_body_bytes)
+    tenant: str = intent["tenant_id"]
+    supplied = intent.get("idempotency_key")
+    if supplied is not None:
+        key = IdempotencyKey(supplied_key(tenant, supplied), tenant, True)
+    else:
+        value = derive_key(
+            tenant,
+            intent["source_event_id"],
+            intent["action_type"],
+            _all_recipients(intent),
+            digest,
+        )
+        key = IdempotencyKey(value, tenant, False)
+    fingerprint = content_fingerprint(
+        sender=intent["sender"],
+        to=_str_list(intent, "to", required=True),
+        cc=_str_list(intent, "cc"),
+        bcc=_str_list(intent, "bcc"),
+        action_type=intent["action_type"],
+        content_digest=digest,
+        headers=_str_map(intent, "headers"),
+    )
+    return IntentIdentity(key, fingerprint, normalize_address(intent["sender"], field="sender"))
+
+
+def _validated_content_digest(intent: Mapping[str, Any], max_body_bytes: int) -> str:
+    """The checks of :func:`validate_intent`; returns the content digest it computed."""
     if not isinstance(intent, Mapping):
         raise InvalidIntentError("intent", f"expected a record, got {type(intent).__name__}")
     validate_tenant_id(intent.get("tenant_id"))
@@ -585,5 +667,6 @@ def validate_intent(
         )
     # Raises for a missing body/template, an empty template_id and uncanonicalisable
     # strings, exactly as key derivation would.
-    _intent_content_digest(intent)
+    digest = _intent_content_digest(intent)
     _hash_fields({"headers": headers}, "headers")
+    return digest

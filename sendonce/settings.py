@@ -162,6 +162,18 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "SENDONCE_SEND_CONCURRENCY",
         "Provider calls in flight at once per worker.",
     ),
+    "producer_linger_ms": (
+        "SENDONCE_PRODUCER_LINGER_MS",
+        "How long the worker's producer gathers ledger and result records into one request.",
+    ),
+    "fetch_max_wait_ms": (
+        "SENDONCE_FETCH_MAX_WAIT_MS",
+        "Longest the broker holds the worker's fetch request open when no records arrive.",
+    ),
+    "event_loop": (
+        "SENDONCE_EVENT_LOOP",
+        "Worker event loop: uvloop (faster) or asyncio.",
+    ),
     "retry_max_attempts": (
         "SENDONCE_RETRY_MAX_ATTEMPTS",
         "Attempts per key for sends that provably did not reach the provider.",
@@ -286,6 +298,9 @@ class Settings:
     batch_within_s: float = 0.05
     defer_after_s: float = 2.0
     send_concurrency: int = 64
+    producer_linger_ms: float = 5.0
+    event_loop: str = "uvloop"
+    fetch_max_wait_ms: int = 20
     retry_max_attempts: int = 5
     retry_base_delay_s: float = 0.5
     retry_max_delay_s: float = 30.0
@@ -352,6 +367,14 @@ class Settings:
             raise SettingsError(
                 "SENDONCE_BATCH_SIZE, SENDONCE_SEND_CONCURRENCY and "
                 "SENDONCE_RETRY_MAX_ATTEMPTS must be at least 1"
+            )
+        if self.producer_linger_ms < 0:
+            raise SettingsError("SENDONCE_PRODUCER_LINGER_MS must not be negative")
+        if not 0 <= self.fetch_max_wait_ms <= 1500:
+            raise SettingsError("SENDONCE_FETCH_MAX_WAIT_MS must be between 0 and 1500")
+        if self.event_loop not in ("uvloop", "asyncio"):
+            raise SettingsError(
+                f"SENDONCE_EVENT_LOOP={self.event_loop!r} must be uvloop or asyncio"
             )
         if self.reconcile_on_deadline not in ("review", "resend"):
             raise SettingsError(

@@ -34,6 +34,7 @@ from sendonce.settings import Settings
 from streams.fetcher import KafkaForwardedLookup, KafkaPartitionReader, KafkaRecordFetcher
 from streams.offsets import HoleMender, Lane, LaneOffsets, Partition
 from streams.processor import ConsumedRecord, IntentProcessor
+from streams.producer import DurableProducer
 from streams.store import FaustLedgerStore, FaustTableBytes, PartitionNotOwnedError
 from streams.webhooks import SightingProcessor, WebhookFault
 
@@ -101,26 +102,6 @@ def graph_provider_from_settings(settings: Settings) -> EmailProvider:
     )
 
 
-class FaustSink:
-    """Produces through the Faust app's producer and awaits the broker's ack."""
-
-    def __init__(self, app: faust.App) -> None:
-        self._app = app
-
-    async def produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> None:
-        """Send and wait for acks=all."""
-        pending = await self._app.producer.send(
-            topic, key, value, partition=None, timestamp=None, headers=list(headers or []) or None
-        )
-        await pending
-
-
 @dataclass
 class WorkerApp:
     """The assembled worker: Faust app, ledger table and the processor factory."""
@@ -147,6 +128,9 @@ def build_worker_app(
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # Each intent makes three small writes (PENDING, SENT, result); gathering them
+        # for a few milliseconds turns thousands of tiny produce requests into few.
+        producer_linger=settings.producer_linger_ms / 1000.0,
         table_standby_replicas=settings.standby_replicas,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
@@ -163,10 +147,11 @@ def build_worker_app(
     )
     intents_topic = settings.topics.intents
 
-    def owns(partition: int) -> bool:
-        return TP(intents_topic, partition) in app.assignor.assigned_actives()
-
     offsets = _SourceOffsets(app, settings)
+
+    def owns(partition: int) -> bool:
+        return offsets.owns(intents_topic, partition)
+
     offsets.table("ledger")
     processors: list[IntentProcessor] = []
 
@@ -188,11 +173,16 @@ def build_worker_app(
         options={"driver": "rocksdict"},
         on_recover=rebuild_reconcile_index,
     )
-    store = FaustLedgerStore(ledger, owns=lambda p: offsets.writable(intents_topic, p))
+    producer = DurableProducer(
+        settings.bootstrap_servers,
+        client_id=f"{settings.app_id}-{settings.worker_id}",
+        linger_ms=settings.producer_linger_ms,
+    )
+    store = FaustLedgerStore(ledger, producer, owns=lambda p: offsets.writable(intents_topic, p))
     provider_ = provider or provider_from_settings(settings)
     fetcher = KafkaRecordFetcher(settings.bootstrap_servers)
     processor = IntentProcessor(
-        settings, store, provider_, FaustSink(app), codec, fetcher=fetcher, owns=owns
+        settings, store, provider_, producer, codec, fetcher=fetcher, owns=owns
     )
     processors.append(processor)
 
@@ -234,7 +224,12 @@ def build_worker_app(
 
     app.agent(intents, name="sendonce.intents", concurrency=1)(process_intents)
     app.agent(deferred, name="sendonce.deferred", concurrency=1)(process_deferred)
-    _add_webhook_dedupe(app, settings, codec, offsets)
+    _add_webhook_dedupe(app, settings, codec, offsets, producer)
+
+    @app.on_before_shutdown.connect
+    async def close_producer(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await asyncio.to_thread(producer.close)
+
     offsets.install()
     return WorkerApp(app, ledger, settings)
 
@@ -249,6 +244,9 @@ class _SourceOffsets:
         self.offsets = LaneOffsets(self._reader, self._commit, self.owns)
         self._lanes: list[Lane] = []
         self._tables: dict[str, bool] = {}
+        # The assignor builds a new set of new TP tuples per call, and every ledger
+        # write asks (twice): cached per assignment, dropped by the rebalance handlers.
+        self._actives: frozenset[TP] | None = None
 
     def lane(self, name: str, topic: str, process: Any) -> Lane:
         """Register a lane (one agent over ``topic``)."""
@@ -280,7 +278,7 @@ class _SourceOffsets:
             if records:
                 log.info("dropped %d records delivered during a rebalance", len(records))
             return []
-        owned = self._app.assignor.assigned_actives()
+        owned = self._assigned()
         return [r for r in records if TP(r.topic, r.partition) in owned]
 
     async def run(self, stream: Any, lane: Lane) -> AsyncIterator[Any]:
@@ -323,10 +321,16 @@ class _SourceOffsets:
 
     def owns(self, topic: str, partition: int) -> bool:
         """Whether partition ``partition`` of ``topic`` is assigned to this worker."""
-        return TP(topic, partition) in self._app.assignor.assigned_actives()
+        return TP(topic, partition) in self._assigned()
+
+    def _assigned(self) -> frozenset[TP]:
+        actives = self._actives
+        if actives is None:
+            actives = self._actives = frozenset(self._app.assignor.assigned_actives())
+        return actives
 
     def _owned(self, topic: str) -> list[int]:
-        return [tp.partition for tp in self._app.assignor.assigned_actives() if tp.topic == topic]
+        return [tp.partition for tp in self._assigned() if tp.topic == topic]
 
     async def _commit(self, offsets: Mapping[Partition, int]) -> bool:
         # The group member's own consumer: a commit from a member that lost the
@@ -374,10 +378,13 @@ class _SourceOffsets:
             # nothing writes to them (see FaustTableBytes).
             for name in self._tables:
                 self._tables[name] = False
+            self._actives = None
             self.offsets.forget()
+            _shorten_fetch_wait(self._app, self._settings.fetch_max_wait_ms)
 
         async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
             # A new generation starts from what the group committed.
+            self._actives = None
             self.offsets.forget()
 
         app.on_partitions_revoked.connect(on_revoked)
@@ -392,8 +399,29 @@ class _SourceOffsets:
         app.timer(interval=MEND_TICK_S, name="sendonce.mend")(mend_tick)
 
 
+def _shorten_fetch_wait(app: faust.App, max_wait_ms: int) -> None:
+    """Cap how long the broker holds the worker's fetch requests open.
+
+    Faust builds its aiokafka consumer with ``fetch_max_wait_ms=1500`` and no setting
+    for it. aiokafka leaves a partition whose fetched records are still buffered out of
+    the next fetch request, so a record arriving there waits for the open request on
+    the other partitions to return: up to 1.5 s of added latency at low rates. The
+    value is read each time a fetch request is built, so setting it on the running
+    consumer takes effect from the next request.
+    """
+    try:
+        fetcher = app.consumer._thread._consumer._fetcher  # type: ignore[attr-defined]
+        fetcher._fetch_max_wait_ms = max_wait_ms
+    except AttributeError:
+        log.warning("could not shorten the consumer's fetch wait (Faust internals changed)")
+
+
 def _add_webhook_dedupe(
-    app: faust.App, settings: Settings, codec: SchemaCodec, offsets: _SourceOffsets
+    app: faust.App,
+    settings: Settings,
+    codec: SchemaCodec,
+    offsets: _SourceOffsets,
+    producer: DurableProducer,
 ) -> None:
     """The inbound dedupe stream: its own agent and sighting table."""
     raw = app.topic(settings.topics.webhooks_raw, partitions=settings.partitions, **_SOURCE)
@@ -423,9 +451,10 @@ def _add_webhook_dedupe(
         settings,
         FaustTableBytes(
             sightings,
+            producer,
             owns=lambda p: offsets.writable(settings.topics.webhooks_raw, p),
         ),
-        FaustSink(app),
+        producer,
         lookup,
         codec,
         fault=WebhookFault(settings.webhook_fault),
@@ -518,6 +547,20 @@ def check_topics(settings: Settings, timeout: float = 30.0) -> None:
             )
 
 
+def use_event_loop(name: str) -> None:
+    """Install the event loop policy ``name`` (``uvloop`` or ``asyncio``) for the worker.
+
+    uvloop runs the same coroutines with a cheaper scheduler and socket layer; the
+    worker spends a large share of its time in both.
+    """
+    if name == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    else:
+        asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+
+
 def run_worker(settings: Settings) -> int:
     """Run a worker until it is stopped (SIGTERM/SIGINT); returns the exit code."""
     try:
@@ -527,6 +570,7 @@ def run_worker(settings: Settings) -> int:
         print(f"sendonce worker: {exc}", file=sys.stderr)
         return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    use_event_loop(settings.event_loop)
     worker_app = build_worker_app(settings)
     worker = faust.Worker(
         worker_app.app,

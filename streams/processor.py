@@ -27,10 +27,7 @@ from connectors.base import EmailProvider, OutgoingEmail, SendStatus, estimated_
 from schemas.codec import CodecError, SchemaCodec, WrongSchemaError
 from sendonce.keys import (
     InvalidIntentError,
-    fingerprint_for,
-    idempotency_key_for,
-    normalize_address,
-    validate_intent,
+    identify_intent,
 )
 from sendonce.settings import Settings, TopicNames
 from streams.faults import AFTER_ACCEPT, AFTER_PENDING, AFTER_SENT, CrashPoints
@@ -248,11 +245,10 @@ class IntentProcessor:
         except CodecError as exc:
             raise BadIntent("undecodable", str(exc)) from exc
         try:
-            validate_intent(intent, max_body_bytes=self.settings.max_body_bytes)
-            key = idempotency_key_for(intent)
-            fingerprint = fingerprint_for(intent)
+            identity = identify_intent(intent, max_body_bytes=self.settings.max_body_bytes)
         except InvalidIntentError as exc:
             raise BadIntent("invalid_intent", str(exc)) from exc
+        key = identity.key
         key_bytes = key.value.encode()
         if record.key != key_bytes:
             raise BadIntent(
@@ -279,9 +275,9 @@ class IntentProcessor:
             tenant_id=intent["tenant_id"],
             source_event_id=intent["source_event_id"],
             action_type=intent["action_type"],
-            content_fingerprint=fingerprint,
+            content_fingerprint=identity.fingerprint,
             ref=ref,
-            sender=normalize_address(intent["sender"]),
+            sender=identity.sender,
         )
         return _Accepted(record, intent, facts)
 

@@ -7,10 +7,10 @@ the compacted changelog), and the local copy is never ahead of the changelog.
 
 from __future__ import annotations
 
-import contextlib
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
+
+from rocksdict import WriteBatch
 
 from streams.ledger import LedgerEntry, LedgerStatus
 
@@ -54,50 +54,24 @@ class MemoryLedgerStore:
                 yield partition, entry
 
 
-class _Message:
-    __slots__ = ("partition",)
-
-    def __init__(self, partition: int) -> None:
-        self.partition = partition
-
-
-class _PartitionEvent:
-    """Stands in for a Faust event so the RocksDB store picks ``partition``.
-
-    Faust's RocksDB store chooses the per-partition database from the *current
-    event*. Inside a batch taken with ``take_events`` that is the batch's last
-    event, not the one being handled, so each access names its partition
-    explicitly through this stand-in.
-    """
-
-    __slots__ = ("__weakref__", "message")
-
-    def __init__(self, partition: int) -> None:
-        self.message = _Message(partition)
-
-
-@contextlib.contextmanager
-def _partition_context(partition: int) -> Iterator[None]:
-    from faust.streams import _current_event
-
-    event = _PartitionEvent(partition)
-    token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
 class PartitionNotOwnedError(RuntimeError):
     """A write for a partition this worker does not own (or not yet, or no longer)."""
+
+
+class ChangelogWriter(Protocol):
+    """Writes one record to a partition and returns its offset once acknowledged."""
+
+    async def write(self, topic: str, key: bytes, value: bytes, partition: int) -> int:
+        """Produce with acks=all; the record's offset."""
+        ...
 
 
 class FaustTableBytes:
     """Durable per-partition bytes in a Faust table (raw key and value serializers).
 
     ``put`` writes the changelog record and awaits the broker's acknowledgement
-    (acks=all), then updates the local RocksDB copy, then records the changelog
-    offset the local copy holds. Faust's own ``send_changelog`` records that offset
+    (acks=all), then updates the local RocksDB copy and the changelog offset it holds,
+    in one atomic RocksDB write. Faust's own ``send_changelog`` records that offset
     in its send callback, before the local copy is written, and for any partition:
     the torture harness found a worker whose reconciler wrote to a partition it had
     just lost, which moved that partition's recorded offset past hundreds of records
@@ -106,37 +80,38 @@ class FaustTableBytes:
     the write and again before the local copy and offset are touched.
     """
 
-    def __init__(self, table: Any, owns: Callable[[int], bool] | None = None) -> None:
+    def __init__(
+        self,
+        table: Any,
+        writer: ChangelogWriter,
+        owns: Callable[[int], bool] | None = None,
+    ) -> None:
         self._table = table
+        self._writer = writer
         self._owns = owns
+        self._topic: str = table.changelog_topic.get_topic_name()
 
     def get(self, key: bytes, partition: int) -> bytes | None:
         """The local copy of ``key`` in ``partition``."""
-        with _partition_context(partition):
-            raw: bytes | None = self._table.data.get(key)
+        # Straight to the partition's database: Faust's store picks it from the
+        # *current event*, which inside a batch is the batch's last event.
+        raw: bytes | None = self._table.data._db_for_partition(partition).get(key)
         return raw
 
     async def put(self, key: bytes, value: bytes, partition: int) -> None:
         """Durable write: changelog acked first, then the local copy."""
         self._check(partition)
-        # Table assignment would only queue the changelog record (send_soon);
-        # the future resolves when the broker acknowledged it (acks=all). No
-        # callback: the offset is recorded below, after the local copy.
-        pending = self._table.changelog_topic.send_soon(
-            key=key,
-            value=value,
-            partition=partition,
-            key_serializer=self._table.key_serializer,
-            value_serializer=self._table.value_serializer,
-            eager_partitioning=True,
-        )
-        metadata = await pending
+        offset = await self._writer.write(self._topic, key, value, partition)
         # Ownership may have moved while the broker acknowledged: then the record
         # is the next owner's to read, and this worker's copy must not claim it.
         self._check(partition)
-        with _partition_context(partition):
-            self._table.data[key] = value
-        self._table.data.set_persisted_offset(metadata.topic_partition, metadata.offset)
+        # The value and the changelog offset it brings the copy to, in one atomic
+        # RocksDB write: the copy never claims an offset whose record it lacks.
+        store = self._table.data
+        batch = WriteBatch(raw_mode=True)
+        batch.put(key, value)
+        batch.put(store.offset_key, str(offset).encode())
+        store._db_for_partition(partition).write(batch)
 
     def _check(self, partition: int) -> None:
         if self._owns is not None and not self._owns(partition):
@@ -152,8 +127,10 @@ class FaustTableBytes:
 class FaustLedgerStore:
     """The ledger in a Faust table: RocksDB locally, a compacted changelog in Kafka."""
 
-    def __init__(self, table: Any, owns: Callable[[int], bool] | None = None) -> None:
-        self._bytes = FaustTableBytes(table, owns)
+    def __init__(
+        self, table: Any, writer: ChangelogWriter, owns: Callable[[int], bool] | None = None
+    ) -> None:
+        self._bytes = FaustTableBytes(table, writer, owns)
 
     def get(self, key: str, partition: int) -> LedgerEntry | None:
         """Read the local RocksDB copy of ``key`` in ``partition``."""

@@ -24,6 +24,7 @@ from sendonce.keys import (
     derive_key,
     fingerprint_for,
     idempotency_key_for,
+    identify_intent,
     mask_address,
     normalize_address,
     supplied_key,
@@ -440,6 +441,34 @@ def test_key_is_deterministic_and_well_formed(original: dict[str, Any]) -> None:
     assert IdempotencyKey.parse(str(key)) == key
 
 
+@given(intents())
+def test_identify_intent_equals_the_three_separate_calls(original: dict[str, Any]) -> None:
+    identity = identify_intent(original)
+    assert identity.key == idempotency_key_for(original)
+    assert identity.fingerprint == fingerprint_for(original)
+    assert identity.sender == normalize_address(original["sender"])
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"sender": "nobody"}, {"to": ["ok@example.com", 5]}, {"text_body": None}, {"tenant_id": None}],
+)
+def test_identify_intent_rejects_what_validate_intent_rejects(changes: dict[str, Any]) -> None:
+    with pytest.raises(InvalidIntentError) as separate:
+        validate_intent(intent(**changes))
+    with pytest.raises(InvalidIntentError) as combined:
+        identify_intent(intent(**changes))
+    assert str(combined.value) == str(separate.value)
+
+
+def test_a_cached_address_still_reports_its_own_field() -> None:
+    assert normalize_address("Ok@Example.com", field="to[0]") == "ok@example.com"
+    with pytest.raises(InvalidAddressError, match=r"^cc\[1\]: "):
+        normalize_address("nobody", field="cc[1]")
+    with pytest.raises(InvalidAddressError, match=r"^bcc\[0\]: "):
+        normalize_address("nobody", field="bcc[0]")
+
+
 @given(intents(), TENANTS, TENANTS)
 def test_two_tenants_never_share_a_key(base: dict[str, Any], first: str, second: str) -> None:
     assume(first != second)
@@ -481,3 +510,13 @@ def test_normalize_address_is_idempotent(address: str) -> None:
     once = normalize_address(address)
     assert normalize_address(once) == once
     assert normalize_address(f"  Name <{_shout(address)}> ") == once
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_the_ascii_fast_path_forbids_exactly_what_the_unicode_rule_forbids(text: str) -> None:
+    from sendonce import keys
+
+    by_category = any(
+        ch.isspace() or unicodedata.category(ch) in keys._FORBIDDEN_CATEGORIES for ch in text
+    )
+    assert keys._has_forbidden_char(text) == by_category

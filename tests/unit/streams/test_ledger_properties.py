@@ -10,12 +10,16 @@ definitively or not.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors.base import LookupResult, LookupStatus, SendOutcome, SendStatus
+from streams import ledger
 from streams.ledger import (
     CallProvider,
     Decision,
@@ -327,6 +331,30 @@ def test_entry_round_trips_through_bytes() -> None:
     assert LedgerEntry.from_bytes(entry.to_bytes()) == entry
 
 
+def _reference_bytes(entry: LedgerEntry) -> bytes:
+    """The serialisation to_bytes must keep: the dataclass tree as sorted compact JSON."""
+    data = dataclasses.asdict(entry)
+    data["status"] = entry.status.value
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    log=intent_logs(),
+    script=st.lists(answers, min_size=1, max_size=6),
+    definitive=st.booleans(),
+)
+def test_entry_bytes_are_the_sorted_json_of_the_entry(
+    log: list[IntentFacts], script: list[str], definitive: bool
+) -> None:
+    sim = Simulator(ProviderModel(script, definitive), set())
+    sim.run(log)
+    for entry in sim.durable.values():
+        raw = entry.to_bytes()
+        assert raw == _reference_bytes(entry)
+        assert LedgerEntry.from_bytes(raw) == entry
+
+
 def test_late_answer_for_old_attempt_is_ignored() -> None:
     intent = IntentFacts("t:k", "t", "e", "reply", "fp", IntentRef("i", 0, 0))
     first = decide(None, IntentArrived(intent, 1, "w"))
@@ -349,3 +377,14 @@ def test_ambiguous_proven_unsent_is_retried_within_budget_only() -> None:
     assert sim.results[-1].outcome is ResultOutcome.FAILED
     assert {r.outcome for r in sim.results[:-1]} == {ResultOutcome.AMBIGUOUS}
     assert not provider.delivered
+
+
+def test_fast_replace_equals_dataclasses_replace_and_rejects_unknown_fields() -> None:
+    sim = Simulator(ProviderModel(["accept"], True), set())
+    sim.run([IntentFacts("t:k", "t", "e", "reply", "fp", IntentRef("i", 3, 7))])
+    entry = sim.durable["t:k"]
+    changed = ledger.replace(entry, status=LedgerStatus.AMBIGUOUS, lookups=2)
+    assert changed == dataclasses.replace(entry, status=LedgerStatus.AMBIGUOUS, lookups=2)
+    assert entry.status is LedgerStatus.SENT, "the original is untouched"
+    with pytest.raises(TypeError, match="no field"):
+        ledger.replace(entry, stauts=LedgerStatus.SENT)

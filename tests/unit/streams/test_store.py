@@ -10,11 +10,15 @@ them: 20 keys already sent were sent again.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+from rocksdict import Options, Rdict
 
 from streams.store import FaustTableBytes, PartitionNotOwnedError
+
+OFFSET_KEY = b"__faust\0offset__"
 
 
 class Meta(NamedTuple):
@@ -23,69 +27,82 @@ class Meta(NamedTuple):
 
 
 class FakeData:
-    def __init__(self, log: list[str]) -> None:
-        self.log = log
-        self.values: dict[bytes, bytes] = {}
-        self.offsets: dict[tuple[str, int], int] = {}
+    """Faust's RocksDB store as FaustTableBytes uses it: real rocksdict databases."""
 
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        self.log.append("local")
-        self.values[key] = value
+    offset_key = OFFSET_KEY
 
-    def set_persisted_offset(self, tp: tuple[str, int], offset: int) -> None:
-        self.log.append("offset")
-        self.offsets[tp] = offset
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dbs: dict[int, Rdict] = {}
+
+    def _db_for_partition(self, partition: int) -> Rdict:
+        if partition not in self.dbs:
+            self.dbs[partition] = Rdict(
+                str(self.root / f"p{partition}"), options=Options(raw_mode=True)
+            )
+        return self.dbs[partition]
+
+    def local(self, partition: int) -> dict[bytes, bytes]:
+        return dict(self._db_for_partition(partition).items())
 
 
-class FakeChangelog:
+class FakeWriter:
+    """Stands in for the producer: records what was written and acknowledges it."""
+
     def __init__(self, log: list[str], on_ack: Any = None) -> None:
         self.log = log
         self.on_ack = on_ack
-        self.sent: list[tuple[bytes, int]] = []
+        self.sent: list[tuple[str, bytes, int]] = []
 
-    def send_soon(self, *, key: bytes, value: bytes, partition: int, **kw: Any) -> Any:
-        assert "callback" not in kw, "Faust's callback records the offset too early"
-        self.sent.append((key, partition))
+    async def write(self, topic: str, key: bytes, value: bytes, partition: int) -> int:
+        self.sent.append((topic, key, partition))
+        await asyncio.sleep(0)  # the broker's round trip: other coroutines may run
+        self.log.append("changelog")
+        if self.on_ack:
+            self.on_ack(partition)
+        return 41 + len(self.sent)
 
-        async def ack() -> Meta:
-            self.log.append("changelog")
-            if self.on_ack:
-                self.on_ack()
-            return Meta(("ledger-changelog", partition), 41 + len(self.sent))
 
-        return ack()
+class FakeChangelogTopic:
+    def get_topic_name(self) -> str:
+        return "ledger-changelog"
 
 
 class FakeTable:
-    key_serializer = "raw"
-    value_serializer = "raw"
-
-    def __init__(self, on_ack: Any = None) -> None:
+    def __init__(self, root: Path, on_ack: Any = None) -> None:
         self.log: list[str] = []
-        self.data = FakeData(self.log)
-        self.changelog_topic = FakeChangelog(self.log, on_ack)
+        self.data = FakeData(root)
+        self.changelog_topic = FakeChangelogTopic()
+        self.writer = FakeWriter(self.log, on_ack)
+
+    def bytes_store(self, owns: Any = None) -> FaustTableBytes:
+        return FaustTableBytes(self, self.writer, owns)
 
 
-def test_changelog_then_local_copy_then_offset() -> None:
-    table = FakeTable()
-    asyncio.run(FaustTableBytes(table, owns=lambda p: True).put(b"k", b"v", 3))
-    assert table.log == ["changelog", "local", "offset"]
-    assert table.data.offsets == {("ledger-changelog", 3): 42}
+def test_changelog_then_local_copy_and_offset_together(tmp_path: Path) -> None:
+    local_at_ack: list[dict[bytes, bytes]] = []
+    table = FakeTable(tmp_path, on_ack=lambda p: local_at_ack.append(table.data.local(p)))
+    asyncio.run(table.bytes_store(owns=lambda p: True).put(b"k", b"v", 3))
+    assert table.writer.sent == [("ledger-changelog", b"k", 3)]
+    assert local_at_ack == [{}], "the local copy was written before the changelog ack"
+    assert table.data.local(3) == {b"k": b"v", OFFSET_KEY: b"42"}
+    assert table.bytes_store().get(b"k", 3) == b"v"
+    assert table.bytes_store().get(b"k", 4) is None
 
 
-def test_no_write_for_a_partition_not_owned() -> None:
-    table = FakeTable()
-    store = FaustTableBytes(table, owns=lambda p: p != 0)
+def test_no_write_for_a_partition_not_owned(tmp_path: Path) -> None:
+    table = FakeTable(tmp_path)
+    store = table.bytes_store(owns=lambda p: p != 0)
     with pytest.raises(PartitionNotOwnedError):
         asyncio.run(store.put(b"k", b"v", 0))
-    assert table.changelog_topic.sent == [] and table.log == []
+    assert table.writer.sent == [] and table.log == []
 
 
-def test_partition_lost_while_the_broker_acknowledged() -> None:
+def test_partition_lost_while_the_broker_acknowledged(tmp_path: Path) -> None:
     owned = {0}
-    table = FakeTable(on_ack=lambda: owned.discard(0))
-    store = FaustTableBytes(table, owns=lambda p: p in owned)
+    table = FakeTable(tmp_path, on_ack=lambda p: owned.discard(0))
+    store = table.bytes_store(owns=lambda p: p in owned)
     with pytest.raises(PartitionNotOwnedError):
         asyncio.run(store.put(b"k", b"v", 0))
-    assert table.log == ["changelog"], "neither the local copy nor its offset moved"
-    assert table.data.offsets == {}
+    assert table.log == ["changelog"]
+    assert table.data.local(0) == {}, "neither the local copy nor its offset moved"
