@@ -45,7 +45,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from bench import profile, report
 from bench.memory import RestoreFigures, fill_ledger, measure_restore
-from bench.options import build_parser, selected
+from bench.options import BASELINE, build_parser, selected, with_baseline
 from bench.procs import Emulator, Proc, cpu_seconds, start, start_emulator, start_worker
 from bench.workload import (
     IntentProducer,
@@ -115,6 +115,10 @@ class Context:
 def run_benchmark(args: argparse.Namespace, progress: Progress = print) -> dict[str, Any]:
     """Run the benchmark ``args`` describe; returns the JSON report (also written to --out)."""
     configs, with_memory = selected(args.only)
+    if args.baseline is not None:
+        if not (args.baseline / "streams" / "app.py").is_file():
+            raise SystemExit(f"--baseline {args.baseline}: not a sendonce checkout")
+        configs = with_baseline(configs)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     ensure_jars()
@@ -181,7 +185,10 @@ def run_config(ctx: Context, config: str, rnd: int) -> RunResult:
     """Start ``config``'s processes on fresh topics, warm up, measure a burst and a paced phase."""
     args = ctx.args
     result = RunResult(config, rnd)
-    settings = bench_settings(ctx.bootstrap, config, ctx.work, args.partitions)
+    # Topic names may not hold '@'.
+    settings = bench_settings(
+        ctx.bootstrap, config.replace(BASELINE, "-before"), ctx.work, args.partitions
+    )
     run_dir = ctx.work / f"{config}-r{rnd}"
     create_bench_topics(settings)
     collector = ResultCollector(settings)
@@ -189,10 +196,21 @@ def run_config(ctx: Context, config: str, rnd: int) -> RunResult:
     emulator: Emulator | None = None
     try:
         if config.startswith("sendonce-graph-"):
-            latency = float(config.removeprefix("sendonce-graph-").removesuffix("ms"))
+            latency = float(
+                config.removesuffix(BASELINE).removeprefix("sendonce-graph-").removesuffix("ms")
+            )
             emulator = start_emulator(ctx.work, latency, run_dir / "graph-emulator.log")
             procs.append(emulator.proc)
-        main = _start(config, settings, run_dir, emulator, args.mailboxes, dict(args.worker_env))
+        root = args.baseline if config.endswith(BASELINE) else None
+        main = _start(
+            config.removesuffix(BASELINE),
+            settings,
+            run_dir,
+            emulator,
+            args.mailboxes,
+            dict(args.worker_env),
+            root,
+        )
         procs.insert(0, main)
 
         def alive() -> bool:
@@ -248,7 +266,7 @@ def run_config(ctx: Context, config: str, rnd: int) -> RunResult:
         result.paced = phase_timings(
             paced_records, paced.created_ms, collector, settings.topics.results_sent
         )
-        if config == "sendonce-null":
+        if config.removesuffix(BASELINE) == "sendonce-null":
             _provider_latencies(result, settings, paced_records, paced.created_ms, collector)
         memory = main.memory_kb()
         if "VmRSS" in memory:
@@ -272,6 +290,7 @@ def _start(
     emulator: Emulator | None,
     mailboxes: int,
     extra_env: dict[str, str],
+    root: Path | None = None,
 ) -> Proc:
     topics = settings.topics
     common = [
@@ -291,7 +310,7 @@ def _start(
         db = settings.data_dir / "ledger.sqlite"
         return start(config, ["-m", "bench.naive", *common, "--db", str(db)], {}, log)
     if config == "sendonce-null":
-        return start_worker(settings, log, **{**extra_env, "SENDONCE_PROVIDER": "null"})
+        return start_worker(settings, log, root, **{**extra_env, "SENDONCE_PROVIDER": "null"})
     assert emulator is not None
     env = {
         **emulator.worker_env(GRAPH_MAILBOX_CONCURRENCY),
@@ -299,7 +318,7 @@ def _start(
         # would cap a worker at 64 / latency sends per second.
         "SENDONCE_SEND_CONCURRENCY": str(mailboxes * GRAPH_MAILBOX_CONCURRENCY),
     }
-    return start_worker(settings, log, **{**env, **extra_env})
+    return start_worker(settings, log, root, **{**env, **extra_env})
 
 
 def _keep_logs(ctx: Context, run_dir: Path, *, failed: bool) -> None:
@@ -418,6 +437,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append(f"--only {','.join(args.only)}")
     if args.bootstrap:
         parts.append(f"--bootstrap {args.bootstrap}")
+    if args.baseline:
+        parts.append(f"--baseline {args.baseline}")
     parts += [f"--worker-env {name}={value}" for name, value in args.worker_env]
     if args.profile:
         parts.append("--profile")

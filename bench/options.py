@@ -127,6 +127,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="use this running broker (host:port) instead of starting a local one",
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="CHECKOUT",
+        help="also run each selected sendonce configuration on the code of this checkout "
+        "(e.g. `git worktree add /tmp/before <rev>`), interleaved in the same rounds, as "
+        "CONFIG@baseline: before/after figures from one run",
+    )
+    parser.add_argument(
         "--worker-env",
         action="append",
         default=[],
@@ -159,6 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(parser)
     return parser
+
+
+BASELINE = "@baseline"
+
+
+def with_baseline(configs: list[str]) -> list[str]:
+    """``configs`` with ``CONFIG@baseline`` after each sendonce configuration."""
+    out: list[str] = []
+    for config in configs:
+        out.append(config)
+        if config.startswith("sendonce"):
+            out.append(config + BASELINE)
+    return out
 
 
 def selected(only: list[str] | None) -> tuple[list[str], bool]:

@@ -77,21 +77,34 @@ class Proc:
 _ROOT = Path(__file__).resolve().parent.parent
 
 
-def child_env(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` (default: ours) with the checkout first on ``PYTHONPATH``."""
+def child_env(env: Mapping[str, str], root: Path | None = None) -> dict[str, str]:
+    """``env`` (default: ours) with the checkout (or ``root``) first on ``PYTHONPATH``."""
     merged = {**os.environ, **env}
     path = merged.get("PYTHONPATH")
-    merged["PYTHONPATH"] = f"{_ROOT}{os.pathsep}{path}" if path else str(_ROOT)
+    first = root or _ROOT
+    merged["PYTHONPATH"] = f"{first}{os.pathsep}{path}" if path else str(first)
     return merged
 
 
-def start(name: str, argv: list[str], env: Mapping[str, str], log_path: Path) -> Proc:
-    """Start ``python argv...`` with our environment plus ``env``, output to ``log_path``."""
+def start(
+    name: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    log_path: Path,
+    root: Path | None = None,
+) -> Proc:
+    """Start ``python argv...`` with our environment plus ``env``, output to ``log_path``.
+
+    ``root``: run the code of that checkout instead of this one (``--baseline``).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         # The child keeps its own copy of the descriptor.
         process = subprocess.Popen(
-            [sys.executable, *argv], env=child_env(env), stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, *argv],
+            env=child_env(env, root),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     return Proc(name, process, log_path)
 
@@ -115,10 +128,16 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     return {**settings.to_env(), "SENDONCE_WORKER_ID": "bench-worker", **extra}
 
 
-def start_worker(settings: Settings, log_path: Path, **extra_env: str) -> Proc:
-    """A ``sendonce worker`` process for ``settings``."""
+def start_worker(
+    settings: Settings, log_path: Path, root: Path | None = None, **extra_env: str
+) -> Proc:
+    """A ``sendonce worker`` process for ``settings`` (of the checkout ``root`` if given)."""
     return start(
-        "worker", ["-m", "sendonce.cli", "worker"], worker_env(settings, **extra_env), log_path
+        "worker",
+        ["-m", "sendonce.cli", "worker"],
+        worker_env(settings, **extra_env),
+        log_path,
+        root,
     )
 
 

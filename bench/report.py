@@ -7,7 +7,7 @@ import math
 import os
 import platform
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,11 +114,22 @@ def _summary(config: str, runs: Sequence[RunResult]) -> dict[str, Any]:
     return summary
 
 
-def _ratios(runs: Sequence[RunResult], config: str, base: str) -> float | None:
-    """Median over rounds of this round's rate / the base's rate in the same round."""
-    rates: dict[tuple[str, int], float] = {
-        (r.config, r.round): r.burst.rate for r in runs if r.burst is not None
-    }
+def _burst_rate(run: RunResult) -> float | None:
+    return run.burst.rate if run.burst is not None else None
+
+
+def _ratios(
+    runs: Sequence[RunResult],
+    config: str,
+    base: str,
+    figure: Callable[[RunResult], float | None] = _burst_rate,
+) -> float | None:
+    """Median over rounds of this round's figure / the base's figure in the same round."""
+    rates: dict[tuple[str, int], float] = {}
+    for r in runs:
+        value = figure(r)
+        if value is not None:
+            rates[(r.config, r.round)] = value
     ratios = [
         rate / rates[(base, rnd)]
         for (name, rnd), rate in rates.items()
@@ -154,6 +165,11 @@ def build(
         summary = _summary(config, runs)
         summary["x_ceiling"] = _ratios(runs, config, "ceiling")
         summary["x_naive"] = _ratios(runs, config, "naive")
+        if f"{config}@baseline" in configs:
+            summary["x_baseline"] = _ratios(runs, config, f"{config}@baseline")
+            summary["x_baseline_per_core"] = _ratios(
+                runs, config, f"{config}@baseline", per_core_second
+            )
         summaries[config] = summary
     doc: dict[str, Any] = {
         "command": command,
@@ -312,6 +328,16 @@ def render(doc: dict[str, Any]) -> str:
             f"{_fmt(s['latency']['p50_ms'], 1):>8}{_fmt(s['latency']['p99_ms'], 1):>8}"
             f"{s['not_sent']:>10}"
         )
+    compared = [(n, s) for n, s in doc["configs"].items() if s.get("x_baseline") is not None]
+    if compared:
+        lines.append(
+            "\nagainst the baseline checkout (median over rounds of the same round's ratio):"
+        )
+        for name, s in compared:
+            lines.append(
+                f"  {name:<22}x{_fmt(s['x_baseline'], 2)} intents/s, "
+                f"x{_fmt(s.get('x_baseline_per_core'), 2)} intents per worker core-second"
+            )
     lines.append("\nCPU during the burst (cores; median over rounds):")
     for name, s in doc["configs"].items():
         per_core = s.get("intents_per_core_s")

@@ -150,6 +150,10 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     ),
     "worker_id": ("SENDONCE_WORKER_ID", "Name recorded in ledger attempts (default host-pid)."),
     "batch_size": ("SENDONCE_BATCH_SIZE", "Intents taken per batch by the worker."),
+    "batches_in_flight": (
+        "SENDONCE_BATCHES_IN_FLIGHT",
+        "Batches a worker lane runs at once (the next is decided while one awaits Kafka).",
+    ),
     "batch_within_s": (
         "SENDONCE_BATCH_WITHIN_S",
         "Seconds the worker waits to fill a batch before processing it.",
@@ -218,6 +222,24 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "session_timeout_s": (
         "SENDONCE_SESSION_TIMEOUT_S",
         "Consumer group session timeout: how long a dead worker keeps its partitions.",
+    ),
+    "rocksdb_block_cache_mb": (
+        "SENDONCE_ROCKSDB_BLOCK_CACHE_MB",
+        "RocksDB block cache (MiB) shared by every table partition of the worker; "
+        "also holds index and filter blocks.",
+    ),
+    "rocksdb_write_buffer_mb": (
+        "SENDONCE_ROCKSDB_WRITE_BUFFER_MB",
+        "Size (MiB) of one RocksDB memtable of one table partition.",
+    ),
+    "rocksdb_max_write_buffers": (
+        "SENDONCE_ROCKSDB_MAX_WRITE_BUFFERS",
+        "Memtables per table partition (one written, the others flushing); at least 2.",
+    ),
+    "bulk_restore": (
+        "SENDONCE_BULK_RESTORE",
+        "`true`: newly assigned table partitions are caught up from their changelogs in "
+        "bulk before Faust's recovery; `false`: Faust's recovery alone.",
     ),
     "receiver_host": ("SENDONCE_RECEIVER_HOST", "Address the webhook receiver listens on."),
     "receiver_port": ("SENDONCE_RECEIVER_PORT", "Port of the webhook receiver (0: a free port)."),
@@ -296,6 +318,7 @@ class Settings:
     worker_id: str = field(default_factory=_default_worker_id)
     batch_size: int = 500
     batch_within_s: float = 0.05
+    batches_in_flight: int = 2
     defer_after_s: float = 2.0
     send_concurrency: int = 64
     producer_linger_ms: float = 5.0
@@ -313,6 +336,10 @@ class Settings:
     reconcile_tick_s: float = 1.0
     standby_replicas: int = 1
     session_timeout_s: float = 30.0
+    rocksdb_block_cache_mb: int = 64
+    rocksdb_write_buffer_mb: int = 4
+    rocksdb_max_write_buffers: int = 2
+    bulk_restore: bool = True
     receiver_host: str = "127.0.0.1"
     receiver_port: int = 8080
     receiver_max_body_bytes: int = 1024 * 1024
@@ -368,6 +395,15 @@ class Settings:
                 "SENDONCE_BATCH_SIZE, SENDONCE_SEND_CONCURRENCY and "
                 "SENDONCE_RETRY_MAX_ATTEMPTS must be at least 1"
             )
+        if self.batches_in_flight < 1:
+            raise SettingsError("SENDONCE_BATCHES_IN_FLIGHT must be at least 1")
+        if self.rocksdb_block_cache_mb < 1 or self.rocksdb_write_buffer_mb < 1:
+            raise SettingsError(
+                "SENDONCE_ROCKSDB_BLOCK_CACHE_MB and SENDONCE_ROCKSDB_WRITE_BUFFER_MB "
+                "must be at least 1"
+            )
+        if self.rocksdb_max_write_buffers < 2:
+            raise SettingsError("SENDONCE_ROCKSDB_MAX_WRITE_BUFFERS must be at least 2")
         if self.producer_linger_ms < 0:
             raise SettingsError("SENDONCE_PRODUCER_LINGER_MS must not be negative")
         if not 0 <= self.fetch_max_wait_ms <= 1500:

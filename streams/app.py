@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from streams.fetcher import KafkaForwardedLookup, KafkaPartitionReader, KafkaRec
 from streams.offsets import HoleMender, Lane, LaneOffsets, Partition
 from streams.processor import ConsumedRecord, IntentProcessor
 from streams.producer import DurableProducer
+from streams.restore import STORE_URL, BulkRestoreTableManager, table_options
 from streams.store import FaustLedgerStore, FaustTableBytes, PartitionNotOwnedError
 from streams.webhooks import SightingProcessor, WebhookFault
 
@@ -121,7 +122,8 @@ def build_worker_app(
     app = faust.App(
         settings.app_id,
         broker=broker_url(settings.bootstrap_servers),
-        store="rocksdb://",
+        # Faust's RocksDB store with a shared block cache (streams.restore).
+        store=STORE_URL,
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
@@ -136,6 +138,8 @@ def build_worker_app(
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         processing_guarantee="at_least_once",
         web_enabled=False,
+        # Its recovery catches new table partitions up in bulk (streams.restore).
+        TableManager=BulkRestoreTableManager,
         autodiscover=False,
     )
     intents = app.topic(settings.topics.intents, partitions=settings.partitions, **_SOURCE)
@@ -170,7 +174,7 @@ def build_worker_app(
         value_type=bytes,
         partitions=settings.partitions,
         schema=faust.Schema(**_RAW),
-        options={"driver": "rocksdict"},
+        options=table_options(settings),
         on_recover=rebuild_reconcile_index,
     )
     producer = DurableProducer(
@@ -216,8 +220,7 @@ def build_worker_app(
 
     async def _run_lane(stream: Any, lane: Lane) -> None:
         try:
-            async for stats in offsets.run(stream, lane):
-                log.debug("batch done: %s", stats)
+            await offsets.run(stream, lane, lambda stats: log.debug("batch done: %s", stats))
         finally:
             await provider_.close()
             fetcher.close()
@@ -281,35 +284,69 @@ class _SourceOffsets:
         owned = self._assigned()
         return [r for r in records if TP(r.topic, r.partition) in owned]
 
-    async def run(self, stream: Any, lane: Lane) -> AsyncIterator[Any]:
-        """Process ``stream`` batch by batch through ``lane``; yield each batch's stats.
+    async def run(self, stream: Any, lane: Lane, report: Callable[[Any], None]) -> None:
+        """Process ``stream`` batch by batch through ``lane``; ``report`` each batch's stats.
 
-        A batch counts as finished (and its offsets may be committed) only after
-        every effect is durable; a batch is acked to Faust only after the caller
-        took its stats (:func:`acked_batches`).
+        A batch counts as finished (and its offsets may be committed) only after every
+        effect is durable. Up to ``batches_in_flight`` batches run at once, so the next
+        batch is decided while the previous one waits for the broker's acknowledgements;
+        a batch sharing a key with one still running waits for it first, so the intents
+        of one key are still decided in order.
         """
-        async for events in acked_batches(stream, self._settings):
-            records = self.admit([_record(e) for e in events])
-            if not records:
-                continue
-            try:
-                async with lane.running():
-                    stats = await lane.process(records)
-                    await self.finished(records)
-            except PartitionNotOwnedError:
-                # A rebalance moved a partition of this batch away mid-batch:
-                # nothing of it is committed, and its new owner reads it again.
-                log.info("%s: batch abandoned, a partition moved to another worker", lane.name)
-                continue
-            except Exception as exc:
-                # Bad input never gets here (it is dead-lettered); this is the
-                # broker or the disk failing. Stop the worker without acking the
-                # batch: its records are redelivered to the next owner and the
-                # ledger makes the repeat harmless.
-                log.critical("%s: batch failed, stopping worker: %s", lane.name, type(exc).__name__)
-                await self._app.crash(exc)
-                raise
-            yield stats
+        depth = self._settings.batches_in_flight
+        running: list[tuple[asyncio.Task[Any], frozenset[bytes | None]]] = []
+        try:
+            async for events in acked_batches(stream, self._settings):
+                records = self.admit([_record(e) for e in events])
+                if not records:
+                    continue
+                keys = frozenset(r.key for r in records)
+                earlier = [task for task, held in running if not held.isdisjoint(keys)]
+                # No await between the admission check and this: see Lane.enter.
+                lane.enter()
+                task = asyncio.ensure_future(self._batch(lane, records, earlier, report))
+                running.append((task, keys))
+                await _reap(running, block=len(running) >= depth)
+            while running:
+                await _reap(running, block=True)
+        finally:
+            # Stopping (or a batch failed): nothing of the unfinished batches is
+            # committed; the partitions' next owner processes them again.
+            for task, _ in running:
+                task.cancel()
+            if running:
+                await asyncio.wait([task for task, _ in running])
+
+    async def _batch(
+        self,
+        lane: Lane,
+        records: list[ConsumedRecord],
+        earlier: list[asyncio.Task[Any]],
+        report: Callable[[Any], None],
+    ) -> None:
+        """One admitted batch: process, mark finished, report its stats."""
+        try:
+            if earlier:
+                await asyncio.wait(earlier)
+            stats = await lane.process(records)
+            await self.finished(records)
+            report(stats)
+        except PartitionNotOwnedError:
+            # A rebalance moved a partition of this batch away mid-batch:
+            # nothing of it is committed, and its new owner reads it again.
+            log.info("%s: batch abandoned, a partition moved to another worker", lane.name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Bad input never gets here (it is dead-lettered); this is the
+            # broker or the disk failing. Stop the worker without committing the
+            # batch: its records are redelivered to the next owner and the
+            # ledger makes the repeat harmless.
+            log.critical("%s: batch failed, stopping worker: %s", lane.name, type(exc).__name__)
+            await self._app.crash(exc)
+            raise
+        finally:
+            lane.leave()
 
     def writable(self, topic: str, partition: int) -> bool:
         """Whether table writes for ``partition`` are allowed: owned and recovered.
@@ -368,12 +405,8 @@ class _SourceOffsets:
             # lane's batch in flight here. Otherwise the next owner could process a
             # key while this worker is still between its PENDING write and its send.
             for lane in self._lanes:
-                try:
-                    await asyncio.wait_for(lane.lock.acquire(), timeout=REVOKE_WAIT_S)
-                except TimeoutError:
+                if not await lane.wait_idle(REVOKE_WAIT_S):
                     log.warning("%s: batch still running after %.0fs", lane.name, REVOKE_WAIT_S)
-                    continue
-                lane.lock.release()
             # From here until the tables are recovered for the next assignment,
             # nothing writes to them (see FaustTableBytes).
             for name in self._tables:
@@ -442,7 +475,7 @@ def _add_webhook_dedupe(
         partitions=settings.partitions,
         schema=faust.Schema(**_RAW),
         changelog_topic=changelog,
-        options={"driver": "rocksdict"},
+        options=table_options(settings),
         on_recover=lambda: _recovered(offsets, "sightings"),
     )
     offsets.table("sightings")
@@ -462,20 +495,34 @@ def _add_webhook_dedupe(
 
     lane = offsets.lane("webhooks", settings.topics.webhooks_raw, processor.process_batch)
 
+    def report(stats: Any) -> None:
+        if stats.replays:
+            log.info(
+                "webhooks: %d forwarded, %d replays dropped (%d in total)",
+                stats.forwarded,
+                stats.replays,
+                processor.replays_total,
+            )
+
     async def dedupe_webhooks(stream: Any) -> None:
         try:
-            async for stats in offsets.run(stream, lane):
-                if stats.replays:
-                    log.info(
-                        "webhooks: %d forwarded, %d replays dropped (%d in total)",
-                        stats.forwarded,
-                        stats.replays,
-                        processor.replays_total,
-                    )
+            await offsets.run(stream, lane, report)
         finally:
             lookup.close()
 
     app.agent(raw, name="sendonce.webhooks", concurrency=1)(dedupe_webhooks)
+
+
+async def _reap(running: list[tuple[asyncio.Task[Any], Any]], *, block: bool) -> None:
+    """Take the finished batches off ``running``; with ``block``, first wait until one
+    finishes. A batch that failed raises here, at once, whichever batch started first."""
+    if block and not any(task.done() for task, _ in running):
+        await asyncio.wait([task for task, _ in running], return_when=asyncio.FIRST_COMPLETED)
+    finished = [item for item in running if item[0].done()]
+    for item in finished:
+        running.remove(item)
+    for task, _ in finished:
+        task.result()
 
 
 async def _recovered(offsets: _SourceOffsets, table: str) -> None:

@@ -182,21 +182,47 @@ class Lane:
     topic: str
     process: Callable[[list[ConsumedRecord]], Awaitable[Any]]
     clock: Clock = time.monotonic
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     idle_since: float | None = None
+    #: Batches running now (see :meth:`enter`).
+    in_flight: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.idle_since = self.clock()
+        self._idle.set()
+
+    def enter(self) -> None:
+        """A batch starts. Synchronous on purpose: called right after the batch was
+        admitted (owned partitions, no rebalance), with no await in between, so a
+        rebalance either sees the batch running and waits for it, or came first and
+        the batch was not admitted."""
+        self.in_flight += 1
+        self.idle_since = None
+        self._idle.clear()
+
+    def leave(self) -> None:
+        """A batch finished (or failed)."""
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle_since = self.clock()
+            self._idle.set()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """Hold the lane for one batch: batches of a lane never overlap."""
-        async with self.lock:
-            self.idle_since = None
-            try:
-                yield
-            finally:
-                self.idle_since = self.clock()
+        """Count one batch as running for its duration."""
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no batch runs; False if ``timeout`` seconds passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def idle_for(self) -> float:
         """Seconds since the lane last finished a batch (0 while one runs)."""

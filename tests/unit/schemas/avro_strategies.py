@@ -47,10 +47,15 @@ class _Builder:
             return st.dictionaries(
                 st.text(max_size=12), self.strategy(node["values"], namespace), max_size=4
             )
-        if kind == "enum":
-            return st.sampled_from(node["symbols"])
-        if kind == "fixed":
-            return st.binary(min_size=node["size"], max_size=node["size"])
+        if kind in ("enum", "fixed"):
+            full = _full_name(node["name"], node.get("namespace", namespace))
+            named: st.SearchStrategy[Any] = (
+                st.sampled_from(node["symbols"])
+                if kind == "enum"
+                else st.binary(min_size=node["size"], max_size=node["size"])
+            )
+            self.named[full] = named
+            return named
         if kind == "record":
             full = _full_name(node["name"], node.get("namespace", namespace))
             inner = full.rpartition(".")[0] or None
