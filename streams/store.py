@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from faust.types import TP
 from rocksdict import WriteBatch
 
 from streams.ledger import LedgerEntry, LedgerStatus
@@ -117,11 +118,20 @@ class FaustTableBytes:
         if self._owns is not None and not self._owns(partition):
             raise PartitionNotOwnedError(f"partition {partition} is not owned by this worker")
 
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every key and value of the active partitions (a RocksDB scan)."""
-        for key, value in self._table.data._iteritems():
-            if value is not None:
-                yield key, value
+    def values_by_partition(self) -> Iterator[tuple[int, bytes]]:
+        """Every value held for an active partition, with the partition (a RocksDB scan).
+
+        Straight over each active partition's database: Faust's item iterator costs
+        about four times as much per entry, which with a 10M-key ledger was half a
+        minute of every recovery. (The changelog offset Faust keeps among the values
+        is a bare number; callers filter values by content.)
+        """
+        store = self._table.data
+        actives = store.app.assignor.assigned_actives()
+        for partition, db in list(store._dbs.items()):
+            if TP(self._topic, partition) in actives:
+                for value in db.values():
+                    yield partition, value
 
 
 class FaustLedgerStore:
@@ -148,9 +158,7 @@ class FaustLedgerStore:
         before decoding, so the scan costs a RocksDB iteration, not a JSON
         decode per key.
         """
-        from streams.processor import partition_for_key
-
         marker = b'"status":"AMBIGUOUS"'
-        for key, value in self._bytes.items():
+        for partition, value in self._bytes.values_by_partition():
             if marker in value:
-                yield partition_for_key(key, partitions), LedgerEntry.from_bytes(value)
+                yield partition, LedgerEntry.from_bytes(value)

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+from faust.types import TP
 from rocksdict import Options, Rdict
 
-from streams.store import FaustTableBytes, PartitionNotOwnedError
+from streams.ledger import IntentRef, LedgerEntry, LedgerStatus
+from streams.store import FaustLedgerStore, FaustTableBytes, PartitionNotOwnedError
 
 OFFSET_KEY = b"__faust\0offset__"
 
@@ -33,17 +35,31 @@ class FakeData:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.dbs: dict[int, Rdict] = {}
+        self._dbs: dict[int, Rdict] = {}
+        self.app = FakeApp()
 
     def _db_for_partition(self, partition: int) -> Rdict:
-        if partition not in self.dbs:
-            self.dbs[partition] = Rdict(
+        if partition not in self._dbs:
+            self._dbs[partition] = Rdict(
                 str(self.root / f"p{partition}"), options=Options(raw_mode=True)
             )
-        return self.dbs[partition]
+        return self._dbs[partition]
 
     def local(self, partition: int) -> dict[bytes, bytes]:
         return dict(self._db_for_partition(partition).items())
+
+
+class FakeAssignor:
+    def __init__(self) -> None:
+        self.actives: set[TP] = set()
+
+    def assigned_actives(self) -> set[TP]:
+        return set(self.actives)
+
+
+class FakeApp:
+    def __init__(self) -> None:
+        self.assignor = FakeAssignor()
 
 
 class FakeWriter:
@@ -106,3 +122,36 @@ def test_partition_lost_while_the_broker_acknowledged(tmp_path: Path) -> None:
         asyncio.run(store.put(b"k", b"v", 0))
     assert table.log == ["changelog"]
     assert table.data.local(0) == {}, "neither the local copy nor its offset moved"
+
+
+def _entry(key: str, status: LedgerStatus) -> LedgerEntry:
+    return LedgerEntry(
+        key=key,
+        status=status,
+        content_fingerprint="f",
+        tenant_id="t",
+        source_event_id="e",
+        action_type="a",
+        origin=IntentRef("intents", 0, 1),
+        attempt_id="x",
+        attempt_count=1,
+        worker="w",
+        created_at_ms=1,
+        updated_at_ms=1,
+    )
+
+
+def test_the_ambiguous_scan_reads_active_partitions_only_and_names_them(tmp_path: Path) -> None:
+    table = FakeTable(tmp_path)
+    ledger = FaustLedgerStore(table, table.writer)
+    entries = {
+        ("t:a", 1): LedgerStatus.AMBIGUOUS,
+        ("t:b", 1): LedgerStatus.SENT,
+        ("t:c", 2): LedgerStatus.AMBIGUOUS,
+        ("t:d", 3): LedgerStatus.AMBIGUOUS,  # a partition no longer assigned
+    }
+    for (key, partition), status in entries.items():
+        asyncio.run(ledger.put(_entry(key, status), partition))
+    table.data.app.assignor.actives = {TP("ledger-changelog", 1), TP("ledger-changelog", 2)}
+    found = sorted((p, e.key) for p, e in ledger.ambiguous_entries(12))
+    assert found == [(1, "t:a"), (2, "t:c")]

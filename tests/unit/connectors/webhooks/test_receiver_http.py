@@ -307,8 +307,17 @@ def test_no_secret_token_or_body_reaches_the_logs(caplog: pytest.LogCaptureFixtu
         bad = signed_headers(body, key=b"wrong-key")
         await client.post("/webhooks/billing", data=body, headers=bad)
 
-    with caplog.at_level(logging.DEBUG):
-        run(scenario)
+    # Another test (or the receiver's CLI) may have left the "sendonce" logger at INFO,
+    # which dropped the receiver's DEBUG lines when only the root level was lowered:
+    # the level is set on the receiver's own logger (the parent's INFO stays, on purpose).
+    parent = logging.getLogger("sendonce")
+    before = parent.level
+    parent.setLevel(logging.INFO)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="sendonce.receiver"):
+            run(scenario)
+    finally:
+        parent.setLevel(before)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "-> 403" in text and "-> 503" in text, "the requests were not logged at all"
     for sensitive in (STATE, token, BODY_MARKER, SIGNING_KEY.decode(), "v1,"):
