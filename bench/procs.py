@@ -100,9 +100,13 @@ def start(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         # The child keeps its own copy of the descriptor.
+        # In the checkout's own directory: `python -m` puts the working directory
+        # first on sys.path, ahead of PYTHONPATH, so a baseline started from this
+        # checkout's directory would silently run this checkout's code.
         process = subprocess.Popen(
             [sys.executable, *argv],
             env=child_env(env, root),
+            cwd=root or _ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
