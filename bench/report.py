@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import statistics
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -400,12 +401,16 @@ def draw(doc: dict[str, Any], path: Path) -> None:
 
     configs = doc["configs"]
     names = list(configs)
+    # Short axis labels: the baseline's runs sit beside their configuration.
+    labels = [n.replace("sendonce-", "").replace("@baseline", "\n(before)") for n in names]
     sizes = doc["memory"]["sizes"]
     panels = 3 if sizes else 2
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 5.5))
     ax = axes[0]
     medians = [configs[n]["intents_per_s"]["median"] or 0 for n in names]
-    ax.bar(names, medians, color="#4c72b0")
+    ax.bar(range(len(names)), medians, color="#4c72b0")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
     for i, n in enumerate(names):
         per_round = configs[n]["intents_per_s"]["per_round"]
         ax.scatter([i] * len(per_round), per_round, color="black", s=12, zorder=3)
@@ -414,7 +419,6 @@ def draw(doc: dict[str, Any], path: Path) -> None:
     ax.yaxis.set_major_formatter(plain)
     ax.set_ylabel("intents/s (burst; bar = median, dots = rounds)")
     ax.set_title("Throughput per worker")
-    ax.tick_params(axis="x", rotation=30)
 
     ax = axes[1]
     width = 0.27
@@ -431,7 +435,13 @@ def draw(doc: dict[str, Any], path: Path) -> None:
         )
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(
-        [f"{n}\n@{_fmt(configs[n]['latency']['offered_per_s'])}/s" for n in names], rotation=30
+        [
+            f"{label} @{_fmt(configs[n]['latency']['offered_per_s'])}/s"
+            for label, n in zip(labels, names, strict=True)
+        ],
+        rotation=45,
+        ha="right",
+        fontsize=8,
     )
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(plain)
@@ -441,7 +451,7 @@ def draw(doc: dict[str, Any], path: Path) -> None:
 
     if sizes:
         ax = axes[2]
-        labels = [f"{m['keys'] / 1e6:g}M keys" for m in sizes]
+        keys = [f"{m['keys'] / 1e6:g}M keys" for m in sizes]
         xs = range(len(sizes))
         ax.bar([x - 0.2 for x in xs], [m["rss_mb"] or 0 for m in sizes], 0.4, label="RSS MB")
         ax.bar(
@@ -452,16 +462,15 @@ def draw(doc: dict[str, Any], path: Path) -> None:
         ax.set_xticklabels(
             [
                 f"{label}\nrestore {_fmt(m['restore_keys_per_s'])} keys/s"
-                for label, m in zip(labels, sizes, strict=True)
+                for label, m in zip(keys, sizes, strict=True)
             ]
         )
         ax.yaxis.set_major_formatter(plain)
         ax.set_ylabel("MB")
         ax.set_title("Worker memory after restore")
         ax.legend()
-    fig.suptitle(
-        f"sendonce benchmark ({doc['machine']['cpus']} CPUs): {doc['command']}", fontsize=8
-    )
+    command = textwrap.fill(doc["command"], width=60 * panels)
+    fig.suptitle(f"sendonce benchmark ({doc['machine']['cpus']} CPUs): {command}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
