@@ -75,7 +75,10 @@ class DurableProducer:
             "compression.type": "none",
             **(extra or {}),
         }
-        self._producer = Producer(config)
+        # The librdkafka client (and its connections) starts with the first send:
+        # building a worker app must not open connections it may never use.
+        self._config = config
+        self._producer: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -94,7 +97,7 @@ class DurableProducer:
     ) -> Delivered:
         """Produce one record; returns once the broker acknowledged it."""
         loop = asyncio.get_running_loop()
-        self._start(loop)
+        producer = self._start(loop)
         future: asyncio.Future[Delivered] = loop.create_future()
 
         def delivered(error: Any, message: Any) -> None:
@@ -107,7 +110,7 @@ class DurableProducer:
             kwargs["headers"] = list(headers)
         while True:
             try:
-                self._producer.produce(topic, **kwargs)
+                producer.produce(topic, **kwargs)
                 break
             except BufferError:
                 # librdkafka's queue is full: wait for deliveries to drain it.
@@ -128,22 +131,24 @@ class DurableProducer:
         """A result or dead letter (:class:`streams.processor.Sink`), partitioned by key."""
         await self.send(topic, key, value, headers=headers)
 
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _start(self, loop: asyncio.AbstractEventLoop) -> Any:
         if self._thread is not None:
             if loop is not self._loop:
                 raise RuntimeError("DurableProducer is bound to another event loop")
-            return
+            return self._producer
         self._loop = loop
+        self._producer = Producer(self._config)
         self._thread = threading.Thread(
-            target=self._poll, name="sendonce-producer-poll", daemon=True
+            target=self._poll, args=(self._producer,), name="sendonce-producer-poll", daemon=True
         )
         self._thread.start()
+        return self._producer
 
-    def _poll(self) -> None:
+    def _poll(self, producer: Any) -> None:
         loop = self._loop
         assert loop is not None
         while not self._stopping.is_set():
-            self._producer.poll(POLL_S)
+            producer.poll(POLL_S)
             if self._reports:
                 reports, self._reports = self._reports, []
                 try:
@@ -156,7 +161,8 @@ class DurableProducer:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=timeout)
-        self._producer.flush(timeout)
+        if self._producer is not None:
+            self._producer.flush(timeout)
 
 
 def _resolve(reports: list[tuple[asyncio.Future[Delivered], str, Any, int, int]]) -> None:
