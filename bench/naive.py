@@ -28,6 +28,7 @@ from types import FrameType
 
 from confluent_kafka import Consumer, Producer
 
+from bench.options import add_pipe_arguments
 from connectors.base import OutgoingEmail
 from connectors.null import NullProvider
 from schemas.codec import default_codec
@@ -146,10 +147,7 @@ def run(bootstrap: str, source: str, target: str, group: str, db_path: Path) -> 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m bench.naive``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--source", required=True)
-    parser.add_argument("--target", required=True)
-    parser.add_argument("--group", required=True)
+    add_pipe_arguments(parser)
     parser.add_argument("--db", type=Path, required=True)
     args = parser.parse_args(argv)
     args.db.parent.mkdir(parents=True, exist_ok=True)

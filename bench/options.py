@@ -53,6 +53,13 @@ def only_list(text: str) -> list[str]:
     return names
 
 
+def add_pipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every consume -> produce loop of the benchmark takes (the ceiling and
+    the naive baseline): broker, source and target topics, consumer group."""
+    for name in ("--bootstrap", "--source", "--target", "--group"):
+        parser.add_argument(name, required=True)
+
+
 def env_assignment(text: str) -> tuple[str, str]:
     """``SENDONCE_NAME=VALUE`` as a pair (an argparse type)."""
     name, sep, value = text.partition("=")

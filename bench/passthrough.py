@@ -18,6 +18,8 @@ import sys
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from bench.options import add_pipe_arguments
+
 
 async def passthrough(
     bootstrap: str, source: str, target: str, group: str, batch_size: int
@@ -63,10 +65,7 @@ async def passthrough(
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m bench.passthrough``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--source", required=True)
-    parser.add_argument("--target", required=True)
-    parser.add_argument("--group", required=True)
+    add_pipe_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=500, help="the worker's default (500)")
     args = parser.parse_args(argv)
     asyncio.run(passthrough(args.bootstrap, args.source, args.target, args.group, args.batch_size))

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from sendonce.dev.procs import stop_process
 from sendonce.settings import Settings
 
 
@@ -41,14 +41,7 @@ class Proc:
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(30)
-        return self.process.returncode
+        return stop_process(self.process, timeout, kill_wait=30)
 
     def memory_kb(self) -> dict[str, int]:
         """VmRSS and VmHWM (peak RSS) from /proc, in KiB (empty if unavailable)."""

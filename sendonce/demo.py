@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sendonce.dev.kafka import LocalKafka, ensure_jars, find_repo_root
+from sendonce.dev.procs import stop_process
 from sendonce.publish import IntentPublisher, complete_intent
 from sendonce.results import ResultWatcher
 from sendonce.settings import Settings
@@ -229,11 +230,7 @@ def run_demo(keep: bool = False, provider: str = "outbox") -> int:
         if watcher is not None:
             watcher.close()
         if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            stop_process(worker, 30)
         if emulator_thread is not None:
             emulator_thread.stop()
         if keep:

@@ -163,7 +163,7 @@ def build_worker_app(
         offsets.recovered("ledger")
         # After every recovery (rebalance) the set of owned partitions changed.
         for processor in processors:
-            found = processor.rebuild_reconcile_index(store.ambiguous_entries(settings.partitions))
+            found = processor.rebuild_reconcile_index(store.ambiguous_entries())
             if found:
                 log.info("%d ambiguous sends awaiting reconciliation", found)
 

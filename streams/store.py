@@ -27,7 +27,7 @@ class LedgerStore(Protocol):
         """Store ``entry``; returns once it is durable."""
         ...
 
-    def ambiguous_entries(self, partitions: int) -> Iterator[tuple[int, LedgerEntry]]:
+    def ambiguous_entries(self) -> Iterator[tuple[int, LedgerEntry]]:
         """Every AMBIGUOUS entry held for an active partition, with its partition."""
         ...
 
@@ -48,7 +48,7 @@ class MemoryLedgerStore:
         self.entries[(partition, entry.key)] = entry
         self.writes.append((partition, entry))
 
-    def ambiguous_entries(self, partitions: int) -> Iterator[tuple[int, LedgerEntry]]:
+    def ambiguous_entries(self) -> Iterator[tuple[int, LedgerEntry]]:
         """Every AMBIGUOUS entry, with its partition."""
         for (partition, _), entry in self.entries.items():
             if entry.status is LedgerStatus.AMBIGUOUS:
@@ -151,7 +151,7 @@ class FaustLedgerStore:
         """Write the changelog record, await the broker's ack, then the local copy."""
         await self._bytes.put(entry.key.encode(), entry.to_bytes(), partition)
 
-    def ambiguous_entries(self, partitions: int) -> Iterator[tuple[int, LedgerEntry]]:
+    def ambiguous_entries(self) -> Iterator[tuple[int, LedgerEntry]]:
         """Scan the active partitions' RocksDB for AMBIGUOUS entries.
 
         Runs after each recovery (rebalance). Values are filtered as bytes

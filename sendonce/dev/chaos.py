@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sendonce.dev.procs import stop_process
+
 __all__ = ["ChaosReport", "add_cli", "run_chaos"]
 
 Progress = Callable[[str], None]
@@ -385,14 +387,8 @@ class Cluster:
         """SIGTERM (a clean leave), SIGKILL if it does not exit in time."""
         worker.expected_exit = True
         worker.crash_at = ""
-        if worker.process is None or not worker.alive():
-            return
-        worker.process.send_signal(signal.SIGTERM)
-        try:
-            worker.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            worker.process.kill()
-            worker.process.wait(10)
+        if worker.process is not None:
+            stop_process(worker.process, timeout)
 
     def check_workers(self) -> None:
         """Restart a worker that died on its own, and count it: that is a finding.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -12,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sendonce.dev.procs import stop_process
 from sendonce.publish import IntentPublisher
 from sendonce.results import ReadRecord, ResultWatcher
 from sendonce.settings import Settings
@@ -36,13 +36,7 @@ class WorkerProcess:
         return self.process.wait(timeout)
 
     def stop(self, timeout: float = 30) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]

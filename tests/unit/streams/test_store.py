@@ -153,5 +153,5 @@ def test_the_ambiguous_scan_reads_active_partitions_only_and_names_them(tmp_path
     for (key, partition), status in entries.items():
         asyncio.run(ledger.put(_entry(key, status), partition))
     table.data.app.assignor.actives = {TP("ledger-changelog", 1), TP("ledger-changelog", 2)}
-    found = sorted((p, e.key) for p, e in ledger.ambiguous_entries(12))
+    found = sorted((p, e.key) for p, e in ledger.ambiguous_entries())
     assert found == [(1, "t:a"), (2, "t:c")]
