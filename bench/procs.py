@@ -122,7 +122,13 @@ def cpu_seconds(pid: int) -> float | None:
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The ``SENDONCE_*`` variables of a ``sendonce worker`` for ``settings``."""
-    return {**settings.to_env(), "SENDONCE_WORKER_ID": "bench-worker", **extra}
+    return {
+        **settings.to_env(),
+        "SENDONCE_WORKER_ID": "bench-worker",
+        # Two checkouts' workers may run side by side: no shared metrics port.
+        "SENDONCE_METRICS_PORT": "0",
+        **extra,
+    }
 
 
 def start_worker(

@@ -73,7 +73,13 @@ def raw_event(dedupe_id: str) -> bytes:
 
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
-    return {**os.environ, **settings.to_env(), "SENDONCE_LOG_LEVEL": "warning", **extra}
+    return {
+        **os.environ,
+        **settings.to_env(),
+        "SENDONCE_LOG_LEVEL": "warning",
+        "SENDONCE_METRICS_PORT": "0",
+        **extra,
+    }
 
 
 async def _post_all(url: str, requests: int, concurrency: int) -> float:

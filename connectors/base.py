@@ -90,6 +90,8 @@ class LookupResult:
     internet_message_id: str | None = None
     accepted_at_ms: int | None = None
     detail: str | None = None
+    #: The lookup request's own evidence (client-request-id, Date, diagnostics ...).
+    evidence: dict[str, str] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -216,12 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     from sendonce.dev.graph_emulator import add_cli as add_graph_emulator_cli
     from sendonce.dev.kafka import add_cli as add_kafka_cli
     from sendonce.receiver_cli import add_cli as add_receiver_cli
+    from sendonce.replay import add_cli as add_replay_cli
+    from sendonce.review import add_cli as add_review_cli
+    from sendonce.trace import add_cli as add_trace_cli
 
     add_kafka_cli(dev)
     add_graph_emulator_cli(dev)
     add_chaos_cli(dev)
     _add_bench_cli(dev)
     add_receiver_cli(sub)
+    add_replay_cli(sub)
+    add_trace_cli(sub)
+    add_review_cli(sub)
     return parser
 
 
@@ -229,7 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sendonce`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from sendonce.logs import configure_logging_from_env
+
+    # Text, or JSON lines with SENDONCE_LOG_FORMAT=json (the worker reconfigures its own).
+    configure_logging_from_env(logging.WARNING)
     try:
         code = int(args.func(args))
     except SettingsError as exc:

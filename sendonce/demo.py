@@ -2,8 +2,9 @@
 
 Starts the local Kafka broker, creates the topics, runs one worker on the
 outbox provider, publishes a sample batch (with repeats, a key conflict, a
-rejected recipient and three bad records), then replays the whole batch as an
-operator would, and prints what happened. Everything it starts, it stops.
+rejected recipient and three bad records), then replays the whole intents topic
+as an operator would (``sendonce replay --from earliest``, waiting for the
+results), and prints what happened. Everything it starts, it stops.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from sendonce.dev.kafka import LocalKafka, ensure_jars, find_repo_root
 from sendonce.dev.procs import stop_process
 from sendonce.publish import IntentPublisher, complete_intent
+from sendonce.replay import EARLIEST, ReplayOptions, run_replay
 from sendonce.results import ResultWatcher
 from sendonce.settings import Settings
 from sendonce.topics import create_topics
@@ -215,12 +217,24 @@ def run_demo(keep: bool = False, provider: str = "outbox") -> int:
         first = _count(watcher.records[:first_total])
         emails_after_first = emails.count()
 
-        print("  replaying   the whole batch, as an operator replaying history would ...")
-        with IntentPublisher(bootstrap, settings.topics.intents) as publisher:
-            for intent in intents:
-                publisher.publish(intent)
-        _wait(watcher, first_total + len(intents), worker)
-        replay = _count(watcher.records[first_total:])
+        print("  replaying   the whole intents topic (sendonce replay --from earliest) ...")
+        report = run_replay(
+            settings,
+            ReplayOptions(start=EARLIEST, wait_s=180.0),
+            alive=lambda: worker is not None and worker.poll() is None,
+        )
+        if worker.poll() is not None:
+            raise RuntimeError(f"worker exited with {worker.returncode}; see its log")
+        if report.exit_code() != 0:
+            raise RuntimeError(
+                f"replay {report.replay_id}: {report.delivery_failures} deliveries failed, "
+                f"{report.results_missing} results missing"
+            )
+        print(
+            f"  replayed    {report.published} intents; {report.skipped_bad_input} bad records "
+            "skipped (dead-lettered once already)"
+        )
+        replay = collections.Counter(report.outcomes)
         emails_after_replay = emails.count()
 
         _print_summary(first, replay, emails_after_first, emails_after_replay, emails.where())

@@ -74,6 +74,11 @@ class TopicNames:
         """Replayed inbound events, for audit (when enabled)."""
         return self._name("email.webhooks.replays")
 
+    @property
+    def commands(self) -> str:
+        """Operator commands (review resolutions), keyed by idempotency key."""
+        return self._name("email.commands")
+
     def results(self) -> tuple[str, str, str]:
         """All result topics."""
         return (self.results_sent, self.results_ambiguous, self.results_failed)
@@ -285,6 +290,19 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "result not emitted, offsets not committed).",
     ),
     "log_level": ("SENDONCE_LOG_LEVEL", "Log level: debug, info, warning, error."),
+    "log_format": (
+        "SENDONCE_LOG_FORMAT",
+        "`text`, or `json`: one JSON object per line (ts, level, logger, message, worker).",
+    ),
+    "metrics_host": (
+        "SENDONCE_METRICS_HOST",
+        "Address of the worker's /metrics, /healthz and /readyz (0.0.0.0 for probes "
+        "from outside the host).",
+    ),
+    "metrics_port": (
+        "SENDONCE_METRICS_PORT",
+        "Port of the worker's metrics and health endpoint; 0 disables it.",
+    ),
 }
 
 
@@ -352,6 +370,9 @@ class Settings:
     webhook_replays_topic: bool = False
     crash_at: str = ""
     log_level: str = "info"
+    log_format: str = "text"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
 
     @property
     def topics(self) -> TopicNames:
@@ -426,6 +447,10 @@ class Settings:
             ) from exc
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"SENDONCE_LOG_LEVEL={self.log_level!r} is not a log level")
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"SENDONCE_LOG_FORMAT={self.log_format!r} must be text or json")
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingsError("SENDONCE_METRICS_PORT must be between 0 and 65535")
         if not self.bootstrap_servers.strip():
             raise SettingsError("SENDONCE_BOOTSTRAP_SERVERS is empty")
 

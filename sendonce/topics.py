@@ -33,6 +33,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.results_ambiguous, n, {}),
         TopicSpec(t.results_failed, n, {}),
         TopicSpec(t.dlq, n, {}),
+        # Co-partitioned with the intents: the worker that owns a key's intents
+        # partition applies the operator commands for that key.
+        TopicSpec(t.commands, n, {}),
         TopicSpec(t.webhooks_raw, n, {}),
         TopicSpec(t.webhooks_deduped, n, {}),
         TopicSpec(t.webhooks_replays, n, {}),

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,9 @@ from connectors.base import EmailProvider
 from connectors.null import NullProvider
 from connectors.outbox import OutboxFault, OutboxProvider
 from schemas.codec import SchemaCodec, default_codec
+from sendonce.logs import worker_logging_config
 from sendonce.settings import Settings
+from streams import metrics
 from streams.fetcher import KafkaForwardedLookup, KafkaPartitionReader, KafkaRecordFetcher
 from streams.offsets import HoleMender, Lane, LaneOffsets, Partition
 from streams.processor import ConsumedRecord, IntentProcessor
@@ -88,7 +90,7 @@ def graph_provider_from_settings(settings: Settings) -> EmailProvider:
         authority=settings.graph_authority or None,
         ca_bundle=ca_bundle,
     )
-    return GraphProvider(
+    graph = GraphProvider(
         tokens,
         GraphSettings(
             graph_url=settings.graph_url,
@@ -101,6 +103,8 @@ def graph_provider_from_settings(settings: Settings) -> EmailProvider:
             sends_per_minute=settings.graph_sends_per_minute or None,
         ),
     )
+    graph.throttle.on_wait = metrics.throttle_observer(GraphProvider.name)
+    return graph
 
 
 @dataclass
@@ -110,6 +114,8 @@ class WorkerApp:
     app: faust.App
     ledger: Any
     settings: Settings
+    #: Started by the Worker alongside (not after) the app: the metrics endpoint.
+    services: list[Any] = field(default_factory=list)
 
 
 def build_worker_app(
@@ -149,6 +155,8 @@ def build_worker_app(
     deferred = app.topic(
         settings.topics.intents_deferred, partitions=settings.partitions, **_SOURCE
     )
+    # Operator commands, co-partitioned too: applied by the owner of the key.
+    commands = app.topic(settings.topics.commands, partitions=settings.partitions, **_SOURCE)
     intents_topic = settings.topics.intents
 
     offsets = _SourceOffsets(app, settings)
@@ -212,11 +220,16 @@ def build_worker_app(
         "deferred", settings.topics.intents_deferred, processor.process_batch
     )
 
+    commands_lane = offsets.lane("commands", settings.topics.commands, processor.process_commands)
+
     async def process_intents(stream: Any) -> None:
         await _run_lane(stream, intents_lane)
 
     async def process_deferred(stream: Any) -> None:
         await _run_lane(stream, deferred_lane)
+
+    async def process_commands(stream: Any) -> None:
+        await offsets.run(stream, commands_lane, _report_commands)
 
     async def _run_lane(stream: Any, lane: Lane) -> None:
         try:
@@ -227,14 +240,16 @@ def build_worker_app(
 
     app.agent(intents, name="sendonce.intents", concurrency=1)(process_intents)
     app.agent(deferred, name="sendonce.deferred", concurrency=1)(process_deferred)
+    app.agent(commands, name="sendonce.commands", concurrency=1)(process_commands)
     _add_webhook_dedupe(app, settings, codec, offsets, producer)
 
     @app.on_before_shutdown.connect
     async def close_producer(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         await asyncio.to_thread(producer.close)
 
+    services = _add_metrics(app, settings, offsets, ledger)
     offsets.install()
-    return WorkerApp(app, ledger, settings)
+    return WorkerApp(app, ledger, settings, services)
 
 
 class _SourceOffsets:
@@ -329,6 +344,7 @@ class _SourceOffsets:
             if earlier:
                 await asyncio.wait(earlier)
             stats = await lane.process(records)
+            metrics.BATCH_RECORDS.labels(lane.name).observe(len(records))
             await self.finished(records)
             report(stats)
         except PartitionNotOwnedError:
@@ -432,6 +448,15 @@ class _SourceOffsets:
         app.timer(interval=MEND_TICK_S, name="sendonce.mend")(mend_tick)
 
 
+def _report_commands(stats: Any) -> None:
+    if stats.commands_applied or stats.commands_refused:
+        log.info(
+            "operator commands: %d applied, %d refused",
+            stats.commands_applied,
+            stats.commands_refused,
+        )
+
+
 def _shorten_fetch_wait(app: faust.App, max_wait_ms: int) -> None:
     """Cap how long the broker holds the worker's fetch requests open.
 
@@ -513,6 +538,40 @@ def _add_webhook_dedupe(
     app.agent(raw, name="sendonce.webhooks", concurrency=1)(dedupe_webhooks)
 
 
+def _add_metrics(
+    app: faust.App, settings: Settings, offsets: _SourceOffsets, ledger: Any
+) -> list[Any]:
+    """The worker's /metrics, /healthz and /readyz (``SENDONCE_METRICS_PORT``; 0: none).
+
+    Returned as a service for the Worker to start with the app: Faust starts its own
+    tasks and services only after table recovery, and liveness must answer during it.
+    """
+    if not settings.metrics_port:
+        return []
+
+    async def highwaters(tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        found = await app.consumer.highwaters(*(TP(t, p) for t, p in tps))
+        return {(tp.topic, tp.partition): hw for tp, hw in found.items() if hw is not None}
+
+    gauges = metrics.WorkerGauges(
+        topics=lambda: [lane.topic for lane in offsets._lanes],
+        owned=offsets._owned,
+        frontiers=offsets.offsets.snapshot,
+        committed=offsets._reader.start_offset,
+        highwaters=highwaters,
+        ledger=lambda: metrics.ledger_key_estimates(ledger),
+    )
+
+    @app.on_partitions_assigned.connect
+    async def forget_committed(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        gauges.forget()
+
+    server = metrics.MetricsServer(
+        settings.metrics_host, settings.metrics_port, ready=offsets.ready, refresh=gauges.refresh
+    )
+    return [metrics.metrics_service(server)]
+
+
 async def _reap(running: list[tuple[asyncio.Task[Any], Any]], *, block: bool) -> None:
     """Take the finished batches off ``running``; with ``block``, first wait until one
     finishes. A batch that failed raises here, at once, whichever batch started first."""
@@ -582,6 +641,7 @@ def check_topics(settings: Settings, timeout: float = 30.0) -> None:
     for name in (
         settings.topics.intents,
         settings.topics.intents_deferred,
+        settings.topics.commands,
         settings.topics.webhooks_raw,
     ):
         if name not in topics:
@@ -621,9 +681,11 @@ def run_worker(settings: Settings) -> int:
     worker_app = build_worker_app(settings)
     worker = faust.Worker(
         worker_app.app,
+        *worker_app.services,
         loglevel=settings.log_level.upper(),
         quiet=True,
         redirect_stdouts=False,
+        logging_config=worker_logging_config(settings),
     )
     try:
         worker.execute_from_commandline()

@@ -113,6 +113,21 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True)
+class AuditRecord:
+    """An operator's command on the entry: who, what, why, and whether it was applied."""
+
+    command_id: str
+    action: str  # "sent", "resend" or "cancel"
+    operator: str
+    reason: str
+    issued_at_ms: int
+    applied_at_ms: int
+    outcome: str  # "applied" or "refused"
+    detail: str = ""
+    worker: str = ""
+
+
+@dataclass(frozen=True)
 class LedgerEntry:
     """The ledger's durable record for one idempotency key."""
 
@@ -145,6 +160,8 @@ class LedgerEntry:
     lookups: int = 0
     #: Reconciliation gave up under the ``review`` policy: an operator decides.
     review_required: bool = False
+    #: Operator commands applied to (or refused for) this entry, oldest first.
+    audit: tuple[AuditRecord, ...] = ()
 
     def to_bytes(self) -> bytes:
         """Serialise for the table and its changelog (compact JSON).
@@ -159,6 +176,7 @@ class LedgerEntry:
         data["attempts"] = [
             {**attempt.__dict__, "evidence": dict(attempt.evidence)} for attempt in self.attempts
         ]
+        data["audit"] = [dict(record.__dict__) for record in self.audit]
         return _COMPACT_SORTED.encode(data).encode()
 
     @classmethod
@@ -168,6 +186,8 @@ class LedgerEntry:
         data["status"] = LedgerStatus(data["status"])
         data["origin"] = IntentRef(**data["origin"])
         data["attempts"] = tuple(AttemptRecord(**a) for a in data["attempts"])
+        # Entries written before operator commands existed have no audit trail.
+        data["audit"] = tuple(AuditRecord(**a) for a in data.get("audit", ()))
         return cls(**data)
 
 
@@ -274,7 +294,44 @@ class ReconcileDue:
     now_ms: int
 
 
-Event = IntentArrived | SendFinished | LookupFinished | ReconcileDue
+#: What an operator may decide about an AMBIGUOUS entry.
+RESOLUTIONS = ("sent", "resend", "cancel")
+
+
+@dataclass(frozen=True)
+class OperatorCommand:
+    """An operator's resolution of one AMBIGUOUS entry (``sendonce review resolve``)."""
+
+    command_id: str
+    key: str
+    action: str  # one of RESOLUTIONS
+    operator: str
+    reason: str
+    issued_at_ms: int
+
+    def __post_init__(self) -> None:
+        if self.action not in RESOLUTIONS:
+            raise ValueError(f"action must be one of {RESOLUTIONS}, not {self.action!r}")
+
+
+@dataclass(frozen=True)
+class CommandArrived:
+    """An operator command for this key was consumed.
+
+    ``intent`` is the entry's origin intent (the shell re-reads it from Kafka): a
+    resend sends that intent's content, and results belong to that record.
+    """
+
+    intent: IntentFacts
+    command: OperatorCommand
+    now_ms: int
+    worker: str
+    #: Whether the origin intent record could be read back (retention may have
+    #: deleted it); a resend needs its content.
+    content_available: bool = True
+
+
+Event = IntentArrived | SendFinished | LookupFinished | ReconcileDue | CommandArrived
 
 
 # --- effects --------------------------------------------------------------
@@ -310,7 +367,15 @@ class Emit:
     result: ResultRecord
 
 
-Effect = Persist | CallProvider | Reconcile | Emit
+@dataclass(frozen=True)
+class Refuse:
+    """An operator command that cannot be applied; the shell reports ``reason``."""
+
+    command: OperatorCommand
+    reason: str
+
+
+Effect = Persist | CallProvider | Reconcile | Emit | Refuse
 
 
 @dataclass(frozen=True)
@@ -401,6 +466,8 @@ def decide(
         return _on_intent(entry, event)
     if isinstance(event, ReconcileDue):
         return _on_reconcile_due(entry, event)
+    if isinstance(event, CommandArrived):
+        return _on_command(entry, event)
     if entry is None or entry.attempt_id != event.attempt_id:
         # A late answer for an attempt the ledger has moved past: nothing to do.
         return Decision(entry)
@@ -463,7 +530,9 @@ def _on_send_finished(
         attempts=attempts,
         updated_at_ms=event.now_ms,
         provider=outcome.provider,
-        provider_request_id=outcome.provider_request_id or entry.provider_request_id,
+        # This attempt's own id, or none: an earlier attempt's id on an ambiguous
+        # result would send the provider's support after the wrong request.
+        provider_request_id=outcome.provider_request_id,
     )
     if outcome.status is SendStatus.ACCEPTED:
         sent = replace(
@@ -472,6 +541,10 @@ def _on_send_finished(
             provider_message_id=outcome.provider_message_id,
             internet_message_id=outcome.internet_message_id,
             accepted_at_ms=outcome.accepted_at_ms or event.now_ms,
+            # An earlier attempt's error (the timeout that made it ambiguous, say)
+            # is in its attempt record; on a SENT result it would read as a failure.
+            error_code=None,
+            error_message=None,
         )
         return _settled(sent, event.intent, event.now_ms)
     if outcome.status is SendStatus.REJECTED:
@@ -544,7 +617,7 @@ def _on_lookup_finished(
         finished_at_ms=event.now_ms,
         status=lookup.status.value,
         provider_request_id=lookup.provider_request_id,
-        evidence={"detail": lookup.detail} if lookup.detail else {},
+        evidence={**lookup.evidence, **({"detail": lookup.detail} if lookup.detail else {})},
     )
     base = replace(
         entry,
@@ -609,6 +682,77 @@ def _on_lookup_finished(
         next_lookup_at_ms=event.now_ms + int(reconcile.next_interval_s(base.lookups) * 1000),
     )
     return Decision(later, (Persist(later),))
+
+
+def _on_command(entry: LedgerEntry | None, event: CommandArrived) -> Decision:
+    """Apply an operator's resolution; only an AMBIGUOUS entry can be resolved."""
+    command = event.command
+    if entry is None:
+        return Decision(None, (Refuse(command, "the ledger has no entry for this key"),))
+    if any(record.command_id == command.command_id for record in entry.audit):
+        # Delivered again (a crash before its offset was committed). Applied once;
+        # a resend that crashed after its PENDING write is a crashed attempt like
+        # any other: look it up, never send blind.
+        if entry.status is LedgerStatus.PENDING:
+            return Decision(entry, (Reconcile(entry.attempt_id),))
+        return Decision(entry)
+
+    def audit(outcome: str, detail: str) -> tuple[AuditRecord, ...]:
+        record = AuditRecord(
+            command_id=command.command_id,
+            action=command.action,
+            operator=command.operator,
+            reason=command.reason,
+            issued_at_ms=command.issued_at_ms,
+            applied_at_ms=event.now_ms,
+            outcome=outcome,
+            detail=detail,
+            worker=event.worker,
+        )
+        return (*entry.audit, record)
+
+    if entry.status is not LedgerStatus.AMBIGUOUS:
+        why = f"the entry is {entry.status.value}, not AMBIGUOUS; only ambiguous sends are resolved"
+        refused = replace(entry, audit=audit("refused", why), updated_at_ms=event.now_ms)
+        return Decision(refused, (Persist(refused), Refuse(command, why)))
+    if command.action == "resend" and not event.content_available:
+        why = "the origin intent record is gone (retention); its content cannot be resent"
+        refused = replace(entry, audit=audit("refused", why), updated_at_ms=event.now_ms)
+        return Decision(refused, (Persist(refused), Refuse(command, why)))
+    resolved = replace(
+        entry,
+        updated_at_ms=event.now_ms,
+        next_lookup_at_ms=None,
+        lookup_deadline_ms=None,
+        review_required=False,
+    )
+    if command.action == "sent":
+        sent = replace(
+            resolved,
+            status=LedgerStatus.SENT,
+            error_code=None,
+            error_message=None,
+            audit=audit("applied", "marked SENT by an operator; nothing sent"),
+        )
+        return _settled(sent, event.intent, event.now_ms)
+    if command.action == "cancel":
+        cancelled = replace(
+            resolved,
+            status=LedgerStatus.FAILED,
+            error_code="cancelled_by_operator",
+            error_message="ambiguous send cancelled by an operator; nothing sent",
+            audit=audit("applied", "cancelled by an operator; nothing sent"),
+        )
+        return _settled(cancelled, event.intent, event.now_ms)
+    # An operator-approved resend: one new attempt, recorded, outside the retry
+    # budget (the operator decided the earlier attempt did not reach anyone).
+    number = resolved.attempt_count + 1
+    return _new_attempt(
+        replace(resolved, audit=audit("applied", f"resend approved: attempt {number}")),
+        event.intent,
+        event.now_ms,
+        0.0,
+    )
 
 
 def _fail(base: LedgerEntry, event: LookupFinished, code: str, message: str) -> Decision:

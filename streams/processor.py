@@ -30,9 +30,11 @@ from sendonce.keys import (
     identify_intent,
 )
 from sendonce.settings import Settings, TopicNames
+from streams import metrics
 from streams.faults import AFTER_ACCEPT, AFTER_PENDING, AFTER_SENT, CrashPoints
 from streams.ledger import (
     CallProvider,
+    CommandArrived,
     Decision,
     Emit,
     Event,
@@ -42,10 +44,12 @@ from streams.ledger import (
     LedgerEntry,
     LedgerStatus,
     LookupFinished,
+    OperatorCommand,
     Persist,
     Reconcile,
     ReconcileDue,
     ReconcilePolicy,
+    Refuse,
     ResultOutcome,
     ResultRecord,
     RetryPolicy,
@@ -165,6 +169,9 @@ class BatchStats:
     deferred: int = 0
     provider_calls: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
+    #: Operator commands applied and refused.
+    commands_applied: int = 0
+    commands_refused: int = 0
 
 
 class IntentProcessor:
@@ -214,6 +221,8 @@ class IntentProcessor:
         )
         #: AMBIGUOUS keys awaiting a lookup: key -> (partition, due time in ms).
         self.reconcile_index: dict[str, tuple[int, int]] = {}
+        #: Every AMBIGUOUS key of owned partitions (also those flagged for review).
+        self.ambiguous_keys = metrics.GaugedKeys(metrics.AMBIGUOUS_OPEN)
         #: Inline sends admitted per sender and not finished (for deferral).
         self._admitted: dict[str, int] = {}
 
@@ -289,6 +298,7 @@ class IntentProcessor:
             record.offset,
             bad.error_type,
         )
+        metrics.DEAD_LETTERS.labels(bad.error_type).inc()
         letter = dead_letter(record, bad.reason, bad.error_type, self._clock(), self.settings)
         await self.sink.produce(
             self.topics.dlq, record.key, self.codec.encode("DeadLetter", letter)
@@ -357,7 +367,7 @@ class IntentProcessor:
         while event is not None:
             decision: Decision = decide(entry, event, self.policy, self.reconcile_policy)
             entry = decision.entry
-            event = None
+            decided_on, event = event, None
             for effect in decision.effects:
                 if isinstance(effect, Persist):
                     await self.store.put(effect.entry, partition)
@@ -372,17 +382,25 @@ class IntentProcessor:
                 elif isinstance(effect, CallProvider):
                     assert entry is not None
                     if effect.delay_s > 0:
+                        metrics.retry_waited(self.provider.name, decided_on, effect.delay_s)
                         await self._sleep(effect.delay_s)
                     stats.provider_calls += 1
                     outcome = await self._call(item, entry)
                     if outcome.status is SendStatus.ACCEPTED:
                         self._crash.reached(AFTER_ACCEPT)
                     event = SendFinished(item.facts, effect.attempt_id, outcome, self._clock())
+                elif isinstance(effect, Refuse):
+                    log.warning(
+                        "operator command %s refused: %s", effect.command.command_id, effect.reason
+                    )
+                    stats.commands_refused += 1
                 elif isinstance(effect, Reconcile):
                     assert entry is not None
-                    lookup = await self.provider.lookup(
-                        key, self._message_id(item), item.facts.sender
-                    )
+                    with metrics.timed(metrics.LOOKUP_LATENCY, self.provider.name) as found:
+                        lookup = await self.provider.lookup(
+                            key, self._message_id(item), item.facts.sender
+                        )
+                        found(lookup.status.value)
                     event = LookupFinished(item.facts, effect.attempt_id, lookup, self._clock())
         # Only a drive that ran to the end takes a key off the reconcile index:
         # one that failed between persisting an outcome and emitting its result
@@ -390,9 +408,111 @@ class IntentProcessor:
         if entry is not None:
             self._index(entry, partition)
 
+    # -- operator commands ------------------------------------------------
+
+    async def process_commands(self, records: Sequence[ConsumedRecord]) -> BatchStats:
+        """Apply operator commands (``sendonce review resolve``) through the ledger.
+
+        Each command is decided by the state machine under its key's lock, like an
+        intent or a reconciliation lookup; a refused command is recorded in the
+        entry's audit history (when there is an entry) and logged.
+        """
+        stats = BatchStats(records=len(records))
+        for record in records:
+            try:
+                command = self._command(record)
+            except BadIntent as bad:
+                stats.dead_lettered += 1
+                await self._dead_letter(record, bad)
+                continue
+            await self._apply_command(command, record, stats)
+        return stats
+
+    def _command(self, record: ConsumedRecord) -> OperatorCommand:
+        if record.value is None:
+            raise BadIntent("undecodable", "record has no value (tombstone)")
+        try:
+            data = self.codec.decode(record.value, expect="OperatorCommand")
+        except WrongSchemaError as exc:
+            raise BadIntent("wrong_schema", str(exc)) from exc
+        except CodecError as exc:
+            raise BadIntent("undecodable", str(exc)) from exc
+        key = data["idempotency_key"]
+        key_bytes = key.encode()
+        if record.key != key_bytes:
+            raise BadIntent("misrouted", "command record key is not its idempotency key")
+        expected = partition_for_key(key_bytes, self.settings.partitions)
+        if record.partition != expected:
+            raise BadIntent(
+                "misrouted",
+                f"command is on partition {record.partition}, its key belongs on {expected}",
+            )
+        return OperatorCommand(
+            command_id=data["command_id"],
+            key=key,
+            action=str(data["action"]).lower(),
+            operator=data["operator"],
+            reason=data["reason"],
+            issued_at_ms=int(data["issued_at"]),
+        )
+
+    async def _apply_command(
+        self, command: OperatorCommand, record: ConsumedRecord, stats: BatchStats
+    ) -> None:
+        async with self._lock_for(command.key):
+            entry = self.store.get(command.key, record.partition)
+            item: _Accepted | None = None
+            if entry is not None and self._fetcher is not None:
+                origin = await self._fetcher.fetch(entry.origin)
+                if origin is not None:
+                    try:
+                        item = self._accept(origin)
+                    except BadIntent:
+                        item = None
+            content_available = item is not None
+            if item is None:
+                item = self._placeholder(command, entry, record.partition)
+            event = CommandArrived(
+                item.facts,
+                command,
+                self._clock(),
+                self.settings.worker_id,
+                content_available=content_available,
+            )
+            refused = stats.commands_refused
+            await self._drive_locked(item, stats, event, entry)
+            if stats.commands_refused == refused:
+                stats.commands_applied += 1
+                log.info("operator command %s applied (%s)", command.command_id, command.action)
+
+    def _placeholder(
+        self, command: OperatorCommand, entry: LedgerEntry | None, partition: int
+    ) -> _Accepted:
+        """The origin's facts from the entry itself, when its record cannot be read."""
+        if entry is None:
+            origin = IntentRef(self.topics.intents, partition, -1)
+            facts = IntentFacts(command.key, "", "", "", "", origin)
+        else:
+            origin = entry.origin
+            facts = IntentFacts(
+                key=entry.key,
+                tenant_id=entry.tenant_id,
+                source_event_id=entry.source_event_id,
+                action_type=entry.action_type,
+                content_fingerprint=entry.content_fingerprint,
+                ref=origin,
+                sender=entry.sender,
+            )
+        record = ConsumedRecord(origin.topic, partition, origin.offset, command.key.encode(), None)
+        return _Accepted(record, {}, facts)
+
     # -- reconciliation ---------------------------------------------------
 
     def _index(self, entry: LedgerEntry, partition: int) -> None:
+        if entry.status is LedgerStatus.AMBIGUOUS:
+            self.ambiguous_keys.add(entry.key)
+        else:
+            self.ambiguous_keys.discard(entry.key)
         if entry.status is LedgerStatus.AMBIGUOUS and entry.next_lookup_at_ms is not None:
             self.reconcile_index[entry.key] = (partition, entry.next_lookup_at_ms)
         else:
@@ -401,6 +521,7 @@ class IntentProcessor:
     def rebuild_reconcile_index(self, entries: Iterable[tuple[int, LedgerEntry]]) -> int:
         """Replace the index with the AMBIGUOUS entries of owned partitions (after a rebalance)."""
         self.reconcile_index.clear()
+        self.ambiguous_keys.clear()
         for partition, entry in entries:
             if self._owns(partition):
                 self._index(entry, partition)
@@ -429,6 +550,7 @@ class IntentProcessor:
         entry = self.store.get(key, partition)
         if entry is None or entry.status is LedgerStatus.PENDING:
             self.reconcile_index.pop(key, None)
+            self.ambiguous_keys.discard(key)
             return
         record = await self._fetcher.fetch(entry.origin)
         if record is None:
@@ -466,7 +588,10 @@ class IntentProcessor:
             message_id=self._message_id(item),
         )
         async with self._send_slots:
-            return await self.provider.send(email)
+            with metrics.timed(metrics.PROVIDER_LATENCY, self.provider.name) as outcome_class:
+                outcome = await self.provider.send(email)
+                outcome_class(outcome.status.value)
+            return outcome
 
     def _message_id(self, item: _Accepted) -> str:
         return message_id_for(item.facts.key, item.facts.sender)
@@ -482,6 +607,7 @@ class IntentProcessor:
         }[result.outcome]
         value = self.codec.encode("EmailResult", result.to_avro())
         await self.sink.produce(topic, result.idempotency_key.encode(), value)
+        metrics.INTENTS.labels(result.outcome.value).inc()
 
 
 def _waves(items: Sequence[_Accepted]) -> list[list[_Accepted]]:

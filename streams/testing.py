@@ -98,6 +98,37 @@ class InMemoryPipeline:
         key = idempotency_key_for(full).value.encode()
         return self.record(key, self.codec.encode("EmailIntent", full))
 
+    def command_record(
+        self,
+        key: str,
+        action: str,
+        reason: str = "checked with the recipient",
+        *,
+        command_id: str | None = None,
+        operator: str = "ops@test",
+    ) -> ConsumedRecord:
+        """An operator command as ``sendonce review resolve`` publishes it."""
+        from sendonce.review import encode_command
+
+        partition = partition_for_key(key.encode(), self.settings.partitions)
+        offset = self._next_offset.get(-100 - partition, 0)
+        self._next_offset[-100 - partition] = offset + 1
+        value = encode_command(
+            self.codec,
+            command_id=command_id or f"cmd-{partition}-{offset}",
+            key=key,
+            action=action,
+            operator=operator,
+            reason=reason,
+            issued_at_ms=0,
+        )
+        topic = self.settings.topics.commands
+        return ConsumedRecord(topic, partition, offset, key.encode(), value)
+
+    async def run_commands(self, records: list[ConsumedRecord]) -> BatchStats:
+        """Process a batch of the commands topic."""
+        return await self.processor.process_commands(records)
+
     async def run(self, records: list[ConsumedRecord]) -> BatchStats:
         """Process one batch."""
         return await self.processor.process_batch(records)

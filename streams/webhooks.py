@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from schemas.codec import CodecError, SchemaCodec
 from sendonce.settings import Settings
+from streams import metrics
 from streams.ledger import IntentRef
 from streams.processor import ConsumedRecord, Sink, dead_letter, origin_header
 
@@ -268,9 +269,11 @@ class SightingProcessor:
                         [origin_header(record.ref)],
                     )
                     stats.forwarded += 1
+                    metrics.WEBHOOK_EVENTS.labels("forwarded").inc()
                 elif isinstance(effect, CountReplay):
                     stats.replays += 1
                     self.replays_total += 1
+                    metrics.WEBHOOK_EVENTS.labels("replay").inc()
                     if self.settings.webhook_replays_topic:
                         await self.sink.produce(
                             self.topics.webhooks_replays,
@@ -289,6 +292,7 @@ class SightingProcessor:
         log.warning(
             "dead-lettered webhook record %s[%d]@%d", record.topic, record.partition, record.offset
         )
+        metrics.DEAD_LETTERS.labels("invalid_webhook").inc()
         letter = dead_letter(record, reason, "invalid_webhook", self._clock(), self.settings)
         value = self.codec.encode("DeadLetter", letter)
         await self.sink.produce(self.topics.dlq, record.key, value)

@@ -299,13 +299,20 @@ class GraphProvider:
         try:
             response = await self._request(sender, "GET", url, crid, sending=False)
         except (_Failed, GraphAuthError) as exc:
-            return LookupResult(LookupStatus.UNKNOWN, self.name, detail=type(exc).__name__)
+            return LookupResult(
+                LookupStatus.UNKNOWN,
+                self.name,
+                detail=type(exc).__name__,
+                evidence={"client-request-id": crid},
+            )
+        evidence = {"client-request-id": crid, **evidence_from_headers(response.headers)}
         if response.status != 200:
             code, _ = parse_graph_error(response.body)
             return LookupResult(
                 LookupStatus.UNKNOWN,
                 self.name,
                 provider_request_id=response.headers.get("request-id"),
+                evidence=evidence,
                 detail=f"Sent Items lookup answered {response.status} {code or ''}".strip(),
             )
         found = _json(response.body).get("value") or []
@@ -314,6 +321,7 @@ class GraphProvider:
                 LookupStatus.UNKNOWN,
                 self.name,
                 provider_request_id=response.headers.get("request-id"),
+                evidence=evidence,
                 detail="not in Sent Items (yet)",
             )
         first = found[0]
@@ -330,6 +338,7 @@ class GraphProvider:
             internet_message_id=first.get("internetMessageId"),
             accepted_at_ms=_iso_ms(first.get("sentDateTime")),
             detail=detail,
+            evidence=evidence,
         )
 
     # -- transport ----------------------------------------------------------

@@ -129,6 +129,9 @@ class MailboxThrottle:
         self._clock = clock
         self._sleep = sleep
         self._mailboxes: dict[str, _Mailbox] = {}
+        #: Told ``(reason, seconds)`` of each wait: ``mailbox_retry_after``,
+        #: ``mailbox_rate`` (budget or per-minute cap) or ``mailbox_concurrency``.
+        self.on_wait: Callable[[str, float], None] | None = None
 
     def _state(self, mailbox: str) -> _Mailbox:
         key = mailbox.lower()
@@ -209,12 +212,17 @@ class MailboxThrottle:
         gate = state.gates[sending]
         # Queued behind another waiter of this mailbox counts as a wait too.
         waited = gate.locked()
+        reason = "mailbox_concurrency"
         async with gate:
             while True:
-                delay = self._rate_delay(state, sending, self._clock())
+                tick = self._clock()
+                delay = self._rate_delay(state, sending, tick)
                 if delay > 0:
                     # Sleep on the rate limits holding no concurrency slot.
                     waited = True
+                    if reason == "mailbox_concurrency":
+                        retry_after = state.not_before - tick >= delay
+                        reason = "mailbox_retry_after" if retry_after else "mailbox_rate"
                     await self._sleep(delay)
                     continue
                 if state.semaphore.locked():
@@ -240,6 +248,8 @@ class MailboxThrottle:
         if waited or now > arrived:
             state.waits += 1
             state.wait_seconds += now - arrived
+            if self.on_wait is not None:
+                self.on_wait(reason, now - arrived)
 
     def stats(self) -> dict[str, ThrottleStats]:
         """Per-mailbox metrics (mailbox names lower-cased)."""

@@ -7,6 +7,8 @@ Endpoints (aiohttp):
   or GET) is the subscription handshake: 200, ``text/plain``, the decoded token.
 * ``POST /webhooks/{source}``: Standard Webhooks style signed deliveries.
 * ``GET /healthz``: 200 when Kafka answers and the raw topic exists, else 503.
+* ``GET /metrics``: Prometheus text (notifications received, rejections, validation
+  handshakes, records produced, responses by status).
 
 The receiver answers 202 only after Kafka acknowledged (acks=all) every event of
 the request; when it cannot, it answers 503 with ``Retry-After`` so the provider
@@ -32,7 +34,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+import prometheus_client as prom
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from connectors.webhooks.graph import (
     ClientStateVerifier,
@@ -57,6 +61,35 @@ __all__ = [
 ]
 
 log = logging.getLogger("sendonce.receiver")
+
+# Process-wide (prometheus_client's default registry), like the worker's metrics;
+# no ``*_created`` series (noise in Prometheus).
+prom.disable_created_metrics()  # type: ignore[no-untyped-call]
+NOTIFICATIONS = prom.Counter(
+    "sendonce_receiver_notifications",
+    "Notifications received in well-formed requests, by route (graph, signed), "
+    "before verification.",
+    ["route"],
+)
+REJECTED = prom.Counter(
+    "sendonce_receiver_rejected",
+    "Requests refused for their credentials: client_state (Graph clientState "
+    "missing or wrong), signature (signed webhook), unknown_source.",
+    ["reason"],
+)
+VALIDATIONS = prom.Counter(
+    "sendonce_receiver_validations",
+    "Graph subscription validation handshakes (validationToken) answered.",
+)
+PRODUCED = prom.Counter(
+    "sendonce_receiver_records_produced",
+    "WebhookEvent records acknowledged by Kafka on the raw topic.",
+)
+RESPONSES = prom.Counter(
+    "sendonce_receiver_responses",
+    "Responses by HTTP status code.",
+    ["status"],
+)
 
 # Request headers copied into WebhookEvent.headers: useful for tracing a
 # delivery, never credentials (no Authorization, no webhook-signature).
@@ -207,6 +240,7 @@ class WebhookReceiver:
         app.router.add_route("GET", "/graph/lifecycle", self._graph)
         app.router.add_route("POST", "/webhooks/{source}", self._signed)
         app.router.add_route("GET", "/healthz", self._healthz)
+        app.router.add_route("GET", "/metrics", self._metrics)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
@@ -249,6 +283,7 @@ class WebhookReceiver:
             )
             response = _error(500, "internal error")
         self.stats[response.status] += 1
+        RESPONSES.labels(str(response.status)).inc()
         # The path only: the query string can hold a validationToken.
         log.debug(
             "%s %s -> %d in %.1f ms",
@@ -296,6 +331,7 @@ class WebhookReceiver:
             raise _Rejected(
                 503, "events could not be stored; retry later", {"Retry-After": retry_after}
             ) from None
+        PRODUCED.inc(len(records))
         return web.json_response({"accepted": len(records)}, status=202)
 
     # -- handlers ------------------------------------------------------------------------
@@ -305,6 +341,7 @@ class WebhookReceiver:
         if token is not None:
             # Subscription handshake: Graph wants the token back as plain text
             # within 10 s. No Kafka involved, so it works even while Kafka is down.
+            VALIDATIONS.inc()
             return web.Response(text=token, content_type="text/plain")
         if request.method != "POST":
             raise _Rejected(405, "GET is only for the validationToken handshake", {"Allow": "POST"})
@@ -313,7 +350,9 @@ class WebhookReceiver:
             notifications = parse_notifications(document)
         except NotificationError as exc:
             raise _Rejected(400, str(exc)) from None
+        NOTIFICATIONS.labels("graph").inc(len(notifications))
         if not self._verifier.verify_all(notifications):
+            REJECTED.labels("client_state").inc()
             # Ids only, never the clientState values; repr() escapes hostile text.
             log.warning(
                 "rejected %d Graph notifications: clientState missing, wrong or not "
@@ -333,8 +372,10 @@ class WebhookReceiver:
         source = request.match_info["source"]
         key = self.config.signing_keys.get(source)
         if key is None:
+            REJECTED.labels("unknown_source").inc()
             raise _Rejected(404, "unknown webhook source")
         body = await self._read_json_body(request)
+        NOTIFICATIONS.labels("signed").inc()
         webhook_id = request.headers.get("webhook-id")
         try:
             verify_signature(
@@ -347,6 +388,7 @@ class WebhookReceiver:
                 tolerance_s=self.config.signature_tolerance_s,
             )
         except SignatureError as exc:
+            REJECTED.labels("signature").inc()
             log.warning("rejected signed webhook for source %r: %s", source, exc)
             raise _Rejected(401, str(exc)) from None
         assert webhook_id is not None  # verify_signature rejected a missing one
@@ -375,6 +417,12 @@ class WebhookReceiver:
             {"status": "ok" if ok else "kafka unavailable", "topic": self.config.topic},
             status=200 if ok else 503,
         )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest())
+        # aiohttp refuses a charset inside content_type=; set the header as is.
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
 
     # -- running -------------------------------------------------------------------------
 

@@ -327,7 +327,13 @@ class Cluster:
 
     def env(self, worker: ChaosWorker) -> dict[str, str]:
         s = self.settings
-        env = {**os.environ, **s.to_env(), **self.emulator.worker_env()}
+        # Several workers on this host: the metrics port would clash.
+        env = {
+            **os.environ,
+            **s.to_env(),
+            **self.emulator.worker_env(),
+            "SENDONCE_METRICS_PORT": "0",
+        }
         env.update(
             {
                 "SENDONCE_DATA_DIR": str(worker.data_dir),

@@ -61,7 +61,14 @@ class Pipeline:
     def env(self, **extra: str) -> dict[str, str]:
         s = self.settings
         # A SIGKILLed worker's partitions move after 8 s, not after 30 s.
-        return {**os.environ, **s.to_env(), "SENDONCE_SESSION_TIMEOUT_S": "8", **extra}
+        # Several workers share this host: no metrics endpoint unless a test asks.
+        return {
+            **os.environ,
+            **s.to_env(),
+            "SENDONCE_SESSION_TIMEOUT_S": "8",
+            "SENDONCE_METRICS_PORT": "0",
+            **extra,
+        }
 
     def start_worker(self, **extra_env: str) -> WorkerProcess:
         n = len(self.workers)

@@ -230,10 +230,22 @@ def test_worker_without_bulk_restore_still_restores_every_key(pipeline: Pipeline
     assert "Restoring state from changelog topics" in log
 
 
+@pytest.fixture
+def quiet_sendonce_logs() -> Iterator[None]:
+    """WARNING for this test only: a level left behind silenced later tests' logs."""
+    logger = logging.getLogger("sendonce")
+    before = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+@pytest.mark.usefixtures("quiet_sendonce_logs")
 def test_worker_tables_use_the_bulk_restore_store(kafka_bootstrap: str, tmp_path: Path) -> None:
     from streams.app import build_worker_app
 
-    logging.getLogger("sendonce").setLevel(logging.WARNING)
     settings = Settings(
         bootstrap_servers=kafka_bootstrap,
         data_dir=tmp_path,

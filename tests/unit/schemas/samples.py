@@ -83,9 +83,19 @@ WEBHOOK: dict[str, Any] = {
     "headers": {"content-type": "application/json"},
 }
 
+COMMAND: dict[str, Any] = {
+    "command_id": "0f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a",
+    "idempotency_key": "acme:2b0c1f4e9d8a7b6c5d4e3f2a1b0c9d8e",
+    "action": "RESEND",
+    "reason": "mailbox owner confirmed nothing arrived",
+    "operator": "dana@ops",
+    "issued_at": 1_700_000_000_000,
+}
+
 SAMPLES: dict[str, dict[str, Any]] = {
     "EmailIntent": INTENT,
     "EmailResult": RESULT,
     "DeadLetter": DEAD_LETTER,
     "WebhookEvent": WEBHOOK,
+    "OperatorCommand": COMMAND,
 }

@@ -33,6 +33,9 @@ EXPECTED_FIELDS: dict[str, list[str]] = {
         "original_key", "original_value", "original_headers", "reason", "error_type",
         "failed_at", "worker",
     ],
+    "OperatorCommand": [
+        "command_id", "idempotency_key", "action", "reason", "operator", "issued_at",
+    ],
     "WebhookEvent": [
         "dedupe_id", "source", "kind", "tenant_id", "subscription_id", "change_type",
         "resource", "resource_id", "lifecycle_event", "client_state_verified", "received_at",
@@ -44,6 +47,7 @@ TIMESTAMP_FIELDS = {
     "EmailResult": {"accepted_at", "decided_at"},
     "DeadLetter": {"source_timestamp", "failed_at"},
     "WebhookEvent": {"received_at"},
+    "OperatorCommand": {"issued_at"},
 }
 
 

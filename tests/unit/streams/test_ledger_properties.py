@@ -388,3 +388,79 @@ def test_fast_replace_equals_dataclasses_replace_and_rejects_unknown_fields() ->
     assert entry.status is LedgerStatus.SENT, "the original is untouched"
     with pytest.raises(TypeError, match="no field"):
         ledger.replace(entry, stauts=LedgerStatus.SENT)
+
+
+# --- operator commands ------------------------------------------------------
+
+commands = st.lists(
+    st.tuples(st.integers(0, 3), st.sampled_from(["sent", "resend", "cancel"])), max_size=6
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    log=intent_logs(),
+    script=st.lists(answers, min_size=1, max_size=6),
+    definitive=st.booleans(),
+    orders=commands,
+    crash_steps=st.sets(st.integers(1, 80), max_size=6),
+)
+def test_operator_commands_under_crashes_resend_only_what_was_approved(
+    log: list[IntentFacts],
+    script: list[str],
+    definitive: bool,
+    orders: list[tuple[int, str]],
+    crash_steps: set[int],
+) -> None:
+    provider = ProviderModel(script, definitive)
+    sim = Simulator(provider, crash_steps)
+    sim.run(log)
+    by_ref = {i.ref: i for i in log}
+    queue = [
+        ledger.OperatorCommand(f"c{n}", f"t1:k{k}", action, "ops", "why", n)
+        for n, (k, action) in enumerate(orders)
+    ]
+    # Delivered at least once each: a crash before a command's offset is committed
+    # delivers it (and every later one) again.
+    committed = 0
+    while committed < len(queue):
+        try:
+            for i in range(committed, len(queue)):
+                command = queue[i]
+                entry = sim.durable.get(command.key)
+                origin = by_ref[entry.origin] if entry is not None else log[0]
+                event = ledger.CommandArrived(origin, command, sim.now_ms, "w")
+                sim.handle(origin, event)
+                committed = i + 1
+        except Crash:
+            continue
+
+    for key, entry in sim.durable.items():
+        ids = [a.command_id for a in entry.audit]
+        assert len(ids) == len(set(ids)), "a command was applied twice"
+        approved = sum(1 for a in entry.audit if a.action == "resend" and a.outcome == "applied")
+        # At most one delivery per key beyond those an operator approved.
+        assert provider.delivered.get(key, 0) <= 1 + approved
+        for a in entry.audit:
+            assert a.outcome in ("applied", "refused")
+    for command in queue:
+        entry = sim.durable.get(command.key)
+        if entry is None:
+            continue
+        # Every command that reached an entry left its trace there.
+        assert command.command_id in {a.command_id for a in entry.audit}
+
+
+def test_an_attempt_without_a_request_id_does_not_inherit_the_previous_attempts() -> None:
+    intent = IntentFacts("t1:k", "t1", "e", "reply", "fp", IntentRef("email.intents", 0, 0))
+    first = decide(None, IntentArrived(intent, 0, "w")).entry
+    assert first is not None
+    refused = SendOutcome(SendStatus.NOT_SENT_RETRYABLE, "m", provider_request_id="req-429")
+    retry = decide(first, SendFinished(intent, first.attempt_id, refused, 1), POLICY).entry
+    assert retry is not None and retry.provider_request_id == "req-429"
+    # The second attempt's connection dropped: no response, so no request id of its own.
+    lost = SendOutcome(SendStatus.AMBIGUOUS, "m", error_code="reset")
+    decision = decide(retry, SendFinished(intent, retry.attempt_id, lost, 2), POLICY)
+    assert decision.entry is not None and decision.entry.provider_request_id is None
+    [emit] = [e for e in decision.effects if isinstance(e, Emit)]
+    assert emit.result.provider_request_id is None

@@ -155,7 +155,12 @@ def test_accepted_then_connection_lost_is_ambiguous_and_found_by_lookup(
     outcome = send(emulator, email, read_timeout_s=0.5)
     assert outcome.status is SendStatus.AMBIGUOUS
     assert len(emulator.deliveries(key=email.idempotency_key)) == 1
-    assert lookup(emulator, email).status is LookupStatus.FOUND
+    found = lookup(emulator, email)
+    assert found.status is LookupStatus.FOUND
+    # The lookup's own evidence, for the trail: the ids the emulator saw.
+    [listing] = [r for r in emulator.requests() if r["operation"] == "listMessages"]
+    assert found.evidence["client-request-id"] == listing["client_request_id"]
+    assert found.evidence["request-id"] == listing["request_id"] == found.provider_request_id
 
 
 def test_delivered_twice_is_accepted_and_the_lookup_flags_the_transport_duplicate(

@@ -1,0 +1,821 @@
+"""``sendonce trace``: the evidence bundle for one idempotency key.
+
+What an operator pastes into a support ticket ("did this email go out, and how many
+times?"), read from the source of truth, the topics:
+
+* the ledger entry (latest record of the key in the ledger's changelog), with every
+  provider attempt and reconciliation lookup it recorded (``request-id``,
+  ``client-request-id``, ``Date``, ``x-ms-ags-diagnostic``) and the operator audit
+  trail;
+* every intent record for the key (intents topic and deferred lane), with its
+  coordinates and lineage headers (``sendonce-origin``, replay headers);
+* every result emitted for the key, with its outcome and intent coordinates.
+
+Gathering (:func:`gather`, :func:`find_keys`: Kafka I/O) and rendering
+(:func:`render_text`, :func:`to_json`: pure) are separate. Recipients are shown only
+masked with a short hash of the normalised address (an operator holding an address
+can check it, nobody can read it off); subjects, bodies, template parameters and
+custom headers of intents are never shown; email addresses inside provider error
+messages are masked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from schemas.codec import CodecError, SchemaCodec, default_codec
+from sendonce.history import HistoryError, StoredRecord, TopicReader, ledger_entry
+from sendonce.keys import (
+    IdempotencyKey,
+    InvalidIntentError,
+    identify_intent,
+    mask_address,
+    normalize_address,
+)
+from sendonce.settings import Settings
+from streams.ledger import AttemptRecord, AuditRecord, IntentRef, LedgerEntry
+from streams.processor import partition_for_key
+
+__all__ = [
+    "IntentView",
+    "ResultView",
+    "TraceBundle",
+    "add_cli",
+    "find_keys",
+    "gather",
+    "protect_address",
+    "render_text",
+    "to_json",
+]
+
+#: Lineage headers shown when a record carries them (the deferred lane's origin and
+#: the replay tool's markers); any other ``sendonce-*`` header is shown too.
+LINEAGE_HEADERS = ("sendonce-origin", "sendonce-replayed-from", "sendonce-replay")
+
+#: Evidence kept per attempt that support asks for, in the order it is shown.
+SUPPORT_EVIDENCE = ("request-id", "client-request-id", "Date", "x-ms-ags-diagnostic")
+
+_EMAIL_RE = re.compile(r"[^\s<>\"'(),;:\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+# --------------------------------------------------------------------------------------
+# The bundle
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IntentView:
+    """One intent record for the key, without its content."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    #: ``intents`` or ``deferred``.
+    lane: str
+    tenant_id: str | None = None
+    source_event_id: str | None = None
+    action_type: str | None = None
+    sender: str | None = None
+    #: Masked and hashed (:func:`protect_address`), to, cc and bcc in that order.
+    recipients: tuple[str, ...] = ()
+    created_at_ms: int | None = None
+    #: ``sendonce-*`` headers (lineage), decoded as text.
+    headers: tuple[tuple[str, str], ...] = ()
+    #: Why the record could not be decoded, if it could not.
+    problem: str | None = None
+
+    @property
+    def ref(self) -> IntentRef:
+        """The record's coordinates."""
+        return IntentRef(self.topic, self.partition, self.offset)
+
+
+@dataclass(frozen=True)
+class ResultView:
+    """One result record emitted for the key."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    outcome: str
+    result_id: str
+    intent: IntentRef | None
+    reconciled: bool = False
+    provider: str | None = None
+    provider_request_id: str | None = None
+    provider_message_id: str | None = None
+    internet_message_id: str | None = None
+    attempt_id: str | None = None
+    attempt_count: int = 0
+    original_result_id: str | None = None
+    original_intent: IntentRef | None = None
+    accepted_at_ms: int | None = None
+    decided_at_ms: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    worker: str | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class TraceBundle:
+    """Everything Kafka holds about one idempotency key."""
+
+    key: str
+    generated_at_ms: int
+    ledger: LedgerEntry | None
+    intents: tuple[IntentView, ...] = ()
+    results: tuple[ResultView, ...] = ()
+    #: Sources that could not be read (a missing topic), said rather than hidden.
+    notes: tuple[str, ...] = ()
+
+    @property
+    def found(self) -> bool:
+        """Whether Kafka knows the key at all (a ledger entry or an intent record)."""
+        return self.ledger is not None or bool(self.intents)
+
+
+# --------------------------------------------------------------------------------------
+# Privacy helpers (pure)
+# --------------------------------------------------------------------------------------
+
+
+def protect_address(address: str) -> str:
+    """``u***@example.com#1a2b3c4d5e6f``: masked, plus a hash of the normalised address."""
+    try:
+        normalized = normalize_address(address)
+    except InvalidIntentError:
+        normalized = address.strip().lower()
+    digest = hashlib.sha256(normalized.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{mask_address(address)}#{digest}"
+
+
+def scrub(text: str | None) -> str | None:
+    """``text`` with every email address in it masked (provider errors may quote them)."""
+    if text is None:
+        return None
+    return _EMAIL_RE.sub(lambda m: mask_address(m.group(0)), text)
+
+
+# --------------------------------------------------------------------------------------
+# Gathering (Kafka I/O)
+# --------------------------------------------------------------------------------------
+
+
+def _key_partition(reader: TopicReader, topic: str, key: bytes) -> int:
+    """The partition Kafka's default partitioner puts ``key`` on in ``topic``."""
+    return partition_for_key(key, len(reader.partitions(topic)))
+
+
+def _lineage(record: StoredRecord) -> tuple[tuple[str, str], ...]:
+    shown: list[tuple[str, str]] = []
+    for name, value in record.headers:
+        if (name in LINEAGE_HEADERS or name.startswith("sendonce-")) and value is not None:
+            shown.append((name, value.decode("utf-8", "replace")))
+    return tuple(shown)
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def intent_view(record: StoredRecord, lane: str, codec: SchemaCodec) -> IntentView:
+    """An intent record as the bundle shows it: coordinates, identity, masked recipients."""
+    base = IntentView(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp_ms=record.timestamp_ms,
+        lane=lane,
+        headers=_lineage(record),
+    )
+    if record.value is None:
+        return _replace_intent(base, problem="no value (tombstone)")
+    try:
+        intent = codec.decode(record.value, expect="EmailIntent")
+    except CodecError as exc:
+        return _replace_intent(base, problem=f"undecodable: {type(exc).__name__}")
+    recipients: list[str] = []
+    for name in ("to", "cc", "bcc"):
+        for address in intent.get(name) or ():
+            if isinstance(address, str):
+                recipients.append(protect_address(address))
+    return _replace_intent(
+        base,
+        tenant_id=_str_or_none(intent.get("tenant_id")),
+        source_event_id=_str_or_none(intent.get("source_event_id")),
+        action_type=_str_or_none(intent.get("action_type")),
+        sender=_str_or_none(intent.get("sender")),
+        recipients=tuple(recipients),
+        created_at_ms=_int_or_none(intent.get("created_at")),
+    )
+
+
+def _replace_intent(view: IntentView, **changes: Any) -> IntentView:
+    data = {**view.__dict__, **changes}
+    return IntentView(**data)
+
+
+def result_view(record: StoredRecord, codec: SchemaCodec) -> ResultView:
+    """A result record as the bundle shows it."""
+    try:
+        value = codec.decode(record.value or b"", expect="EmailResult")
+    except CodecError as exc:
+        return ResultView(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.timestamp_ms,
+            outcome="?",
+            result_id="",
+            intent=None,
+            problem=f"undecodable: {type(exc).__name__}",
+        )
+    intent_topic = _str_or_none(value.get("intent_topic"))
+    intent_partition = _int_or_none(value.get("intent_partition"))
+    intent_offset = _int_or_none(value.get("intent_offset"))
+    intent = (
+        IntentRef(intent_topic, intent_partition, intent_offset)
+        if intent_topic is not None and intent_partition is not None and intent_offset is not None
+        else None
+    )
+    original_partition = _int_or_none(value.get("original_intent_partition"))
+    original_offset = _int_or_none(value.get("original_intent_offset"))
+    original = (
+        IntentRef(intent_topic or "", original_partition, original_offset)
+        if original_partition is not None and original_offset is not None
+        else None
+    )
+    return ResultView(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp_ms=record.timestamp_ms,
+        outcome=str(value.get("outcome", "?")),
+        result_id=str(value.get("result_id", "")),
+        intent=intent,
+        reconciled=bool(value.get("reconciled")),
+        provider=_str_or_none(value.get("provider")),
+        provider_request_id=_str_or_none(value.get("provider_request_id")),
+        provider_message_id=_str_or_none(value.get("provider_message_id")),
+        internet_message_id=_str_or_none(value.get("internet_message_id")),
+        attempt_id=_str_or_none(value.get("attempt_id")),
+        attempt_count=_int_or_none(value.get("attempt_count")) or 0,
+        original_result_id=_str_or_none(value.get("original_result_id")),
+        original_intent=original,
+        accepted_at_ms=_int_or_none(value.get("accepted_at")),
+        decided_at_ms=_int_or_none(value.get("decided_at")),
+        error_code=_str_or_none(value.get("error_code")),
+        error_message=scrub(_str_or_none(value.get("error_message"))),
+        worker=_str_or_none(value.get("worker")),
+    )
+
+
+def gather(
+    reader: TopicReader,
+    settings: Settings,
+    key: str,
+    *,
+    codec: SchemaCodec | None = None,
+    now_ms: int | None = None,
+) -> TraceBundle:
+    """Read the ledger entry, intent records and results of ``key`` from Kafka.
+
+    The intents topic must be readable (:class:`HistoryError` otherwise: a wrong
+    bootstrap or prefix must not look like an unknown key); a missing changelog,
+    deferred or result topic is reported in the bundle's notes.
+    """
+    codec = codec or default_codec()
+    raw_key = key.encode()
+    topics = settings.topics
+    notes: list[str] = []
+
+    intents_topic = topics.intents
+    partition = _key_partition(reader, intents_topic, raw_key)
+    intents = [
+        intent_view(r, "intents", codec) for r in reader.scan(intents_topic, partition, key=raw_key)
+    ]
+    try:
+        deferred_topic = topics.intents_deferred
+        partition = _key_partition(reader, deferred_topic, raw_key)
+        intents.extend(
+            intent_view(r, "deferred", codec)
+            for r in reader.scan(deferred_topic, partition, key=raw_key)
+        )
+    except HistoryError as exc:
+        notes.append(f"deferred lane not read: {exc}")
+
+    entry: LedgerEntry | None = None
+    try:
+        reader.partitions(settings.ledger_changelog_topic)
+        entry = ledger_entry(reader, settings, key)
+    except HistoryError as exc:
+        notes.append(f"ledger not read: {exc}")
+
+    results: list[ResultView] = []
+    for topic in topics.results():
+        try:
+            partition = _key_partition(reader, topic, raw_key)
+            results.extend(
+                result_view(r, codec) for r in reader.scan(topic, partition, key=raw_key)
+            )
+        except HistoryError as exc:
+            notes.append(f"results not read: {exc}")
+    results.sort(key=lambda r: (r.timestamp_ms or 0, r.decided_at_ms or 0, r.topic, r.offset))
+    return TraceBundle(
+        key=key,
+        generated_at_ms=int(time.time() * 1000) if now_ms is None else now_ms,
+        ledger=entry,
+        intents=tuple(intents),
+        results=tuple(results),
+        notes=tuple(notes),
+    )
+
+
+def find_keys(
+    reader: TopicReader,
+    settings: Settings,
+    tenant_id: str,
+    source_event_id: str,
+    *,
+    codec: SchemaCodec | None = None,
+) -> list[str]:
+    """The idempotency keys of the intent records for ``(tenant_id, source_event_id)``.
+
+    Scans every partition of the intents topic. Records whose Kafka key is not
+    namespaced by the tenant are skipped before decoding (the processor never
+    accepts them: every key is tenant-prefixed). The key is the intent's own
+    (:func:`identify_intent`); for an intent that does not validate, the record
+    key when it is a valid key of the tenant. In first-seen order, no repeats.
+    """
+    codec = codec or default_codec()
+    topic = settings.topics.intents
+    prefix = f"{tenant_id}:".encode()
+    found: dict[str, None] = {}
+    for partition in reader.partitions(topic):
+        for record in reader.scan(topic, partition):
+            if record.value is None or not (record.key or b"").startswith(prefix):
+                continue
+            try:
+                intent = codec.decode(record.value, expect="EmailIntent")
+            except CodecError:
+                continue
+            if intent.get("tenant_id") != tenant_id:
+                continue
+            if intent.get("source_event_id") != source_event_id:
+                continue
+            key = _key_of(intent, record, settings)
+            if key is not None:
+                found.setdefault(key, None)
+    return list(found)
+
+
+def _key_of(intent: Mapping[str, Any], record: StoredRecord, settings: Settings) -> str | None:
+    try:
+        return identify_intent(intent, max_body_bytes=settings.max_body_bytes).key.value
+    except InvalidIntentError:
+        pass
+    try:
+        parsed = IdempotencyKey.parse((record.key or b"").decode())
+    except (InvalidIntentError, UnicodeDecodeError):
+        return None
+    return parsed.value if parsed.tenant_id == intent.get("tenant_id") else None
+
+
+# --------------------------------------------------------------------------------------
+# Rendering (pure)
+# --------------------------------------------------------------------------------------
+
+
+def iso(ms: int | None) -> str | None:
+    """Milliseconds since the epoch as UTC ISO 8601 (``2024-05-01T12:00:00.123Z``)."""
+    if ms is None:
+        return None
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def _ref_json(ref: IntentRef | None) -> dict[str, Any] | None:
+    if ref is None:
+        return None
+    return {"topic": ref.topic, "partition": ref.partition, "offset": ref.offset}
+
+
+def _ref_text(ref: IntentRef | None) -> str:
+    return "-" if ref is None else f"{ref.topic}[{ref.partition}]@{ref.offset}"
+
+
+def _attempt_json(attempt: AttemptRecord, provider: str | None) -> dict[str, Any]:
+    evidence = dict(attempt.evidence)
+    detail = evidence.pop("detail", None) if attempt.kind == "lookup" else None
+    return {
+        "kind": attempt.kind,
+        "reconciliation": attempt.kind == "lookup",
+        "number": attempt.number,
+        "attempt_id": attempt.attempt_id,
+        "worker": attempt.worker,
+        "provider": provider,
+        "started_at": iso(attempt.started_at_ms),
+        "finished_at": iso(attempt.finished_at_ms),
+        "status": attempt.status,
+        "request_id": evidence.get("request-id") or attempt.provider_request_id,
+        "client_request_id": evidence.get("client-request-id"),
+        "date": evidence.get("Date"),
+        "x_ms_ags_diagnostic": evidence.get("x-ms-ags-diagnostic"),
+        "error_code": attempt.error_code,
+        "detail": scrub(detail),
+        "evidence": evidence,
+    }
+
+
+def _audit_json(record: AuditRecord) -> dict[str, Any]:
+    return {
+        "command_id": record.command_id,
+        "action": record.action,
+        "operator": record.operator,
+        "reason": scrub(record.reason),
+        "issued_at": iso(record.issued_at_ms),
+        "applied_at": iso(record.applied_at_ms),
+        "outcome": record.outcome,
+        "detail": scrub(record.detail),
+        "worker": record.worker,
+    }
+
+
+def _ledger_json(entry: LedgerEntry) -> dict[str, Any]:
+    return {
+        "status": entry.status.value,
+        "provider": entry.provider,
+        "provider_request_id": entry.provider_request_id,
+        "provider_message_id": entry.provider_message_id,
+        "internet_message_id": entry.internet_message_id,
+        "accepted_at": iso(entry.accepted_at_ms),
+        "error_code": entry.error_code,
+        "error_message": scrub(entry.error_message),
+        "reconciled": entry.reconciled,
+        "review_required": entry.review_required,
+        "attempt_count": entry.attempt_count,
+        "attempt_id": entry.attempt_id,
+        "lookups": entry.lookups,
+        "tenant_id": entry.tenant_id,
+        "source_event_id": entry.source_event_id,
+        "action_type": entry.action_type,
+        "sender": entry.sender,
+        "origin": _ref_json(entry.origin),
+        "worker": entry.worker,
+        "created_at": iso(entry.created_at_ms),
+        "updated_at": iso(entry.updated_at_ms),
+        "next_lookup_at": iso(entry.next_lookup_at_ms),
+        "lookup_deadline": iso(entry.lookup_deadline_ms),
+    }
+
+
+def _intent_json(view: IntentView) -> dict[str, Any]:
+    return {
+        "lane": view.lane,
+        "topic": view.topic,
+        "partition": view.partition,
+        "offset": view.offset,
+        "timestamp": iso(view.timestamp_ms),
+        "tenant_id": view.tenant_id,
+        "source_event_id": view.source_event_id,
+        "action_type": view.action_type,
+        "sender": view.sender,
+        "recipients": list(view.recipients),
+        "created_at": iso(view.created_at_ms),
+        "headers": dict(view.headers),
+        "problem": view.problem,
+    }
+
+
+def _result_json(view: ResultView) -> dict[str, Any]:
+    return {
+        "outcome": view.outcome,
+        "result_id": view.result_id,
+        "topic": view.topic,
+        "partition": view.partition,
+        "offset": view.offset,
+        "timestamp": iso(view.timestamp_ms),
+        "intent": _ref_json(view.intent),
+        "reconciled": view.reconciled,
+        "provider": view.provider,
+        "provider_request_id": view.provider_request_id,
+        "provider_message_id": view.provider_message_id,
+        "internet_message_id": view.internet_message_id,
+        "attempt_id": view.attempt_id,
+        "attempt_count": view.attempt_count,
+        "original_result_id": view.original_result_id,
+        "original_intent": _ref_json(view.original_intent),
+        "accepted_at": iso(view.accepted_at_ms),
+        "decided_at": iso(view.decided_at_ms),
+        "error_code": view.error_code,
+        "error_message": view.error_message,
+        "worker": view.worker,
+        "problem": view.problem,
+    }
+
+
+def to_json(bundle: TraceBundle) -> dict[str, Any]:
+    """The bundle as one JSON-ready document (the ``--json`` form)."""
+    entry = bundle.ledger
+    provider = entry.provider if entry is not None else None
+    return {
+        "key": bundle.key,
+        "found": bundle.found,
+        "generated_at": iso(bundle.generated_at_ms),
+        "ledger": _ledger_json(entry) if entry is not None else None,
+        "attempts": [_attempt_json(a, provider) for a in (entry.attempts if entry else ())],
+        "audit": [_audit_json(a) for a in (entry.audit if entry else ())],
+        "intents": [_intent_json(v) for v in bundle.intents],
+        "results": [_result_json(v) for v in bundle.results],
+        "notes": list(bundle.notes),
+    }
+
+
+def _or_dash(value: object) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _table(rows: Sequence[tuple[str, object]], indent: str = "  ") -> list[str]:
+    width = max((len(label) for label, _ in rows), default=0)
+    return [f"{indent}{label.ljust(width)}  {_or_dash(value)}" for label, value in rows]
+
+
+def _section(title: str, count: int | None = None) -> list[str]:
+    head = title if count is None else f"{title} ({count})"
+    return ["", head]
+
+
+def _attempt_lines(attempt: AttemptRecord, provider: str | None) -> list[str]:
+    data = _attempt_json(attempt, provider)
+    if attempt.kind == "lookup":
+        title = (
+            f"  lookup for attempt {attempt.number} (reconciliation)  {_or_dash(data['status'])}"
+        )
+    else:
+        title = f"  attempt {attempt.number} (send)  {_or_dash(data['status'])}"
+    rows: list[tuple[str, object]] = [
+        ("time", data["started_at"]),
+        ("finished", data["finished_at"]),
+        ("worker", data["worker"]),
+        ("provider", data["provider"]),
+        ("attempt id", data["attempt_id"]),
+        ("request-id", data["request_id"]),
+        ("client-request-id", data["client_request_id"]),
+        ("Date", data["date"]),
+        ("x-ms-ags-diagnostic", data["x_ms_ags_diagnostic"]),
+        ("error code", data["error_code"]),
+    ]
+    if attempt.kind == "lookup":
+        rows.append(("detail", data["detail"]))
+    shown = set(SUPPORT_EVIDENCE) | {"detail"}
+    rows.extend(
+        (name, value) for name, value in sorted(data["evidence"].items()) if name not in shown
+    )
+    return [title, *_table(rows, indent="      ")]
+
+
+def _intent_lines(view: IntentView) -> list[str]:
+    rows: list[tuple[str, object]]
+    head = f"  {_ref_text(view.ref)}  {view.lane}  {_or_dash(iso(view.timestamp_ms))}"
+    if view.problem:
+        rows = [("problem", view.problem), *view.headers]
+        return [head, *_table(rows, indent="      ")]
+    rows = [
+        ("tenant", view.tenant_id),
+        ("source event", view.source_event_id),
+        ("action", view.action_type),
+        ("sender", view.sender),
+        ("recipients", ", ".join(view.recipients)),
+        ("created at", iso(view.created_at_ms)),
+    ]
+    rows.extend(view.headers)
+    return [head, *_table(rows, indent="      ")]
+
+
+def _result_lines(view: ResultView) -> list[str]:
+    flag = "  reconciled" if view.reconciled else ""
+    head = f"  {view.outcome}{flag}  {_or_dash(iso(view.timestamp_ms))}"
+    if view.problem:
+        return [head, *_table([("problem", view.problem)], indent="      ")]
+    rows: list[tuple[str, object]] = [
+        ("result id", view.result_id),
+        ("record", f"{view.topic}[{view.partition}]@{view.offset}"),
+        ("intent", _ref_text(view.intent)),
+        ("reconciled", view.reconciled),
+        ("provider request id", view.provider_request_id),
+        ("internet message id", view.internet_message_id),
+        ("attempt", f"{view.attempt_count} ({_or_dash(view.attempt_id)})"),
+        ("decided at", iso(view.decided_at_ms)),
+    ]
+    if view.original_result_id:
+        rows.append(("original result id", view.original_result_id))
+        rows.append(("original intent", _ref_text(view.original_intent)))
+    if view.error_code or view.error_message:
+        rows.append(("error", f"{_or_dash(view.error_code)}: {_or_dash(view.error_message)}"))
+    return [head, *_table(rows, indent="      ")]
+
+
+def _support_lines(entry: LedgerEntry) -> list[str]:
+    """One aligned line per provider call: what to hand to the provider's support."""
+    rows: list[tuple[str, str, str, str, str]] = []
+    for attempt in entry.attempts:
+        data = _attempt_json(attempt, entry.provider)
+        rows.append(
+            (
+                "lookup" if attempt.kind == "lookup" else f"send #{attempt.number}",
+                _or_dash(data["status"]),
+                _or_dash(data["request_id"]),
+                _or_dash(data["client_request_id"]),
+                _or_dash(data["date"]),
+            )
+        )
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(4)]
+    return [
+        f"  {what.ljust(widths[0])}  {status.ljust(widths[1])}"
+        f"  request-id {request_id.ljust(widths[2])}"
+        f"  client-request-id {crid.ljust(widths[3])}  Date {date}"
+        for what, status, request_id, crid, date in rows
+    ]
+
+
+def render_text(bundle: TraceBundle) -> str:
+    """The bundle as readable, aligned text (the default form)."""
+    entry = bundle.ledger
+    lines = [
+        f"sendonce trace {bundle.key}  (as of {iso(bundle.generated_at_ms)})",
+        "For provider support, quote per attempt: request-id, client-request-id and Date.",
+    ]
+    if not bundle.found:
+        lines.append(f"no ledger entry and no intent record for key {bundle.key}")
+    if entry is not None:
+        lines.extend(_support_lines(entry))
+        status = entry.status.value + (" (reconciled)" if entry.reconciled else "")
+        lines.extend(_section("LEDGER"))
+        lines.extend(
+            _table(
+                [
+                    ("status", status),
+                    ("review required", entry.review_required),
+                    ("provider", entry.provider),
+                    ("provider request id", entry.provider_request_id),
+                    ("message id", entry.provider_message_id),
+                    ("internet message id", entry.internet_message_id),
+                    ("accepted at", iso(entry.accepted_at_ms)),
+                    ("error", _error_text(entry.error_code, scrub(entry.error_message))),
+                    ("attempts", f"{entry.attempt_count} (current {entry.attempt_id})"),
+                    ("lookups", entry.lookups),
+                    ("tenant", entry.tenant_id),
+                    ("source event", entry.source_event_id),
+                    ("action", entry.action_type),
+                    ("sender", entry.sender),
+                    ("origin intent", _ref_text(entry.origin)),
+                    ("worker", entry.worker),
+                    ("created at", iso(entry.created_at_ms)),
+                    ("updated at", iso(entry.updated_at_ms)),
+                    ("next lookup at", iso(entry.next_lookup_at_ms)),
+                    ("lookup deadline", iso(entry.lookup_deadline_ms)),
+                ]
+            )
+        )
+        lines.extend(_section("ATTEMPTS", len(entry.attempts)))
+        for attempt in entry.attempts:
+            lines.extend(_attempt_lines(attempt, entry.provider))
+        lines.extend(_section("OPERATOR AUDIT", len(entry.audit)))
+        for record in entry.audit:
+            audit = _audit_json(record)
+            lines.append(f"  {record.action}  {record.outcome}  {audit['applied_at']}")
+            lines.extend(
+                _table(
+                    [
+                        ("command id", audit["command_id"]),
+                        ("operator", audit["operator"]),
+                        ("reason", audit["reason"]),
+                        ("issued at", audit["issued_at"]),
+                        ("detail", audit["detail"]),
+                        ("worker", audit["worker"]),
+                    ],
+                    indent="      ",
+                )
+            )
+    elif bundle.found:
+        lines.extend(_section("LEDGER"))
+        lines.append("  no ledger entry (not processed yet, or the ledger was reset)")
+    lines.extend(_section("INTENT RECORDS", len(bundle.intents)))
+    for view in bundle.intents:
+        lines.extend(_intent_lines(view))
+    lines.extend(_section("RESULTS", len(bundle.results)))
+    for result in bundle.results:
+        lines.extend(_result_lines(result))
+    if bundle.notes:
+        lines.extend(_section("NOTES"))
+        lines.extend(f"  {note}" for note in bundle.notes)
+    return "\n".join(lines) + "\n"
+
+
+def _error_text(code: str | None, message: str | None) -> str | None:
+    if not code and not message:
+        return None
+    return f"{_or_dash(code)}: {_or_dash(message)}" if message else _or_dash(code)
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+
+
+def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``trace`` on ``subparsers``; its ``func(args)`` returns the exit code."""
+    p = subparsers.add_parser(
+        "trace",
+        help="print the evidence bundle of an idempotency key (for provider support)",
+        description=(
+            "Print what Kafka holds about one idempotency key: the ledger entry with every "
+            "provider attempt and reconciliation lookup (request-id, client-request-id, "
+            "Date), the operator audit trail, every intent record and every result. "
+            "Exit 1 when the key is unknown, 2 when Kafka cannot be read."
+        ),
+    )
+    p.add_argument("key", nargs="?", help="the idempotency key (tenant:...)")
+    p.add_argument("--source-event", help="find the key(s) by source event id (needs --tenant)")
+    p.add_argument("--tenant", help="tenant id, with --source-event")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (SENDONCE_BOOTSTRAP_SERVERS)")
+    p.set_defaults(func=_cmd_trace)
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    if (args.key is None) == (args.source_event is None):
+        print("sendonce trace: give either KEY or --source-event ID --tenant T", file=sys.stderr)
+        return 2
+    if args.source_event is not None and not args.tenant:
+        print("sendonce trace: --source-event needs --tenant", file=sys.stderr)
+        return 2
+    # librdkafka logs every failed connect; one clear error line is said below instead.
+    logging.getLogger("sendonce.kafka.history").setLevel(logging.CRITICAL)
+    settings = Settings.from_env()
+    if args.bootstrap:
+        settings = settings.with_overrides(bootstrap_servers=args.bootstrap)
+    codec = default_codec()
+    try:
+        with TopicReader(settings.bootstrap_servers) as reader:
+            if args.key is not None:
+                keys = [args.key]
+            else:
+                keys = find_keys(reader, settings, args.tenant, args.source_event, codec=codec)
+                if not keys:
+                    print(
+                        f"sendonce trace: no intent record for tenant {args.tenant} and "
+                        f"source event {args.source_event} in {settings.topics.intents}",
+                        file=sys.stderr,
+                    )
+                    return 1
+            bundles = [gather(reader, settings, key, codec=codec) for key in keys]
+    except HistoryError as exc:
+        print(f"sendonce trace: {exc}", file=sys.stderr)
+        return 2
+    _print(bundles, args)
+    missing = [b.key for b in bundles if not b.found]
+    for key in missing:
+        print(
+            f"sendonce trace: no ledger entry and no intent record for key {key}", file=sys.stderr
+        )
+    return 1 if missing else 0
+
+
+def _print(bundles: Iterable[TraceBundle], args: argparse.Namespace) -> None:
+    found = list(bundles)
+    if args.json:
+        document: dict[str, Any]
+        if args.key is not None:
+            document = to_json(found[0])
+        else:
+            document = {
+                "query": {"tenant_id": args.tenant, "source_event_id": args.source_event},
+                "keys": [b.key for b in found],
+                "traces": [to_json(b) for b in found],
+            }
+        print(json.dumps(document, indent=2, sort_keys=False))
+        return
+    # An unknown key's "bundle" says nothing the error message does not.
+    print("\n".join(render_text(b) for b in found if b.found), end="")
