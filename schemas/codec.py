@@ -24,6 +24,16 @@ writes a named type out in full again where it is referenced a second time. Its 
 of our schemas therefore differ from the Java implementation's, which ours match (see
 ``tests/unit/schemas/test_fingerprint.py``).
 
+Schema registry framing: a codec told a record's registry id (``use_registry_id``, see
+``schemas/registry.py``) encodes that record in the Confluent wire format instead::
+
+    00 | 4-byte big-endian schema registry id | Avro binary encoding of the record
+
+``decode`` accepts both framings, whatever this codec encodes with, so producers can
+switch without a flag day. A registry id it has not seen is fetched through
+``id_resolver`` when ``fetch_on_decode`` is set (command-line tools), and is otherwise an
+``UnknownSchemaError`` (the worker resolves ids ahead of time, off its event loop).
+
 Speed: ``encode`` and ``decode`` run on fastavro (C) when they can vouch that the result
 is exactly what the avro library path gives, and fall back to that path otherwise, which
 therefore still defines every error and message (see "Fast path" below and
@@ -37,7 +47,8 @@ import functools
 import io
 import json
 import struct
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,6 +60,8 @@ import avro.schema
 import fastavro
 
 __all__ = [
+    "CONFLUENT_HEADER_SIZE",
+    "CONFLUENT_MAGIC",
     "EMPTY_FINGERPRINT",
     "MAGIC",
     "CodecError",
@@ -72,6 +85,14 @@ MAGIC = b"\xc3\x01"
 """The two marker bytes that start every single-object encoded record."""
 
 HEADER_SIZE = len(MAGIC) + 8
+
+CONFLUENT_MAGIC = b"\x00"
+"""The byte that starts every record in the Confluent (schema registry) wire format."""
+
+CONFLUENT_HEADER_SIZE = len(CONFLUENT_MAGIC) + 4
+
+UNKNOWN_ID_RETRY_S = 30.0
+"""How long a registry id that could not be fetched is not asked for again."""
 
 EMPTY_FINGERPRINT = 0xC15D213AA4D7A795
 """CRC-64-AVRO's initial value and polynomial (the Avro spec's ``EMPTY``)."""
@@ -122,7 +143,7 @@ class CodecError(Exception):
 
 
 class NotSingleObjectError(CodecError):
-    """The bytes are not Avro single-object encoded (missing marker, too short, not bytes)."""
+    """The bytes are in neither framing (missing marker, too short, not bytes)."""
 
     error_type = "undecodable"
 
@@ -132,9 +153,12 @@ class UnknownSchemaError(CodecError):
 
     error_type = "unknown_schema"
 
-    def __init__(self, message: str, fingerprint: int | None = None) -> None:
+    def __init__(
+        self, message: str, fingerprint: int | None = None, schema_id: int | None = None
+    ) -> None:
         super().__init__(message)
         self.fingerprint = fingerprint
+        self.schema_id = schema_id
 
 
 class WrongSchemaError(CodecError):
@@ -944,6 +968,14 @@ class SchemaCodec:
         self._readers: dict[str, _SchemaVersion] = {}
         self._datum_readers: dict[tuple[int, int], avro.io.DatumReader] = {}
         self._projections: dict[tuple[int, int], _Projection | None] = {}
+        # Schema registry: id -> writer version; full name -> Confluent header to encode with.
+        self._by_id: dict[int, _SchemaVersion] = {}
+        self._id_headers: dict[str, bytes] = {}
+        self._id_failures: dict[int, tuple[float, str]] = {}
+        #: Fetches the schema (JSON text) registered under an id; see schemas/registry.py.
+        self.id_resolver: Callable[[int], str] | None = None
+        #: Whether ``decode`` may call ``id_resolver`` itself (I/O) for an unknown id.
+        self.fetch_on_decode = False
         checker = avro.compatibility.ReaderWriterCompatibilityChecker  # untyped in avro
         self._compatibility: Any = checker()  # type: ignore[no-untyped-call]
         loaded: dict[str, str] = {}
@@ -996,7 +1028,66 @@ class SchemaCodec:
 
     def writer_name(self, data: BytesLike) -> str:
         """Full name of the schema ``data`` was written with, without decoding the body."""
-        return self._writer_of(data).full_name
+        return self._frame(data)[0].full_name
+
+    # ---- schema registry ids --------------------------------------------------------
+
+    def register_id(self, schema_id: int, schema_json: str | Mapping[str, Any]) -> int:
+        """Make the writer schema a registry assigned ``schema_id`` known; its fingerprint.
+
+        Raises like :meth:`register` (the current reader must be able to read it).
+        """
+        _check_schema_id(schema_id)
+        fingerprint = self.register(schema_json)
+        self._by_id[schema_id] = self._writers[fingerprint]
+        self._id_failures.pop(schema_id, None)
+        return fingerprint
+
+    def use_registry_id(self, name: str, schema_id: int) -> None:
+        """Encode record ``name`` in the Confluent wire format with ``schema_id`` from now on.
+
+        The id must have been made known (:meth:`register_id`) for the current version.
+        """
+        reader = self._reader(name)
+        version = self._by_id.get(schema_id)
+        if version is None or version.fingerprint != reader.fingerprint:
+            raise UnknownSchemaError(
+                f"registry id {schema_id} is not the current version of {reader.full_name}",
+                schema_id=schema_id,
+            )
+        self._id_headers[reader.full_name] = CONFLUENT_MAGIC + schema_id.to_bytes(4, "big")
+
+    def registry_id(self, name: str) -> int | None:
+        """The registry id ``name`` is encoded with, or None (single-object encoding)."""
+        header = self._id_headers.get(self._reader(name).full_name)
+        return None if header is None else int.from_bytes(header[1:], "big")
+
+    def known_ids(self) -> frozenset[int]:
+        """Registry ids this codec can decode without asking the registry."""
+        return frozenset(self._by_id)
+
+    def unknown_ids(self, values: Iterable[BytesLike | None]) -> set[int]:
+        """Registry ids of Confluent-framed ``values`` this codec does not know yet."""
+        unknown: set[int] = set()
+        for data in values:
+            if (
+                isinstance(data, (bytes, bytearray, memoryview))
+                and len(data) >= CONFLUENT_HEADER_SIZE
+                and data[0] == 0
+            ):
+                schema_id = int.from_bytes(data[1:CONFLUENT_HEADER_SIZE], "big")
+                if schema_id not in self._by_id:
+                    unknown.add(schema_id)
+        return unknown
+
+    def id_failed(self, schema_id: int, reason: str) -> None:
+        """Remember that ``schema_id`` could not be resolved (named in decode errors)."""
+        self._id_failures[schema_id] = (time.monotonic(), reason)
+
+    def should_fetch(self, schema_id: int) -> bool:
+        """False while a failed fetch of ``schema_id`` is recent (not asked again yet)."""
+        failure = self._id_failures.get(schema_id)
+        return failure is None or time.monotonic() - failure[0] >= UNKNOWN_ID_RETRY_S
 
     # ---- encoding -------------------------------------------------------------------
 
@@ -1008,29 +1099,35 @@ class SchemaCodec:
         Timestamps are ``int`` milliseconds.
         """
         version = self._reader(name)
+        header = self._id_headers.get(version.full_name, version.header)
         fast = version.fast
         if fast is not None and fast.normalize is not None:
             try:
                 datum = fast.normalize(record)
                 buffer = io.BytesIO()
-                buffer.write(version.header)
+                buffer.write(header)
                 fastavro.schemaless_writer(buffer, fast.schema, datum)
                 return buffer.getvalue()
             except Exception:
                 # _NotFast or fastavro refusing the datum: the reference path gives the
                 # same bytes or the exact error (InvalidRecordError naming the field).
                 pass
-        return self._encode_with_avro(version, record)
+        return self._encode_with_avro(version, record, header)
 
     def _reference_encode(self, name: str, record: Mapping[str, Any]) -> bytes:
         """``encode`` on the avro-library path only (the reference the tests compare to)."""
-        return self._encode_with_avro(self._reader(name), record)
+        version = self._reader(name)
+        return self._encode_with_avro(
+            version, record, self._id_headers.get(version.full_name, version.header)
+        )
 
     @staticmethod
-    def _encode_with_avro(version: _SchemaVersion, record: Mapping[str, Any]) -> bytes:
+    def _encode_with_avro(
+        version: _SchemaVersion, record: Mapping[str, Any], header: bytes
+    ) -> bytes:
         datum = version.validator.check_record(version.wire, record, "")
         buffer = io.BytesIO()
-        buffer.write(version.header)
+        buffer.write(header)
         # write_data skips avro's own validate(), which _Validator already did.
         version.writer.write_data(version.wire, datum, avro.io.BinaryEncoder(buffer))
         return buffer.getvalue()
@@ -1038,34 +1135,38 @@ class SchemaCodec:
     # ---- decoding -------------------------------------------------------------------
 
     def decode(self, data: BytesLike, expect: str | None = None) -> dict[str, Any]:
-        """Decode one single-object encoded record into a dict of the reader schema.
+        """Decode one record (either framing) into a dict of the reader schema.
 
         ``expect`` (short or full name) guards against a record of another type on the
         topic. Raises ``NotSingleObjectError``, ``UnknownSchemaError``,
         ``WrongSchemaError`` or ``MalformedRecordError`` (all ``CodecError``).
         """
-        writer = self._writer_of(data)
+        writer, offset = self._frame(data)
         if expect is not None:
             actual = writer.full_name if "." in expect else writer.short_name
             if actual != expect:
                 raise WrongSchemaError(expect, writer.full_name)
         reader = self._readers[writer.full_name]
-        record = self._decode_with_fastavro(writer, reader, data)
+        record = self._decode_with_fastavro(writer, reader, data, offset)
         if record is not None:
             return record
-        return self._decode_with_avro(writer, reader, data)
+        return self._decode_with_avro(writer, reader, data, offset)
 
     def _reference_decode(self, data: BytesLike, expect: str | None = None) -> dict[str, Any]:
         """``decode`` on the avro-library path only (the reference the tests compare to)."""
-        writer = self._writer_of(data)
+        writer, offset = self._frame(data)
         if expect is not None:
             actual = writer.full_name if "." in expect else writer.short_name
             if actual != expect:
                 raise WrongSchemaError(expect, writer.full_name)
-        return self._decode_with_avro(writer, self._readers[writer.full_name], data)
+        return self._decode_with_avro(writer, self._readers[writer.full_name], data, offset)
 
     def _decode_with_fastavro(
-        self, writer: _SchemaVersion, reader: _SchemaVersion, data: BytesLike
+        self,
+        writer: _SchemaVersion,
+        reader: _SchemaVersion,
+        data: BytesLike,
+        offset: int = HEADER_SIZE,
     ) -> dict[str, Any] | None:
         """The decoded record, or None where only the reference path can answer exactly.
 
@@ -1086,16 +1187,16 @@ class SchemaCodec:
                 return None
         if fast.has_collections:
             limit = _collection_limit()
-            if limit is not None and len(data) - HEADER_SIZE > limit:
+            if limit is not None and len(data) - offset > limit:
                 return None  # avro might refuse a collection this large
         try:
             stream = io.BytesIO(data)
-            stream.seek(HEADER_SIZE)
+            stream.seek(offset)
             record = fastavro.schemaless_reader(stream, fast.schema, None)
             if stream.tell() != len(data) or not isinstance(record, dict):
                 return None
             check = io.BytesIO()
-            check.write(writer.header)
+            check.write(data[:offset])
             fastavro.schemaless_writer(check, fast.schema, record)
             if check.getvalue() != data:
                 return None
@@ -1116,11 +1217,15 @@ class SchemaCodec:
         return self._projections[pair]
 
     def _decode_with_avro(
-        self, writer: _SchemaVersion, reader: _SchemaVersion, data: BytesLike
+        self,
+        writer: _SchemaVersion,
+        reader: _SchemaVersion,
+        data: BytesLike,
+        offset: int = HEADER_SIZE,
     ) -> dict[str, Any]:
         datum_reader = self._datum_reader(writer, reader)
         buffer = io.BytesIO(data)
-        buffer.seek(HEADER_SIZE)
+        buffer.seek(offset)
         try:
             record = datum_reader.read(avro.io.BinaryDecoder(buffer))
         except (
@@ -1137,7 +1242,7 @@ class SchemaCodec:
             detail = str(exc) if isinstance(exc, avro.errors.InvalidAvroBinaryEncoding) else ""
             raise MalformedRecordError(
                 f"{writer.full_name} body does not decode at body byte "
-                f"{buffer.tell() - HEADER_SIZE} of {len(data) - HEADER_SIZE}: "
+                f"{buffer.tell() - offset} of {len(data) - offset}: "
                 f"{type(exc).__name__}{': ' + detail if detail else ''}"
             ) from None
         trailing = len(data) - buffer.tell()
@@ -1204,6 +1309,44 @@ class SchemaCodec:
         problem = "is ambiguous, use the full name" if matches else "is not known"
         raise UnknownSchemaError(f"schema {_safe_label(name)} {problem}")
 
+    def _frame(self, data: BytesLike) -> tuple[_SchemaVersion, int]:
+        """The writer schema of ``data`` and where its Avro body starts (either framing)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise NotSingleObjectError(f"expected bytes, got {_type_name(data)}")
+        if len(data) and data[0] == 0:
+            return self._writer_by_id(data), CONFLUENT_HEADER_SIZE
+        return self._writer_of(data), HEADER_SIZE
+
+    def _writer_by_id(self, data: BytesLike) -> _SchemaVersion:
+        if len(data) < CONFLUENT_HEADER_SIZE:
+            raise NotSingleObjectError(
+                f"{len(data)} byte(s) is too short for a schema registry (Confluent) header"
+            )
+        schema_id = int.from_bytes(data[1:CONFLUENT_HEADER_SIZE], "big")
+        writer = self._by_id.get(schema_id)
+        if writer is not None:
+            return writer
+        resolver = self.id_resolver
+        if resolver is not None and self.fetch_on_decode and self.should_fetch(schema_id):
+            try:
+                self.register_id(schema_id, resolver(schema_id))
+                return self._by_id[schema_id]
+            except CodecError as exc:
+                self.id_failed(schema_id, str(exc))
+            except Exception as exc:  # the resolver's errors (registry down, 404, ...)
+                self.id_failed(schema_id, str(exc))
+        failure = self._id_failures.get(schema_id)
+        detail = (
+            f": {failure[1]}"
+            if failure is not None
+            else " (not fetched: no schema registry configured)"
+            if resolver is None
+            else " (not resolved yet)"
+        )
+        raise UnknownSchemaError(
+            f"unknown schema registry id {schema_id}{detail}", schema_id=schema_id
+        )
+
     def _writer_of(self, data: BytesLike) -> _SchemaVersion:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise NotSingleObjectError(f"expected bytes, got {_type_name(data)}")
@@ -1213,7 +1356,8 @@ class SchemaCodec:
             )
         if bytes(data[:2]) != MAGIC:
             raise NotSingleObjectError(
-                f"no Avro single-object marker (expected c301, got {bytes(data[:2]).hex()})"
+                "no Avro single-object marker (expected c301) and no schema registry "
+                f"marker (expected 00), got {bytes(data[:2]).hex()}"
             )
         fingerprint = int.from_bytes(data[2:HEADER_SIZE], "little")
         writer = self._writers.get(fingerprint)
@@ -1230,6 +1374,11 @@ class SchemaCodec:
             datum_reader = avro.io.DatumReader(writer.wire, reader.wire)
             self._datum_readers[pair] = datum_reader
         return datum_reader
+
+
+def _check_schema_id(schema_id: int) -> None:
+    if not isinstance(schema_id, int) or isinstance(schema_id, bool) or not 0 <= schema_id < 2**31:
+        raise InvalidSchemaError(f"not a schema registry id: {schema_id!r}")
 
 
 @functools.cache

@@ -49,6 +49,7 @@ def _cmd_topics_create(args: argparse.Namespace) -> int:
 def _cmd_publish(args: argparse.Namespace) -> int:
     from sendonce.keys import InvalidIntentError
     from sendonce.publish import IntentPublisher
+    from sendonce.schemas_cli import codec_for_settings
 
     settings = _settings(args)
     source: TextIO = (
@@ -60,6 +61,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         IntentPublisher(
             settings.bootstrap_servers,
             args.topic or settings.topics.intents,
+            codec_for_settings(settings),
             max_body_bytes=settings.max_body_bytes,
         ) as publisher,
     ):
@@ -94,13 +96,18 @@ def _jsonable(value: Any) -> Any:
 
 def _cmd_results(args: argparse.Namespace) -> int:
     from sendonce.results import read_topics
+    from sendonce.schemas_cli import codec_for_settings
 
     settings = _settings(args)
     topics = list(settings.topics.results())
     if args.dlq:
         topics.append(settings.topics.dlq)
     for rec in read_topics(
-        settings.bootstrap_servers, topics, until_end=not args.follow, timeout=args.timeout
+        settings.bootstrap_servers,
+        topics,
+        until_end=not args.follow,
+        timeout=args.timeout,
+        codec=codec_for_settings(settings),
     ):
         line = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
         line.update(_jsonable(rec.value))
@@ -218,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sendonce.receiver_cli import add_cli as add_receiver_cli
     from sendonce.replay import add_cli as add_replay_cli
     from sendonce.review import add_cli as add_review_cli
+    from sendonce.schemas_cli import add_cli as add_schemas_cli
     from sendonce.trace import add_cli as add_trace_cli
 
     add_kafka_cli(dev)
@@ -228,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_cli(sub)
     add_trace_cli(sub)
     add_review_cli(sub)
+    add_schemas_cli(sub)
     return parser
 
 

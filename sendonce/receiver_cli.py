@@ -44,4 +44,6 @@ def _cmd_receiver(args: argparse.Namespace) -> int:
     # main() configures logging at WARNING; the receiver's own records (its listen
     # address, rejections, 503s) follow SENDONCE_LOG_LEVEL.
     logging.getLogger("sendonce").setLevel(settings.log_level.upper())
-    return run_receiver(settings)
+    from sendonce.schemas_cli import codec_for_settings
+
+    return run_receiver(settings, codec_for_settings(settings))

@@ -455,13 +455,14 @@ def run_replay(
     """
     from confluent_kafka import KafkaException
 
-    from schemas.codec import default_codec
     from sendonce.history import HistoryError, TopicReader
+    from sendonce.schemas_cli import codec_for_settings
 
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     topic = settings.topics.intents
     report = ReplayReport(options.replay_id, options.dry_run, topic)
-    codec = default_codec()
+    # Intents in the registry's wire format are decoded by their schema ids.
+    codec = codec_for_settings(settings)
     try:
         with TopicReader(settings.bootstrap_servers) as reader:
             partitions = reader.partitions(topic)
@@ -653,9 +654,9 @@ class _ResultCollector:
 
         from confluent_kafka import Consumer, TopicPartition
 
-        from schemas.codec import default_codec
+        from sendonce.schemas_cli import codec_for_settings
 
-        self._codec = default_codec()
+        self._codec = codec_for_settings(settings)
         self._consumer = Consumer(
             {
                 "bootstrap.servers": settings.bootstrap_servers,

@@ -25,7 +25,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
-from schemas.codec import SchemaCodec, default_codec
+from schemas.codec import SchemaCodec
 from sendonce.history import HistoryError, TopicReader, ledger_entries, ledger_entry
 from sendonce.settings import Settings
 from streams.ledger import RESOLUTIONS, AuditRecord, LedgerEntry, LedgerStatus
@@ -180,7 +180,11 @@ def resolve(
         raise ValueError(f"--as must be one of {', '.join(RESOLUTIONS)}")
     if not reason.strip():
         raise ValueError("--reason must say why (it is kept in the audit history)")
-    codec = codec or default_codec()
+    if codec is None:
+        from sendonce.schemas_cli import codec_for_settings
+
+        # The registry's wire format when one is configured, as every producer here.
+        codec = codec_for_settings(settings)
     command_id = str(uuid.uuid4())
     topic = settings.ledger_changelog_topic
     partition = partition_for_key(key.encode(), settings.partitions)

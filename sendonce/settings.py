@@ -289,6 +289,12 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "(provider accepted, nothing recorded) or `after-sent` (SENT durable, "
         "result not emitted, offsets not committed).",
     ),
+    "schema_registry_url": (
+        "SENDONCE_SCHEMA_REGISTRY_URL",
+        "Confluent-compatible schema registry; set: records are written in the Confluent "
+        "wire format with registry ids (subjects `<topic>-value`); empty: Avro "
+        "single-object encoding. Both are read either way.",
+    ),
     "log_level": ("SENDONCE_LOG_LEVEL", "Log level: debug, info, warning, error."),
     "log_format": (
         "SENDONCE_LOG_FORMAT",
@@ -369,6 +375,7 @@ class Settings:
     webhook_fault: str = ""
     webhook_replays_topic: bool = False
     crash_at: str = ""
+    schema_registry_url: str = ""
     log_level: str = "info"
     log_format: str = "text"
     metrics_host: str = "127.0.0.1"
@@ -451,6 +458,13 @@ class Settings:
             raise SettingsError(f"SENDONCE_LOG_FORMAT={self.log_format!r} must be text or json")
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError("SENDONCE_METRICS_PORT must be between 0 and 65535")
+        if self.schema_registry_url and not self.schema_registry_url.startswith(
+            ("http://", "https://")
+        ):
+            raise SettingsError(
+                f"SENDONCE_SCHEMA_REGISTRY_URL={self.schema_registry_url!r} must be an "
+                "http:// or https:// URL"
+            )
         if not self.bootstrap_servers.strip():
             raise SettingsError("SENDONCE_BOOTSTRAP_SERVERS is empty")
 

@@ -776,7 +776,10 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.bootstrap:
         settings = settings.with_overrides(bootstrap_servers=args.bootstrap)
-    codec = default_codec()
+    from sendonce.schemas_cli import codec_for_settings
+
+    # Records in the registry's wire format are decoded by their schema ids.
+    codec = codec_for_settings(settings)
     try:
         with TopicReader(settings.bootstrap_servers) as reader:
             if args.key is not None:

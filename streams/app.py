@@ -29,8 +29,10 @@ from faust.types import TP
 from connectors.base import EmailProvider
 from connectors.null import NullProvider
 from connectors.outbox import OutboxFault, OutboxProvider
-from schemas.codec import SchemaCodec, default_codec
+from schemas.codec import SchemaCodec
+from schemas.registry import resolving
 from sendonce.logs import worker_logging_config
+from sendonce.schemas_cli import codec_for_settings
 from sendonce.settings import Settings
 from streams import metrics
 from streams.fetcher import KafkaForwardedLookup, KafkaPartitionReader, KafkaRecordFetcher
@@ -124,7 +126,8 @@ def build_worker_app(
     codec: SchemaCodec | None = None,
 ) -> WorkerApp:
     """Assemble the Faust application for ``settings``."""
-    codec = codec or default_codec()
+    # Registry ids are resolved here, before the loop runs (schemas/registry.py).
+    codec = codec or codec_for_settings(settings, fetch_on_decode=False)
     app = faust.App(
         settings.app_id,
         broker=broker_url(settings.bootstrap_servers),
@@ -215,12 +218,16 @@ def build_worker_app(
 
     app.timer(interval=settings.reconcile_tick_s, name="sendonce.reconcile")(reconcile_tick)
 
-    intents_lane = offsets.lane("intents", settings.topics.intents, processor.process_batch)
+    intents_lane = offsets.lane(
+        "intents", settings.topics.intents, resolving(codec, processor.process_batch)
+    )
     deferred_lane = offsets.lane(
-        "deferred", settings.topics.intents_deferred, processor.process_batch
+        "deferred", settings.topics.intents_deferred, resolving(codec, processor.process_batch)
     )
 
-    commands_lane = offsets.lane("commands", settings.topics.commands, processor.process_commands)
+    commands_lane = offsets.lane(
+        "commands", settings.topics.commands, resolving(codec, processor.process_commands)
+    )
 
     async def process_intents(stream: Any) -> None:
         await _run_lane(stream, intents_lane)
@@ -518,7 +525,9 @@ def _add_webhook_dedupe(
         fault=WebhookFault(settings.webhook_fault),
     )
 
-    lane = offsets.lane("webhooks", settings.topics.webhooks_raw, processor.process_batch)
+    lane = offsets.lane(
+        "webhooks", settings.topics.webhooks_raw, resolving(codec, processor.process_batch)
+    )
 
     def report(stats: Any) -> None:
         if stats.replays:

@@ -510,14 +510,14 @@ def _on_intent(entry: LedgerEntry | None, event: IntentArrived) -> Decision:
         return Decision(new, (Persist(new), CallProvider(attempt_id, 1)))
 
     if entry.content_fingerprint != intent.content_fingerprint:
-        return Decision(entry, (Emit(_conflict(entry, intent, event.now_ms)),))
+        return Decision(entry, (Emit(_conflict(entry, intent, event.now_ms, event.worker)),))
 
     if entry.status is LedgerStatus.PENDING:
         # Only a crashed attempt leaves PENDING behind (the shell finishes each
         # key before its next intent): it may have reached the provider, so ask.
         return Decision(entry, (Reconcile(entry.attempt_id),))
 
-    return Decision(entry, (Emit(_result_for_settled(entry, intent, event.now_ms)),))
+    return Decision(entry, (Emit(_result_for_settled(entry, intent, event.now_ms, event.worker)),))
 
 
 def _on_send_finished(
@@ -809,11 +809,14 @@ _STATUS_OUTCOME = {
 }
 
 
-def _result_for_settled(entry: LedgerEntry, intent: IntentFacts, now_ms: int) -> ResultRecord:
+def _result_for_settled(
+    entry: LedgerEntry, intent: IntentFacts, now_ms: int, worker: str | None = None
+) -> ResultRecord:
     """The result for ``intent`` given a settled (non-PENDING) entry.
 
     The intent that created the entry gets the entry's own outcome; any other
-    intent for a SENT key is a DUPLICATE carrying the original's ids.
+    intent for a SENT key is a DUPLICATE carrying the original's ids. ``worker``
+    is the worker deciding this result (default: the entry's, which made the attempt).
     """
     outcome = _STATUS_OUTCOME[entry.status]
     is_origin = intent.ref == entry.origin
@@ -847,11 +850,11 @@ def _result_for_settled(entry: LedgerEntry, intent: IntentFacts, now_ms: int) ->
         error_code=entry.error_code,
         error_message=entry.error_message,
         reconciled=entry.reconciled,
-        worker=entry.worker,
+        worker=worker or entry.worker,
     )
 
 
-def _conflict(entry: LedgerEntry, intent: IntentFacts, now_ms: int) -> ResultRecord:
+def _conflict(entry: LedgerEntry, intent: IntentFacts, now_ms: int, worker: str) -> ResultRecord:
     return ResultRecord(
         result_id=result_id_for(entry.key, intent.ref, ResultOutcome.CONFLICT),
         outcome=ResultOutcome.CONFLICT,
@@ -870,4 +873,5 @@ def _conflict(entry: LedgerEntry, intent: IntentFacts, now_ms: int) -> ResultRec
             "idempotency key reused with different content; nothing sent "
             f"(ledger holds {entry.status.value} from offset {entry.origin.offset})"
         ),
+        worker=worker,
     )

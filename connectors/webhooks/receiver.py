@@ -471,9 +471,11 @@ def build_app(settings: Settings, *, sink: EventSink | None = None) -> web.Appli
     return WebhookReceiver(ReceiverConfig.from_settings(settings), sink=sink).app
 
 
-async def serve(config: ReceiverConfig, stop: asyncio.Event) -> None:
+async def serve(
+    config: ReceiverConfig, stop: asyncio.Event, codec: SchemaCodec | None = None
+) -> None:
     """Run the receiver until ``stop`` is set."""
-    receiver = WebhookReceiver(config)
+    receiver = WebhookReceiver(config, codec=codec)
     url = await receiver.start()
     log.info(
         "webhook receiver listening on %s (events to %s at %s)",
@@ -488,8 +490,11 @@ async def serve(config: ReceiverConfig, stop: asyncio.Event) -> None:
         await receiver.stop()
 
 
-def run_receiver(settings: Settings) -> int:
-    """``sendonce receiver``: serve until SIGTERM or SIGINT; the exit code."""
+def run_receiver(settings: Settings, codec: SchemaCodec | None = None) -> int:
+    """``sendonce receiver``: serve until SIGTERM or SIGINT; the exit code.
+
+    ``codec`` encodes the events (the registry's wire format when one is configured).
+    """
     config = ReceiverConfig.from_settings(settings)
 
     async def main() -> None:
@@ -497,7 +502,7 @@ def run_receiver(settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await serve(config, stop)
+        await serve(config, stop, codec)
 
     try:
         asyncio.run(main())

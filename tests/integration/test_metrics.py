@@ -3,51 +3,29 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import Pipeline, intent, pipeline_fixture
+from tests.integration.harness import (
+    Pipeline,
+    Samples,
+    free_port,
+    get,
+    intent,
+    pipeline_fixture,
+    scrape,
+)
 
 pytestmark = pytest.mark.integration
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture
 def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
     yield from pipeline_fixture(kafka_bootstrap, tmp_path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return int(resp.status), resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read().decode()
-
-
-def scrape(base: str) -> Samples:
-    status, text = get(base + "/metrics")
-    assert status == 200
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
 
 
 def total(samples: Samples, name: str, **labels: str) -> float:

@@ -464,3 +464,24 @@ def test_an_attempt_without_a_request_id_does_not_inherit_the_previous_attempts(
     assert decision.entry is not None and decision.entry.provider_request_id is None
     [emit] = [e for e in decision.effects if isinstance(e, Emit)]
     assert emit.result.provider_request_id is None
+
+
+def test_a_duplicate_names_the_worker_that_decided_it_not_the_one_that_sent() -> None:
+    intent = IntentFacts("t1:k", "t1", "e", "reply", "fp", IntentRef("email.intents", 0, 0))
+    first = decide(None, IntentArrived(intent, 0, "worker-a")).entry
+    assert first is not None
+    accepted = SendOutcome(SendStatus.ACCEPTED, "m")
+    sent = decide(first, SendFinished(intent, first.attempt_id, accepted, 1), POLICY)
+    [original] = [e.result for e in sent.effects if isinstance(e, Emit)]
+    assert original.worker == "worker-a"
+    repeat = dataclasses.replace(intent, ref=IntentRef("email.intents", 0, 1))
+    later = decide(sent.entry, IntentArrived(repeat, 2, "worker-b"))
+    [duplicate] = [e.result for e in later.effects if isinstance(e, Emit)]
+    assert duplicate.outcome is ResultOutcome.DUPLICATE and duplicate.worker == "worker-b"
+    other = dataclasses.replace(repeat, content_fingerprint="fp2")
+    [conflict] = [
+        e.result
+        for e in decide(sent.entry, IntentArrived(other, 3, "worker-c")).effects
+        if isinstance(e, Emit)
+    ]
+    assert conflict.worker == "worker-c"
