@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from sendonce.settings import Settings
-from streams.ledger import IntentRef, LedgerEntry
+from streams.ledger import IntentRef, LedgerEntry, LedgerStatus, status_marker
 from streams.processor import partition_for_key
 
 log = logging.getLogger("sendonce.history")
@@ -272,12 +272,14 @@ def ledger_entries(
     *,
     keys: Collection[str] | None = None,
     partitions: Iterable[int] | None = None,
+    status: LedgerStatus | None = None,
     on_record: Callable[[int], None] | None = None,
 ) -> dict[str, LedgerEntry]:
     """The ledger's latest entry per key, folded from its changelog.
 
     ``keys`` limits the answer (and the partitions read) to those keys; without it
-    every entry of ``partitions`` (default: all) is returned. A tombstone removes a
+    every entry of ``partitions`` (default: all) is returned. ``status`` keeps only
+    entries in that state (filtered as bytes, before decoding). A tombstone removes a
     key. Entries are the state as of the changelog's end at the time of the call.
     """
     topic = settings.ledger_changelog_topic
@@ -288,21 +290,18 @@ def ledger_entries(
         parts = sorted(by_key if partitions is None else by_key & set(partitions))
     else:
         parts = sorted(reader.partitions(topic) if partitions is None else partitions)
+    # One key: let the scan skip the others before copying them out.
+    only = next(iter(wanted)) if wanted is not None and len(wanted) == 1 else None
     latest: dict[bytes, bytes | None] = {}
     for partition in parts:
-        if keys is not None and len(wanted or ()) == 1:
-            records = reader.scan(
-                topic, partition, key=next(iter(wanted or ())), on_record=on_record
-            )
-        else:
-            records = reader.scan(topic, partition, on_record=on_record)
-        for record in records:
+        for record in reader.scan(topic, partition, key=only, on_record=on_record):
             if record.key is None or (wanted is not None and record.key not in wanted):
                 continue
             latest[record.key] = record.value
+    marker = status_marker(status) if status is not None else b""
     entries: dict[str, LedgerEntry] = {}
     for raw_key, value in latest.items():
-        if value is None:
+        if value is None or marker not in value:
             continue
         try:
             entries[raw_key.decode()] = LedgerEntry.from_bytes(value)

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from sendonce.keys import InvalidIntentError, identify_intent
 from sendonce.progress import Progress
 from sendonce.settings import Settings
 from streams.ledger import (
@@ -249,38 +248,14 @@ def _offsets(
 def classify(record: StoredRecord, codec: SchemaCodec, settings: Settings) -> IntentFacts | str:
     """The record's ledger facts, or why the worker rejects it (its dead-letter type).
 
-    The same checks, in the same order, as ``IntentProcessor._accept`` for a record of
-    the intents topic.
+    The worker's own rule (:func:`streams.processor.accept_intent`).
     """
-    from schemas.codec import CodecError, WrongSchemaError
-    from streams.processor import partition_for_key
+    from streams.processor import BadIntent, accept_intent
 
-    if record.value is None:
-        return "undecodable"
     try:
-        intent = codec.decode(record.value, expect="EmailIntent")
-    except WrongSchemaError:
-        return "wrong_schema"
-    except CodecError:
-        return "undecodable"
-    try:
-        identity = identify_intent(intent, max_body_bytes=settings.max_body_bytes)
-    except InvalidIntentError:
-        return "invalid_intent"
-    key_bytes = identity.key.value.encode()
-    if record.key != key_bytes:
-        return "misrouted"
-    if record.partition != partition_for_key(key_bytes, settings.partitions):
-        return "misrouted"
-    return IntentFacts(
-        key=identity.key.value,
-        tenant_id=intent["tenant_id"],
-        source_event_id=intent["source_event_id"],
-        action_type=intent["action_type"],
-        content_fingerprint=identity.fingerprint,
-        ref=record.ref,
-        sender=identity.sender,
-    )
+        return accept_intent(record, codec, settings)[1]
+    except BadIntent as bad:
+        return bad.error_type
 
 
 # --- the dry run's prediction ---------------------------------------------

@@ -42,12 +42,8 @@ def open_ambiguous(
     reader: TopicReader, settings: Settings, tenants: Sequence[str] = ()
 ) -> list[LedgerEntry]:
     """Every AMBIGUOUS ledger entry (oldest first), optionally of some tenants only."""
-    entries = ledger_entries(reader, settings)
-    found = [
-        e
-        for e in entries.values()
-        if e.status is LedgerStatus.AMBIGUOUS and (not tenants or e.tenant_id in tenants)
-    ]
+    entries = ledger_entries(reader, settings, status=LedgerStatus.AMBIGUOUS)
+    found = [e for e in entries.values() if not tenants or e.tenant_id in tenants]
     return sorted(found, key=lambda e: (e.updated_at_ms, e.key))
 
 

@@ -63,6 +63,14 @@ class LedgerStatus(enum.Enum):
     AMBIGUOUS = "AMBIGUOUS"
 
 
+def status_marker(status: LedgerStatus) -> bytes:
+    """The bytes every serialised entry in ``status`` contains (see ``to_bytes``).
+
+    Lets a scan over many entries skip the others without decoding them.
+    """
+    return b'"status":"' + status.value.encode() + b'"'
+
+
 class ResultOutcome(enum.Enum):
     """The outcome reported on a result topic for one intent record."""
 

@@ -103,7 +103,7 @@ def origin_header(ref: IntentRef) -> tuple[str, bytes]:
     return (ORIGIN_HEADER, f"{ref.topic}:{ref.partition}:{ref.offset}".encode())
 
 
-def origin_of(record: ConsumedRecord) -> IntentRef | None:
+def origin_of(record: SourceRecord) -> IntentRef | None:
     """The original intent's coordinates carried by a deferred record, if any."""
     for name, value in record.headers:
         if name == ORIGIN_HEADER and value:
@@ -151,6 +151,82 @@ class BadIntent(Exception):
         super().__init__(reason)
         self.error_type = error_type
         self.reason = reason
+
+
+def decode_record(value: bytes | None, codec: SchemaCodec, expect: str) -> dict[str, Any]:
+    """The record's value decoded as ``expect``; :class:`BadIntent` says why it cannot be."""
+    if value is None:
+        raise BadIntent("undecodable", "record has no value (tombstone)")
+    try:
+        return codec.decode(value, expect=expect)
+    except WrongSchemaError as exc:
+        raise BadIntent("wrong_schema", str(exc)) from exc
+    except CodecError as exc:
+        raise BadIntent("undecodable", str(exc)) from exc
+
+
+class SourceRecord(Protocol):
+    """A record read from a lane's topic (consumed, or read back by an operator tool)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> tuple[tuple[str, bytes | None], ...]: ...
+    @property
+    def ref(self) -> IntentRef: ...
+
+
+def accept_intent(
+    record: SourceRecord, codec: SchemaCodec, settings: Settings
+) -> tuple[dict[str, Any], IntentFacts]:
+    """The decoded intent and its ledger facts, or :class:`BadIntent` saying why not.
+
+    The worker's acceptance rule, in one place: ``sendonce replay`` applies the same
+    rule to predict which records the worker dead-letters.
+    """
+    intent = decode_record(record.value, codec, "EmailIntent")
+    try:
+        identity = identify_intent(intent, max_body_bytes=settings.max_body_bytes)
+    except InvalidIntentError as exc:
+        raise BadIntent("invalid_intent", str(exc)) from exc
+    key = identity.key
+    key_bytes = key.value.encode()
+    if record.key != key_bytes:
+        raise BadIntent(
+            "misrouted",
+            "record key is not the intent's idempotency key; publish with "
+            "sendonce.publish (or key each record by its idempotency key)",
+        )
+    expected = partition_for_key(key_bytes, settings.partitions)
+    if record.partition != expected:
+        raise BadIntent(
+            "misrouted",
+            f"record is on partition {record.partition} but its key belongs on "
+            f"partition {expected} (Kafka's murmur2 partitioner over "
+            f"{settings.partitions} partitions); one owner per key needs it there",
+        )
+    ref = record.ref
+    if record.topic == settings.topics.intents_deferred:
+        origin = origin_of(record)
+        if origin is None:
+            raise BadIntent("misrouted", "deferred record without its origin header")
+        ref = origin
+    facts = IntentFacts(
+        key=key.value,
+        tenant_id=intent["tenant_id"],
+        source_event_id=intent["source_event_id"],
+        action_type=intent["action_type"],
+        content_fingerprint=identity.fingerprint,
+        ref=ref,
+        sender=identity.sender,
+    )
+    return intent, facts
 
 
 @dataclass
@@ -245,49 +321,7 @@ class IntentProcessor:
     # -- input ------------------------------------------------------------
 
     def _accept(self, record: ConsumedRecord) -> _Accepted:
-        if record.value is None:
-            raise BadIntent("undecodable", "record has no value (tombstone)")
-        try:
-            intent = self.codec.decode(record.value, expect="EmailIntent")
-        except WrongSchemaError as exc:
-            raise BadIntent("wrong_schema", str(exc)) from exc
-        except CodecError as exc:
-            raise BadIntent("undecodable", str(exc)) from exc
-        try:
-            identity = identify_intent(intent, max_body_bytes=self.settings.max_body_bytes)
-        except InvalidIntentError as exc:
-            raise BadIntent("invalid_intent", str(exc)) from exc
-        key = identity.key
-        key_bytes = key.value.encode()
-        if record.key != key_bytes:
-            raise BadIntent(
-                "misrouted",
-                "record key is not the intent's idempotency key; publish with "
-                "sendonce.publish (or key each record by its idempotency key)",
-            )
-        expected = partition_for_key(key_bytes, self.settings.partitions)
-        if record.partition != expected:
-            raise BadIntent(
-                "misrouted",
-                f"record is on partition {record.partition} but its key belongs on "
-                f"partition {expected} (Kafka's murmur2 partitioner over "
-                f"{self.settings.partitions} partitions); one owner per key needs it there",
-            )
-        ref = record.ref
-        if record.topic == self.topics.intents_deferred:
-            origin = origin_of(record)
-            if origin is None:
-                raise BadIntent("misrouted", "deferred record without its origin header")
-            ref = origin
-        facts = IntentFacts(
-            key=key.value,
-            tenant_id=intent["tenant_id"],
-            source_event_id=intent["source_event_id"],
-            action_type=intent["action_type"],
-            content_fingerprint=identity.fingerprint,
-            ref=ref,
-            sender=identity.sender,
-        )
+        intent, facts = accept_intent(record, self.codec, self.settings)
         return _Accepted(record, intent, facts)
 
     async def _dead_letter(self, record: ConsumedRecord, bad: BadIntent) -> None:
@@ -429,14 +463,7 @@ class IntentProcessor:
         return stats
 
     def _command(self, record: ConsumedRecord) -> OperatorCommand:
-        if record.value is None:
-            raise BadIntent("undecodable", "record has no value (tombstone)")
-        try:
-            data = self.codec.decode(record.value, expect="OperatorCommand")
-        except WrongSchemaError as exc:
-            raise BadIntent("wrong_schema", str(exc)) from exc
-        except CodecError as exc:
-            raise BadIntent("undecodable", str(exc)) from exc
+        data = decode_record(record.value, self.codec, "OperatorCommand")
         key = data["idempotency_key"]
         key_bytes = key.encode()
         if record.key != key_bytes:

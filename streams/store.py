@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from faust.types import TP
 from rocksdict import WriteBatch
 
-from streams.ledger import LedgerEntry, LedgerStatus
+from streams.ledger import LedgerEntry, LedgerStatus, status_marker
 
 
 class LedgerStore(Protocol):
@@ -158,7 +158,7 @@ class FaustLedgerStore:
         before decoding, so the scan costs a RocksDB iteration, not a JSON
         decode per key.
         """
-        marker = b'"status":"AMBIGUOUS"'
+        marker = status_marker(LedgerStatus.AMBIGUOUS)
         for partition, value in self._bytes.values_by_partition():
             if marker in value:
                 yield partition, LedgerEntry.from_bytes(value)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from connectors.graph.emulator import EmulatorThread, GraphEmulator
 from sendonce.dev.kafka import LocalKafka
+from tests.integration.harness import Pipeline, pipeline_fixture
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +40,26 @@ def kafka_bootstrap(kafka: LocalKafka | None) -> str:
         return external
     assert kafka is not None
     return kafka.bootstrap
+
+
+@pytest.fixture
+def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
+    """This test's own topics, consumer group, ledger and outbox (6 partitions)."""
+    yield from pipeline_fixture(kafka_bootstrap, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[EmulatorThread]:
+    """One Graph emulator (HTTPS, test CA) per test module."""
+    thread = GraphEmulator().run_in_thread()
+    try:
+        yield thread
+    finally:
+        thread.stop()
+
+
+@pytest.fixture
+def emulator(served: EmulatorThread) -> GraphEmulator:
+    """The module's emulator, reset (no faults, no deliveries) for this test."""
+    served.emulator.reset()
+    return served.emulator

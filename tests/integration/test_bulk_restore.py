@@ -30,7 +30,7 @@ from streams.restore import (
     restore_consumer,
     restore_partitions,
 )
-from tests.integration.harness import Pipeline, WorkerProcess, pipeline_fixture
+from tests.integration.harness import Pipeline, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -155,11 +155,6 @@ def test_restore_into_empty_store_then_catch_up(
     for p in range(3):
         assert contents(open_dbs[p]) == expected[p]
         assert persisted_offset(open_dbs[p], OFFSET_KEY) == last[p]
-
-
-@pytest.fixture
-def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
-    yield from pipeline_fixture(kafka_bootstrap, tmp_path)
 
 
 def wait_ready(worker: WorkerProcess, timeout: float = 180) -> str:

@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from connectors.graph.emulator import EmulatorThread, GraphEmulator
-from tests.integration.harness import Pipeline, intent, pipeline_fixture
+from connectors.graph.emulator import GraphEmulator
+from tests.integration.harness import Pipeline, intent
 
 pytestmark = pytest.mark.integration
 
 SENDER = "orders@acme.example"
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[EmulatorThread]:
-    thread = GraphEmulator().run_in_thread()
-    try:
-        yield thread
-    finally:
-        thread.stop()
-
-
-@pytest.fixture
-def emulator(served: EmulatorThread) -> GraphEmulator:
-    served.emulator.reset()
-    return served.emulator
-
-
-@pytest.fixture
-def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
-    yield from pipeline_fixture(kafka_bootstrap, tmp_path)
 
 
 def graph_env(emulator: GraphEmulator) -> dict[str, str]:

@@ -8,20 +8,13 @@ import shutil
 import signal
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from sendonce.publish import complete_intent
-from tests.integration.harness import Pipeline, intent, pipeline_fixture
+from tests.integration.harness import Pipeline, intent
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
-    yield from pipeline_fixture(kafka_bootstrap, tmp_path)
 
 
 def test_1000_intents_with_300_repeats_send_700_emails(pipeline: Pipeline) -> None:

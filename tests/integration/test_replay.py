@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,14 +14,9 @@ from confluent_kafka import Consumer, TopicPartition
 from sendonce.history import TopicReader
 from sendonce.publish import complete_intent
 from sendonce.replay import REPLAY_HEADER, REPLAYED_FROM_HEADER
-from tests.integration.harness import Pipeline, intent, pipeline_fixture
+from tests.integration.harness import Pipeline, intent
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
-    yield from pipeline_fixture(kafka_bootstrap, tmp_path)
 
 
 def replay(pipeline: Pipeline, *args: str) -> tuple[int, dict[str, Any], str]:

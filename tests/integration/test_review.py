@@ -11,40 +11,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from connectors.graph.emulator import EmulatorThread, GraphEmulator
+from connectors.graph.emulator import GraphEmulator
 from sendonce.history import TopicReader, ledger_entry
-from tests.integration.harness import Pipeline, intent, pipeline_fixture
+from tests.integration.harness import Pipeline, intent
 
 pytestmark = pytest.mark.integration
 
 LOST = ("lost-one@acme.example", "lost-two@acme.example")
 FINE = "orders@acme.example"
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[EmulatorThread]:
-    thread = GraphEmulator().run_in_thread()
-    try:
-        yield thread
-    finally:
-        thread.stop()
-
-
-@pytest.fixture
-def emulator(served: EmulatorThread) -> GraphEmulator:
-    served.emulator.reset()
-    return served.emulator
-
-
-@pytest.fixture
-def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
-    yield from pipeline_fixture(kafka_bootstrap, tmp_path)
 
 
 def review(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:

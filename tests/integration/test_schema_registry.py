@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,16 +22,11 @@ from sendonce.cli import main
 from sendonce.dev.registry import FakeSchemaRegistry
 from sendonce.keys import idempotency_key_for
 from sendonce.publish import IntentPublisher, complete_intent
-from tests.integration.harness import Pipeline, intent, pipeline_fixture
+from tests.integration.harness import Pipeline, intent
 
 TOOL = (sys.executable, "-m", "sendonce.cli")
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
-    yield from pipeline_fixture(kafka_bootstrap, tmp_path)
 
 
 class _Recording:

@@ -11,41 +11,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from connectors.graph.emulator import EmulatorThread, GraphEmulator
+from connectors.graph.emulator import GraphEmulator
 from connectors.graph.message import client_request_id
 from streams.ledger import attempt_id_for
 from streams.processor import partition_for_key
-from tests.integration.harness import Pipeline, intent, pipeline_fixture
+from tests.integration.harness import Pipeline, intent
 
 pytestmark = pytest.mark.integration
 
 UNLUCKY = "alerts@acme.example"
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[EmulatorThread]:
-    thread = GraphEmulator().run_in_thread()
-    try:
-        yield thread
-    finally:
-        thread.stop()
-
-
-@pytest.fixture
-def emulator(served: EmulatorThread) -> GraphEmulator:
-    served.emulator.reset()
-    return served.emulator
-
-
-@pytest.fixture
-def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
-    yield from pipeline_fixture(kafka_bootstrap, tmp_path)
 
 
 def graph_env(emulator: GraphEmulator) -> dict[str, str]:

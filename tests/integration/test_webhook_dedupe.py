@@ -7,7 +7,6 @@ import json
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,9 @@ from connectors.webhooks.receiver import ReceiverConfig, ReceiverThread
 from schemas.codec import default_codec
 from sendonce.publish import IntentPublisher
 from sendonce.results import ResultWatcher
-from tests.integration.harness import Pipeline, pipeline_fixture
+from tests.integration.harness import Pipeline
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
-    yield from pipeline_fixture(kafka_bootstrap, tmp_path)
 
 
 def raw_event(dedupe_id: str) -> bytes:

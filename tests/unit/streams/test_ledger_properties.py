@@ -485,3 +485,13 @@ def test_a_duplicate_names_the_worker_that_decided_it_not_the_one_that_sent() ->
         if isinstance(e, Emit)
     ]
     assert conflict.worker == "worker-c"
+
+
+def test_the_status_marker_finds_exactly_the_entries_in_that_status() -> None:
+    intent = IntentFacts("t1:k", "t1", "e", "reply", "fp", IntentRef("email.intents", 0, 0))
+    entry = decide(None, IntentArrived(intent, 0, "w")).entry
+    assert entry is not None
+    for status in LedgerStatus:
+        raw = ledger.replace(entry, status=status).to_bytes()
+        for other in LedgerStatus:
+            assert (ledger.status_marker(other) in raw) == (other is status)
