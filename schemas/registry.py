@@ -26,6 +26,7 @@ synchronous and let ``decode`` fetch unknown ids itself (``fetch_on_decode``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import urllib.error
@@ -130,9 +131,22 @@ class SchemaRegistryClient:
 
     def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
         parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise RegistryError(f"schema registry URL {url!r} is not an http(s) URL")
-        self.url = url.rstrip("/")
+        # Credentials in the URL (https://key:secret@host) become a Basic header and
+        # never appear in an error message or a log line.
+        host = parsed.hostname or ""
+        if parsed.port is not None:
+            host = f"{host}:{parsed.port}"
+        bare = urllib.parse.urlunsplit(parsed._replace(netloc=host)).rstrip("/")
+        if parsed.scheme not in ("http", "https") or not host:
+            raise RegistryError(f"schema registry URL {bare!r} is not an http(s) URL")
+        #: The registry's address, without credentials.
+        self.url = bare
+        self._headers = {"Accept": CONTENT_TYPE, "Content-Type": CONTENT_TYPE}
+        if parsed.username is not None:
+            user = urllib.parse.unquote(parsed.username)
+            secret = urllib.parse.unquote(parsed.password or "")
+            token = base64.b64encode(f"{user}:{secret}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
         self.timeout_s = timeout_s
         self._schemas: dict[int, str] = {}
 
@@ -144,7 +158,7 @@ class SchemaRegistryClient:
             self.url + path,
             data=data,
             method=method,
-            headers={"Accept": CONTENT_TYPE, "Content-Type": CONTENT_TYPE},
+            headers=self._headers,
         )
         where = f"{method} {path}"
         try:

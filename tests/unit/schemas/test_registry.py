@@ -239,6 +239,46 @@ def test_unreachable_registry_times_out_clearly() -> None:
             client.schema(1)
 
 
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown() -> None:
+    import base64
+    import http.server
+    import threading
+
+    seen: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error_code": 401, "message": "Unauthorized"}')
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        client = SchemaRegistryClient(f"http://api-key:s3cr%40t@127.0.0.1:{port}/")
+        assert client.url == f"http://127.0.0.1:{port}"
+        with pytest.raises(RegistryError) as refused:
+            client.schema(1)
+        assert seen == ["Basic " + base64.b64encode(b"api-key:s3cr@t").decode()]
+        assert "s3cr" not in str(refused.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(RegistryError) as unreachable:
+        SchemaRegistryClient(f"http://k:s3cr3t@127.0.0.1:{port}", timeout_s=0.3).schema(1)
+    assert "s3cr3t" not in str(unreachable.value)
+    with pytest.raises(RegistryError) as bad:
+        SchemaRegistryClient("ftp://k:s3cr3t@host")
+    assert "s3cr3t" not in str(bad.value)
+
+
 def test_registry_codec_needs_registration(client: SchemaRegistryClient) -> None:
     with pytest.raises(RegistryError, match=r"not registered under subject.*schemas register"):
         registry_codec(client)
