@@ -46,7 +46,7 @@ torture: $(STAMP) kafka-jars
 # 10M-key ledger (ARGS="--keys 1000000": about 12); ARGS="--only ceiling,sendonce-null"
 # narrows it. The table, bench.json and bench.png go to /tmp/bench-out (--out DIR).
 bench: $(STAMP) kafka-jars
-	$(BIN)/python -m bench $(ARGS)
+	$(BIN)/python -m sendonce.bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .sendonce deploy/local-kafka/lib .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,6 @@
 
 import sys
 
-from bench.intents import main
+from sendonce.bench.intents import main
 
 sys.exit(main())

@@ -20,7 +20,7 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
-from schemas.codec import SchemaCodec
+from sendonce.schemas.codec import SchemaCodec
 from tests.unit.schemas.samples import INTENT, RESULT
 
 

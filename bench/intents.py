@@ -43,11 +43,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from bench import profile, report
-from bench.memory import RestoreFigures, fill_ledger, measure_restore
-from bench.options import BASELINE, build_parser, selected, with_baseline
-from bench.procs import Emulator, Proc, cpu_seconds, start, start_emulator, start_worker
-from bench.workload import (
+from sendonce.bench import profile, report
+from sendonce.bench.memory import RestoreFigures, fill_ledger, measure_restore
+from sendonce.bench.options import BASELINE, build_parser, selected, with_baseline
+from sendonce.bench.procs import Emulator, Proc, cpu_seconds, start, start_emulator, start_worker
+from sendonce.bench.workload import (
     IntentProducer,
     Phase,
     Record,
@@ -57,10 +57,10 @@ from bench.workload import (
     make_records,
     phase_timings,
 )
-from schemas.codec import default_codec
 from sendonce.dev.kafka import LocalKafka, ensure_jars
+from sendonce.kafka.topics import create_topics
+from sendonce.schemas.codec import default_codec
 from sendonce.settings import Settings
-from sendonce.topics import create_topics
 
 #: Per-mailbox concurrency of the Graph runs (Graph's MailboxConcurrency limit).
 GRAPH_MAILBOX_CONCURRENCY = 4
@@ -305,10 +305,10 @@ def _start(
     ]
     log = run_dir / f"{config}.log"
     if config == "ceiling":
-        return start(config, ["-m", "bench.passthrough", *common], {}, log)
+        return start(config, ["-m", "sendonce.bench.passthrough", *common], {}, log)
     if config == "naive":
         db = settings.data_dir / "ledger.sqlite"
-        return start(config, ["-m", "bench.naive", *common, "--db", str(db)], {}, log)
+        return start(config, ["-m", "sendonce.bench.naive", *common, "--db", str(db)], {}, log)
     if config == "sendonce-null":
         return start_worker(settings, log, root, **{**extra_env, "SENDONCE_PROVIDER": "null"})
     assert emulator is not None

@@ -20,9 +20,9 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from bench.procs import Proc, log_event_times, start_worker
+from sendonce.bench.procs import Proc, log_event_times, start_worker
 from sendonce.settings import Settings
-from streams.ledger import AttemptRecord, IntentRef, LedgerEntry, LedgerStatus
+from sendonce.streams.ledger import AttemptRecord, IntentRef, LedgerEntry, LedgerStatus
 
 # Placeholders spliced out of a real entry's JSON to make a byte template.
 _KEY_MARK = "K" * 32

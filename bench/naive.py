@@ -28,12 +28,12 @@ from types import FrameType
 
 from confluent_kafka import Consumer, Producer
 
-from bench.options import add_pipe_arguments
-from connectors.base import OutgoingEmail
-from connectors.null import NullProvider
-from schemas.codec import default_codec
+from sendonce.bench.options import add_pipe_arguments
+from sendonce.connectors.base import OutgoingEmail
+from sendonce.connectors.null import NullProvider
 from sendonce.keys import fingerprint_for, idempotency_key_for
-from streams.ledger import IntentRef, ResultOutcome, ResultRecord, result_id_for
+from sendonce.schemas.codec import default_codec
+from sendonce.streams.ledger import IntentRef, ResultOutcome, ResultRecord, result_id_for
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (

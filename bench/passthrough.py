@@ -18,7 +18,7 @@ import sys
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.options import add_pipe_arguments
+from sendonce.bench.options import add_pipe_arguments
 
 
 async def passthrough(

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bench.intents import RunResult
-    from bench.memory import RestoreFigures
+    from sendonce.bench.intents import RunResult
+    from sendonce.bench.memory import RestoreFigures
 
 # The targets (measured and reported, never asserted).
 TARGET_NULL_RATE = 5_000.0

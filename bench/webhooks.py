@@ -31,10 +31,10 @@ from typing import Any
 import aiohttp
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from schemas.codec import default_codec
 from sendonce.dev.kafka import LocalKafka, ensure_jars, pick_free_ports
+from sendonce.kafka.topics import create_topics
+from sendonce.schemas.codec import default_codec
 from sendonce.settings import Settings
-from sendonce.topics import create_topics
 
 CLIENT_STATE = "bench-client-state"
 

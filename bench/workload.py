@@ -30,11 +30,10 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from schemas.codec import default_codec
-from sendonce.keys import idempotency_key_for
-from sendonce.publish import complete_intent
+from sendonce.kafka.topics import create_topics
+from sendonce.keys import complete_intent, idempotency_key_for
+from sendonce.schemas.codec import default_codec
 from sendonce.settings import Settings
-from sendonce.topics import create_topics
 
 #: One intent record as produced: (key, value).
 Record = tuple[bytes, bytes]

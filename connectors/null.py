@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import time
 
-from connectors.base import LookupResult, LookupStatus, OutgoingEmail, SendOutcome, SendStatus
+from sendonce.connectors.base import (
+    LookupResult,
+    LookupStatus,
+    OutgoingEmail,
+    SendOutcome,
+    SendStatus,
+)
 
 
 class NullProvider:

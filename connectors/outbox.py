@@ -30,7 +30,7 @@ from email.parser import BytesHeaderParser
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 
-from connectors.base import (
+from sendonce.connectors.base import (
     LookupResult,
     LookupStatus,
     OutgoingEmail,

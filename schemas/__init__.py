@@ -1,6 +1,6 @@
 """sendonce's Avro schemas (the ``.avsc`` files in this package) and their codec."""
 
-from schemas.codec import (
+from sendonce.schemas.codec import (
     EMPTY_FINGERPRINT,
     MAGIC,
     CodecError,

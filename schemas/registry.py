@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from schemas.codec import SCHEMA_DIR, CodecError, SchemaCodec
+from sendonce.schemas.codec import SCHEMA_DIR, CodecError, SchemaCodec, default_codec
+from sendonce.settings import Settings, SettingsError
 
 __all__ = [
     "CONTENT_TYPE",
@@ -400,3 +401,22 @@ def resolving(
         return await handler(records)
 
     return handle
+
+
+def codec_for_settings(settings: Settings, *, fetch_on_decode: bool = True) -> SchemaCodec:
+    """The codec this configuration produces with (resolved now: ids, known versions).
+
+    ``fetch_on_decode=False`` for code on an event loop (the worker), which resolves
+    unknown ids off the loop with :func:`schemas.registry.resolving` instead.
+    """
+    if not settings.schema_registry_url:
+        return default_codec()
+    try:
+        return registry_codec(
+            SchemaRegistryClient(settings.schema_registry_url),
+            prefix=settings.topic_prefix,
+            fetch_on_decode=fetch_on_decode,
+        )
+    except RegistryError as exc:
+        # `sendonce: configuration error: ...` (exit 2) instead of a traceback.
+        raise SettingsError(f"SENDONCE_SCHEMA_REGISTRY_URL: {exc}") from exc

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import re
+import time
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -670,3 +671,23 @@ def _validated_content_digest(intent: Mapping[str, Any], max_body_bytes: int) ->
     digest = _intent_content_digest(intent)
     _hash_fields({"headers": headers}, "headers")
     return digest
+
+
+INTENT_DEFAULTS: dict[str, Any] = {
+    "cc": [],
+    "bcc": [],
+    "text_body": None,
+    "html_body": None,
+    "template_id": None,
+    "template_params": {},
+    "idempotency_key": None,
+    "headers": {},
+}
+
+
+def complete_intent(intent: Mapping[str, Any], now_ms: int | None = None) -> dict[str, Any]:
+    """Fill optional EmailIntent fields with their defaults."""
+    full = {**INTENT_DEFAULTS, **intent}
+    if full.get("created_at") is None:
+        full["created_at"] = now_ms if now_ms is not None else int(time.time() * 1000)
+    return full

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from streams.faults import CRASH_POINTS, parse_crash_spec
+from sendonce.faults import CRASH_POINTS, parse_crash_spec
 
 
 class SettingsError(ValueError):

@@ -26,22 +26,21 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from connectors.base import EmailProvider
-from connectors.null import NullProvider
-from connectors.outbox import OutboxFault, OutboxProvider
-from schemas.codec import SchemaCodec
-from schemas.registry import resolving
+from sendonce.connectors.base import EmailProvider
+from sendonce.connectors.null import NullProvider
+from sendonce.connectors.outbox import OutboxFault, OutboxProvider
 from sendonce.logs import worker_logging_config
-from sendonce.schemas_cli import codec_for_settings
+from sendonce.schemas.codec import SchemaCodec
+from sendonce.schemas.registry import codec_for_settings, resolving
 from sendonce.settings import Settings
-from streams import metrics
-from streams.fetcher import KafkaForwardedLookup, KafkaPartitionReader, KafkaRecordFetcher
-from streams.offsets import HoleMender, Lane, LaneOffsets, Partition
-from streams.processor import ConsumedRecord, IntentProcessor
-from streams.producer import DurableProducer
-from streams.restore import STORE_URL, BulkRestoreTableManager, table_options
-from streams.store import FaustLedgerStore, FaustTableBytes, PartitionNotOwnedError
-from streams.webhooks import SightingProcessor, WebhookFault
+from sendonce.streams import metrics
+from sendonce.streams.fetcher import KafkaForwardedLookup, KafkaPartitionReader, KafkaRecordFetcher
+from sendonce.streams.offsets import HoleMender, Lane, LaneOffsets, Partition
+from sendonce.streams.processor import ConsumedRecord, IntentProcessor
+from sendonce.streams.producer import DurableProducer
+from sendonce.streams.restore import STORE_URL, BulkRestoreTableManager, table_options
+from sendonce.streams.store import FaustLedgerStore, FaustTableBytes, PartitionNotOwnedError
+from sendonce.streams.webhooks import SightingProcessor, WebhookFault
 
 log = logging.getLogger("sendonce.worker")
 
@@ -79,8 +78,8 @@ def provider_from_settings(settings: Settings) -> EmailProvider:
 
 def graph_provider_from_settings(settings: Settings) -> EmailProvider:
     """The Microsoft Graph provider for ``settings`` (validated by Settings)."""
-    from connectors.graph.auth import GraphTokenProvider
-    from connectors.graph.provider import GraphProvider, GraphSettings
+    from sendonce.connectors.graph.auth import GraphTokenProvider
+    from sendonce.connectors.graph.provider import GraphProvider, GraphSettings
 
     ca_bundle = Path(settings.graph_ca_bundle) if settings.graph_ca_bundle else None
     tokens = GraphTokenProvider(

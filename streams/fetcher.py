@@ -10,8 +10,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from streams.ledger import IntentRef
-from streams.processor import ConsumedRecord
+from sendonce.streams.ledger import IntentRef
+from sendonce.streams.processor import ConsumedRecord
 
 log = logging.getLogger("sendonce.worker")
 

@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from connectors.base import LookupResult, LookupStatus, SendOutcome, SendStatus
+from sendonce.connectors.base import LookupResult, LookupStatus, SendOutcome, SendStatus
 
 _COMPACT_SORTED = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 

@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from streams.processor import ConsumedRecord
+from sendonce.streams.processor import ConsumedRecord
 
 log = logging.getLogger("sendonce.worker")
 

@@ -23,16 +23,16 @@ from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
 
-from connectors.base import EmailProvider, OutgoingEmail, SendStatus, estimated_wait_s
-from schemas.codec import CodecError, SchemaCodec, WrongSchemaError
+from sendonce.connectors.base import EmailProvider, OutgoingEmail, SendStatus, estimated_wait_s
+from sendonce.faults import AFTER_ACCEPT, AFTER_PENDING, AFTER_SENT, CrashPoints
 from sendonce.keys import (
     InvalidIntentError,
     identify_intent,
 )
+from sendonce.schemas.codec import CodecError, SchemaCodec, WrongSchemaError
 from sendonce.settings import Settings, TopicNames
-from streams import metrics
-from streams.faults import AFTER_ACCEPT, AFTER_PENDING, AFTER_SENT, CrashPoints
-from streams.ledger import (
+from sendonce.streams import metrics
+from sendonce.streams.ledger import (
     CallProvider,
     CommandArrived,
     Decision,
@@ -57,7 +57,7 @@ from streams.ledger import (
     decide,
     message_id_for,
 )
-from streams.store import LedgerStore
+from sendonce.streams.store import LedgerStore
 
 log = logging.getLogger("sendonce.worker")
 
@@ -248,6 +248,30 @@ class BatchStats:
     #: Operator commands applied and refused.
     commands_applied: int = 0
     commands_refused: int = 0
+
+
+def encode_command(
+    codec: SchemaCodec,
+    *,
+    command_id: str,
+    key: str,
+    action: str,
+    operator: str,
+    reason: str,
+    issued_at_ms: int,
+) -> bytes:
+    """An ``OperatorCommand`` record value (what ``sendonce review`` publishes)."""
+    return codec.encode(
+        "OperatorCommand",
+        {
+            "command_id": command_id,
+            "idempotency_key": key,
+            "action": action.upper(),
+            "reason": reason,
+            "operator": operator,
+            "issued_at": issued_at_ms,
+        },
+    )
 
 
 class IntentProcessor:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from faust.types import TP
 from rocksdict import WriteBatch
 
-from streams.ledger import LedgerEntry, LedgerStatus, status_marker
+from sendonce.streams.ledger import LedgerEntry, LedgerStatus, status_marker
 
 
 class LedgerStore(Protocol):

@@ -12,14 +12,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.base import EmailProvider
-from schemas.codec import SchemaCodec, default_codec
-from sendonce.keys import idempotency_key_for
-from sendonce.publish import complete_intent
+from sendonce.connectors.base import EmailProvider
+from sendonce.keys import complete_intent, idempotency_key_for
+from sendonce.schemas.codec import SchemaCodec, default_codec
 from sendonce.settings import Settings
-from streams.ledger import IntentRef
-from streams.processor import BatchStats, ConsumedRecord, IntentProcessor, partition_for_key
-from streams.store import MemoryLedgerStore
+from sendonce.streams.ledger import IntentRef
+from sendonce.streams.processor import (
+    BatchStats,
+    ConsumedRecord,
+    IntentProcessor,
+    partition_for_key,
+)
+from sendonce.streams.store import MemoryLedgerStore
 
 
 @dataclass
@@ -108,7 +112,7 @@ class InMemoryPipeline:
         operator: str = "ops@test",
     ) -> ConsumedRecord:
         """An operator command as ``sendonce review resolve`` publishes it."""
-        from sendonce.review import encode_command
+        from sendonce.streams.processor import encode_command
 
         partition = partition_for_key(key.encode(), self.settings.partitions)
         offset = self._next_offset.get(-100 - partition, 0)

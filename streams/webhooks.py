@@ -29,11 +29,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
-from schemas.codec import CodecError, SchemaCodec
+from sendonce.schemas.codec import CodecError, SchemaCodec
 from sendonce.settings import Settings
-from streams import metrics
-from streams.ledger import IntentRef
-from streams.processor import ConsumedRecord, Sink, dead_letter, origin_header
+from sendonce.streams import metrics
+from sendonce.streams.ledger import IntentRef
+from sendonce.streams.processor import ConsumedRecord, Sink, dead_letter, origin_header
 
 log = logging.getLogger("sendonce.webhooks")
 

@@ -59,7 +59,7 @@ from typing import Literal
 
 import aiohttp
 
-from connectors.base import SendStatus
+from sendonce.connectors.base import SendStatus
 
 #: Where an attempt ended. ``connect``: failed before a byte of the request was
 #: written. ``write``: the request may have been (partly) written, no status line was

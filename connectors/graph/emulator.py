@@ -55,8 +55,8 @@ from typing import Any
 import trustme
 from aiohttp import web
 
-from connectors.graph.emulator_faults import AppliedFaults, Fault, FaultBook
-from connectors.graph.emulator_identity import (
+from sendonce.connectors.graph.emulator_faults import AppliedFaults, Fault, FaultBook
+from sendonce.connectors.graph.emulator_identity import (
     CLIENT_ASSERTION_TYPE,
     GRAPH_SCOPES,
     ClientCertificate,
@@ -66,7 +66,7 @@ from connectors.graph.emulator_identity import (
     verify_client_assertion,
     verify_client_secret,
 )
-from connectors.graph.emulator_store import (
+from sendonce.connectors.graph.emulator_store import (
     Delivery,
     FilterError,
     RequestRecord,

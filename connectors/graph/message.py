@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from connectors.base import OutgoingEmail
+from sendonce.connectors.base import OutgoingEmail
 
 #: The project's fixed GUID for its named MAPI properties. Never change it: messages
 #: already sent can only be found under this id.

@@ -47,15 +47,15 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from connectors.base import (
+from sendonce.connectors.base import (
     LookupResult,
     LookupStatus,
     OutgoingEmail,
     SendOutcome,
     SendStatus,
 )
-from connectors.graph.auth import GraphAuthError, GraphTokenProvider
-from connectors.graph.classify import (
+from sendonce.connectors.graph.auth import GraphAuthError, GraphTokenProvider
+from sendonce.connectors.graph.classify import (
     Classification,
     HttpAttempt,
     classify,
@@ -63,7 +63,7 @@ from connectors.graph.classify import (
     parse_graph_error,
     stage_of_exception,
 )
-from connectors.graph.message import (
+from sendonce.connectors.graph.message import (
     client_request_id,
     draft_body,
     evidence_from_headers,
@@ -71,7 +71,7 @@ from connectors.graph.message import (
     sent_items_filter_url,
     user_url,
 )
-from connectors.graph.throttle import MailboxThrottle
+from sendonce.connectors.graph.throttle import MailboxThrottle
 
 log = logging.getLogger("sendonce.graph")
 

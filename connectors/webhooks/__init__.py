@@ -9,16 +9,16 @@
 
 from __future__ import annotations
 
-from connectors.webhooks.graph import ClientStateVerifier, dedupe_id, parse_notifications
-from connectors.webhooks.producer import AckingProducer, EventSink, ProduceError
-from connectors.webhooks.receiver import (
+from sendonce.connectors.webhooks.graph import ClientStateVerifier, dedupe_id, parse_notifications
+from sendonce.connectors.webhooks.producer import AckingProducer, EventSink, ProduceError
+from sendonce.connectors.webhooks.receiver import (
     ReceiverConfig,
     ReceiverThread,
     WebhookReceiver,
     build_app,
     run_receiver,
 )
-from connectors.webhooks.signed import SignatureError, sign, verify_signature
+from sendonce.connectors.webhooks.signed import SignatureError, sign, verify_signature
 
 __all__ = [
     "AckingProducer",

@@ -38,16 +38,16 @@ import prometheus_client as prom
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from connectors.webhooks.graph import (
+from sendonce.connectors.webhooks.graph import (
     ClientStateVerifier,
     NotificationError,
     parse_notifications,
     to_webhook_event,
 )
-from connectors.webhooks.producer import AckingProducer, EventSink, ProduceError
-from connectors.webhooks.secrets import parse_secret_map, parse_source_secrets
-from connectors.webhooks.signed import SignatureError, decode_secret, verify_signature
-from schemas.codec import CodecError, SchemaCodec, default_codec
+from sendonce.connectors.webhooks.producer import AckingProducer, EventSink, ProduceError
+from sendonce.connectors.webhooks.secrets import parse_secret_map, parse_source_secrets
+from sendonce.connectors.webhooks.signed import SignatureError, decode_secret, verify_signature
+from sendonce.schemas.codec import CodecError, SchemaCodec, default_codec
 from sendonce.settings import Settings, SettingsError
 
 __all__ = [

@@ -21,8 +21,8 @@ import yaml  # type: ignore[import-untyped]
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from sendonce.kafka.topics import topic_specs  # noqa: E402
 from sendonce.settings import Settings  # noqa: E402
-from sendonce.topics import topic_specs  # noqa: E402
 
 K8S = REPO / "deploy" / "k8s"
 CLUSTER = "sendonce"

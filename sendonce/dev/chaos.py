@@ -125,7 +125,7 @@ class ChaosReport:
 
     def details(self) -> str:
         """A second line with what is worth a look but is not a verdict."""
-        from streams.faults import CRASH_POINTS
+        from sendonce.faults import CRASH_POINTS
 
         outcomes = ",".join(f"{k}:{v}" for k, v in sorted(self.outcomes.items()))
         crashes = ",".join(f"{p}:{self.crash_points.get(p, 0)}" for p in CRASH_POINTS)
@@ -299,10 +299,10 @@ class Cluster:
     """The broker, the emulator and the worker processes of one run."""
 
     def __init__(self, root: Path, seed: int, progress: Progress) -> None:
-        from connectors.graph.emulator import GraphEmulator
+        from sendonce.connectors.graph.emulator import GraphEmulator
         from sendonce.dev.kafka import LocalKafka
+        from sendonce.kafka.topics import create_topics
         from sendonce.settings import Settings
-        from sendonce.topics import create_topics
 
         self.root = root
         self.progress = progress
@@ -486,7 +486,7 @@ def _schedule(
     broker_restarts: int,
     crash_points: bool = True,
 ) -> list[_Event]:
-    from streams.faults import CRASH_POINTS
+    from sendonce.faults import CRASH_POINTS
 
     gap = duration / bursts
     events = [_Event(i * gap, "burst", i) for i in range(bursts)]
@@ -594,7 +594,7 @@ def _execute(
     rng: random.Random,
     report: ChaosReport,
 ) -> None:
-    from sendonce.publish import IntentPublisher
+    from sendonce.ops.publish import IntentPublisher
 
     publisher = IntentPublisher(cluster.bootstrap, cluster.settings.topics.intents)
     killed: list[ChaosWorker] = []
@@ -709,7 +709,7 @@ def _ambiguous_state(records: list[dict[str, Any]]) -> tuple[set[str], set[str],
 def _check(
     cluster: Cluster, plan: list[list[PlannedRecord]], report: ChaosReport, drain_timeout: float
 ) -> None:
-    from sendonce.results import ResultWatcher, read_topics
+    from sendonce.ops.results import ResultWatcher, read_topics
 
     topics = cluster.settings.topics
     expected = {

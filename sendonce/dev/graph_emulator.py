@@ -18,7 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from connectors.graph.emulator import DEFAULT_CLIENT_ID, DEFAULT_TENANT, Fault, GraphEmulator
+from sendonce.connectors.graph.emulator import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_TENANT,
+    Fault,
+    GraphEmulator,
+)
 
 __all__ = ["SECRET_ENV", "add_cli", "build_emulator", "run"]
 

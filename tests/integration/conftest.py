@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.graph.emulator import EmulatorThread, GraphEmulator
+from sendonce.connectors.graph.emulator import EmulatorThread, GraphEmulator
 from sendonce.dev.kafka import LocalKafka
 from tests.integration.harness import Pipeline, pipeline_fixture
 

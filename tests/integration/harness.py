@@ -17,10 +17,10 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from sendonce.dev.procs import stop_process
-from sendonce.publish import IntentPublisher
-from sendonce.results import ReadRecord, ResultWatcher
+from sendonce.kafka.topics import create_topics
+from sendonce.ops.publish import IntentPublisher
+from sendonce.ops.results import ReadRecord, ResultWatcher
 from sendonce.settings import Settings
-from sendonce.topics import create_topics
 
 
 @dataclass

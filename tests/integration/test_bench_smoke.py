@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.intents import run_benchmark
-from bench.options import CONFIGS, build_parser
+from sendonce.bench.intents import run_benchmark
+from sendonce.bench.options import CONFIGS, build_parser
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,9 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from faust.stores.rocksdb import Store as FaustRocksDBStore
 
-from bench.memory import fill_ledger, ledger_template
+from sendonce.bench.memory import fill_ledger, ledger_template
 from sendonce.settings import Settings
-from streams.restore import (
+from sendonce.streams.restore import (
     BULK_RESTORE_OPTION,
     BulkRecovery,
     BulkRestoreStore,
@@ -239,7 +239,7 @@ def quiet_sendonce_logs() -> Iterator[None]:
 
 @pytest.mark.usefixtures("quiet_sendonce_logs")
 def test_worker_tables_use_the_bulk_restore_store(kafka_bootstrap: str, tmp_path: Path) -> None:
-    from streams.app import build_worker_app
+    from sendonce.streams.app import build_worker_app
 
     settings = Settings(
         bootstrap_servers=kafka_bootstrap,

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.fetcher import KafkaPartitionReader
+from sendonce.streams.fetcher import KafkaPartitionReader
 
 pytestmark = pytest.mark.integration
 

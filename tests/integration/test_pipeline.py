@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from sendonce.publish import complete_intent
+from sendonce.keys import complete_intent
 from tests.integration.harness import Pipeline, intent
 
 pytestmark = pytest.mark.integration

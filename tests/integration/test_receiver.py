@@ -27,12 +27,12 @@ from urllib.parse import quote, urlsplit
 import pytest
 from confluent_kafka import KafkaException
 
-from connectors.webhooks.receiver import ReceiverConfig, ReceiverThread
-from connectors.webhooks.signed import sign
+from sendonce.connectors.webhooks.receiver import ReceiverConfig, ReceiverThread
+from sendonce.connectors.webhooks.signed import sign
 from sendonce.dev.kafka import LocalKafka
-from sendonce.results import ReadRecord, read_topics
+from sendonce.kafka.topics import create_topics
+from sendonce.ops.results import ReadRecord, read_topics
 from sendonce.settings import Settings
-from sendonce.topics import create_topics
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from sendonce.history import TopicReader
-from sendonce.publish import complete_intent
-from sendonce.replay import REPLAY_HEADER, REPLAYED_FROM_HEADER
+from sendonce.keys import complete_intent
+from sendonce.ops.history import TopicReader
+from sendonce.ops.replay import REPLAY_HEADER, REPLAYED_FROM_HEADER
 from tests.integration.harness import Pipeline, intent
 
 pytestmark = pytest.mark.integration

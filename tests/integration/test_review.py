@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from connectors.graph.emulator import GraphEmulator
-from sendonce.history import TopicReader, ledger_entry
+from sendonce.connectors.graph.emulator import GraphEmulator
+from sendonce.ops.history import TopicReader, ledger_entry
 from tests.integration.harness import Pipeline, intent
 
 pytestmark = pytest.mark.integration

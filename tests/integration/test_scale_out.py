@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from connectors.graph.emulator import GraphEmulator
+from sendonce.connectors.graph.emulator import GraphEmulator
 from tests.integration.harness import (
     Pipeline,
     WorkerProcess,

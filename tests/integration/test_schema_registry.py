@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from schemas.codec import SchemaCodec, default_codec
-from schemas.registry import SchemaRegistryClient, local_schema_texts, registry_codec
-from sendonce.cli import main
+from sendonce.cli.main import main
 from sendonce.dev.registry import FakeSchemaRegistry
-from sendonce.keys import idempotency_key_for
-from sendonce.publish import IntentPublisher, complete_intent
+from sendonce.keys import complete_intent, idempotency_key_for
+from sendonce.ops.publish import IntentPublisher
+from sendonce.schemas.codec import SchemaCodec, default_codec
+from sendonce.schemas.registry import SchemaRegistryClient, local_schema_texts, registry_codec
 from tests.integration.harness import Pipeline, intent
 
 TOOL = (sys.executable, "-m", "sendonce.cli")

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from connectors.graph.emulator import GraphEmulator
-from connectors.graph.message import client_request_id
-from streams.ledger import attempt_id_for
-from streams.processor import partition_for_key
+from sendonce.connectors.graph.emulator import GraphEmulator
+from sendonce.connectors.graph.message import client_request_id
+from sendonce.streams.ledger import attempt_id_for
+from sendonce.streams.processor import partition_for_key
 from tests.integration.harness import Pipeline, intent
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from connectors.webhooks.receiver import ReceiverConfig, ReceiverThread
-from schemas.codec import default_codec
-from sendonce.publish import IntentPublisher
-from sendonce.results import ResultWatcher
+from sendonce.connectors.webhooks.receiver import ReceiverConfig, ReceiverThread
+from sendonce.ops.publish import IntentPublisher
+from sendonce.ops.results import ResultWatcher
+from sendonce.schemas.codec import default_codec
 from tests.integration.harness import Pipeline
 
 pytestmark = pytest.mark.integration

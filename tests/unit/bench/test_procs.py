@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.procs import start
+from sendonce.bench.procs import start
 
 
 def test_a_baseline_process_runs_the_baseline_code_whatever_the_working_directory(

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from connectors.base import EmailProvider, LookupStatus, OutgoingEmail, SendStatus
-from connectors.outbox import OutboxFault, OutboxProvider, eml_name
-from streams.ledger import message_id_for
+from sendonce.connectors.base import EmailProvider, LookupStatus, OutgoingEmail, SendStatus
+from sendonce.connectors.outbox import OutboxFault, OutboxProvider, eml_name
+from sendonce.streams.ledger import message_id_for
 
 
 def outgoing(key: str = "acme:k1", attempt: str = "a1", **kw: object) -> OutgoingEmail:

@@ -16,9 +16,9 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from sendonce.kafka.topics import topic_specs
 from sendonce.settings import Settings
-from sendonce.topics import topic_specs
-from streams.app import REVOKE_WAIT_S
+from sendonce.streams.app import REVOKE_WAIT_S
 from tests.unit.deploy.common import (
     REPO,
     dockerfile_instructions,

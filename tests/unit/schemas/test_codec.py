@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import default_codec
-from schemas.codec import (
+from sendonce.schemas import default_codec
+from sendonce.schemas.codec import (
     MAGIC,
     SCHEMA_DIR,
     CodecError,

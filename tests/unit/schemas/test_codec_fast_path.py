@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from schemas.codec import HEADER_SIZE, SCHEMA_DIR, SchemaCodec
+from sendonce.schemas.codec import HEADER_SIZE, SCHEMA_DIR, SchemaCodec
 from tests.unit.schemas.avro_strategies import records, with_defaults
 from tests.unit.schemas.samples import SAMPLES
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.codec import SCHEMA_DIR, IncompatibleSchemaError, SchemaCodec
+from sendonce.schemas.codec import SCHEMA_DIR, IncompatibleSchemaError, SchemaCodec
 from tests.unit.schemas.avro_strategies import records, with_defaults
 from tests.unit.schemas.samples import SAMPLES
 

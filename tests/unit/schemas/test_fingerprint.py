@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.codec import (
+from sendonce.schemas.codec import (
     EMPTY_FINGERPRINT,
     SCHEMA_DIR,
     InvalidSchemaError,

@@ -15,25 +15,25 @@ from typing import Any
 
 import pytest
 
-from schemas.codec import (
+from sendonce.cli.main import main
+from sendonce.dev.registry import FakeSchemaRegistry
+from sendonce.schemas.codec import (
     CONFLUENT_HEADER_SIZE,
     MAGIC,
     NotSingleObjectError,
     SchemaCodec,
     UnknownSchemaError,
 )
-from schemas.registry import (
+from sendonce.schemas.registry import (
     CONTENT_TYPE,
     RegistryError,
     SchemaRegistryClient,
+    codec_for_settings,
     local_schema_texts,
     registry_codec,
     resolving,
     topic_subjects,
 )
-from sendonce.cli import main
-from sendonce.dev.registry import FakeSchemaRegistry
-from sendonce.schemas_cli import codec_for_settings
 from sendonce.settings import Settings, SettingsError
 
 from .samples import SAMPLES
@@ -296,7 +296,7 @@ def test_registry_codec_writes_registered_ids(client: SchemaRegistryClient) -> N
 
 
 def _topic_of(name: str) -> str:
-    from schemas.registry import TOPIC_SCHEMAS
+    from sendonce.schemas.registry import TOPIC_SCHEMAS
 
     return next(t for t, n in TOPIC_SCHEMAS.items() if n == name)
 
@@ -350,7 +350,7 @@ def test_cli_check_refuses_incompatible(
     local = json.loads(local_schema_texts()["EmailIntent"])
     local["fields"].append({"name": "required_new", "type": "string"})
     monkeypatch.setattr(
-        "sendonce.schemas_cli.local_schema_texts",
+        "sendonce.cli.schemas.local_schema_texts",
         lambda: {**local_schema_texts(), "EmailIntent": json.dumps(local)},
     )
     assert main(["schemas", "check", "--registry", registry.url]) == 1

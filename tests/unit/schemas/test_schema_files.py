@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from schemas.codec import SCHEMA_DIR
+from sendonce.schemas.codec import SCHEMA_DIR
 
 README = (SCHEMA_DIR / "README.md").read_text(encoding="utf-8")
 

@@ -11,9 +11,9 @@ import pytest
 from faust.types import TP
 
 from sendonce.settings import Settings
-from streams.app import _SourceOffsets
-from streams.offsets import Lane
-from streams.processor import ConsumedRecord
+from sendonce.streams.app import _SourceOffsets
+from sendonce.streams.offsets import Lane
+from sendonce.streams.processor import ConsumedRecord
 
 TOPIC = "intents"
 

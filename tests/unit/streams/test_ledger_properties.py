@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.base import LookupResult, LookupStatus, SendOutcome, SendStatus
-from streams import ledger
-from streams.ledger import (
+from sendonce.connectors.base import LookupResult, LookupStatus, SendOutcome, SendStatus
+from sendonce.streams import ledger
+from sendonce.streams.ledger import (
     CallProvider,
     Decision,
     Emit,

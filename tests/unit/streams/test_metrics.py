@@ -16,17 +16,23 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectors.base import LookupResult, LookupStatus, OutgoingEmail, SendOutcome, SendStatus
-from connectors.graph.throttle import MailboxThrottle
-from connectors.outbox import OutboxProvider
-from connectors.webhooks.receiver import ReceiverConfig, WebhookReceiver
-from schemas.codec import default_codec
+from sendonce.connectors.base import (
+    LookupResult,
+    LookupStatus,
+    OutgoingEmail,
+    SendOutcome,
+    SendStatus,
+)
+from sendonce.connectors.graph.throttle import MailboxThrottle
+from sendonce.connectors.outbox import OutboxProvider
+from sendonce.connectors.webhooks.receiver import ReceiverConfig, WebhookReceiver
+from sendonce.schemas.codec import default_codec
 from sendonce.settings import Settings
-from streams import metrics
-from streams.ledger import LedgerStatus
-from streams.processor import ConsumedRecord
-from streams.testing import InMemoryPipeline, RecordingSink
-from streams.webhooks import SightingProcessor
+from sendonce.streams import metrics
+from sendonce.streams.ledger import LedgerStatus
+from sendonce.streams.processor import ConsumedRecord
+from sendonce.streams.testing import InMemoryPipeline, RecordingSink
+from sendonce.streams.webhooks import SightingProcessor
 
 
 def value(name: str, **labels: str) -> float:

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.offsets import HoleMender, Lane, LaneOffsets, OffsetFrontier, Partition
-from streams.processor import ConsumedRecord
+from sendonce.streams.offsets import HoleMender, Lane, LaneOffsets, OffsetFrontier, Partition
+from sendonce.streams.processor import ConsumedRecord
 
 T = TypeVar("T")
 TOPIC = "t.email.intents"

@@ -7,10 +7,15 @@ from typing import Any
 
 import pytest
 
-from connectors.base import LookupResult, LookupStatus, OutgoingEmail, SendOutcome, SendStatus
-from sendonce.keys import idempotency_key_for
-from sendonce.publish import complete_intent
-from streams.ledger import (
+from sendonce.connectors.base import (
+    LookupResult,
+    LookupStatus,
+    OutgoingEmail,
+    SendOutcome,
+    SendStatus,
+)
+from sendonce.keys import complete_intent, idempotency_key_for
+from sendonce.streams.ledger import (
     CallProvider,
     CommandArrived,
     Emit,
@@ -26,8 +31,8 @@ from streams.ledger import (
     SendFinished,
     decide,
 )
-from streams.processor import ConsumedRecord
-from streams.testing import InMemoryPipeline
+from sendonce.streams.processor import ConsumedRecord
+from sendonce.streams.testing import InMemoryPipeline
 
 FACTS = IntentFacts("acme:k1", "acme", "evt-1", "receipt", "fp", IntentRef("email.intents", 3, 7))
 

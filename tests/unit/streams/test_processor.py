@@ -8,12 +8,17 @@ from typing import Any
 
 import pytest
 
-from connectors.base import LookupResult, LookupStatus, OutgoingEmail, SendOutcome, SendStatus
-from connectors.outbox import OutboxProvider
-from sendonce.keys import idempotency_key_for
-from sendonce.publish import complete_intent
-from streams.processor import ConsumedRecord
-from streams.testing import InMemoryPipeline, RecordingSink
+from sendonce.connectors.base import (
+    LookupResult,
+    LookupStatus,
+    OutgoingEmail,
+    SendOutcome,
+    SendStatus,
+)
+from sendonce.connectors.outbox import OutboxProvider
+from sendonce.keys import complete_intent, idempotency_key_for
+from sendonce.streams.processor import ConsumedRecord
+from sendonce.streams.testing import InMemoryPipeline, RecordingSink
 
 
 def intent(n: int, **overrides: Any) -> dict[str, Any]:

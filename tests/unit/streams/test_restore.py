@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, KafkaException
 from faust.stores.rocksdb import Store as FaustRocksDBStore
 
 from sendonce.settings import Settings, SettingsError
-from streams.restore import (
+from sendonce.streams.restore import (
     BULK_RESTORE_OPTION,
     SharedCacheRocksDBOptions,
     persisted_offset,

@@ -17,8 +17,8 @@ import pytest
 from faust.types import TP
 from rocksdict import Options, Rdict
 
-from streams.ledger import IntentRef, LedgerEntry, LedgerStatus
-from streams.store import FaustLedgerStore, FaustTableBytes, PartitionNotOwnedError
+from sendonce.streams.ledger import IntentRef, LedgerEntry, LedgerStatus
+from sendonce.streams.store import FaustLedgerStore, FaustTableBytes, PartitionNotOwnedError
 
 OFFSET_KEY = b"__faust\0offset__"
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.codec import default_codec
+from sendonce.schemas.codec import default_codec
 from sendonce.settings import Settings
-from streams.ledger import IntentRef
-from streams.processor import ConsumedRecord
-from streams.testing import RecordingSink
-from streams.webhooks import (
+from sendonce.streams.ledger import IntentRef
+from sendonce.streams.processor import ConsumedRecord
+from sendonce.streams.testing import RecordingSink
+from sendonce.streams.webhooks import (
     ForwardEvent,
     MarkSighting,
     SightingMarker,

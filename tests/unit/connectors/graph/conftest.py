@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 
 import pytest
 
-from connectors.graph.emulator import GraphEmulator
+from sendonce.connectors.graph.emulator import GraphEmulator
 
 GENERIC_MARKERS = ("PRIVATE KEY-----", "Bearer ey", "Authorization: Bearer", "client_secret=")
 

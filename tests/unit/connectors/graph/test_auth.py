@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from connectors.graph.auth import GraphAuthError, GraphTokenProvider
-from connectors.graph.emulator import GraphEmulator
+from sendonce.connectors.graph.auth import GraphAuthError, GraphTokenProvider
+from sendonce.connectors.graph.emulator import GraphEmulator
 
 T = TypeVar("T")
 

@@ -13,8 +13,8 @@ import pytest
 from aiohttp.client_reqrep import ConnectionKey
 from yarl import URL
 
-from connectors.base import SendStatus
-from connectors.graph.classify import (
+from sendonce.connectors.base import SendStatus
+from sendonce.connectors.graph.classify import (
     Classification,
     HttpAttempt,
     Stage,

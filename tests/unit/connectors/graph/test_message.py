@@ -13,8 +13,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from connectors.base import OutgoingEmail
-from connectors.graph.message import (
+from sendonce.connectors.base import OutgoingEmail
+from sendonce.connectors.graph.message import (
     EXTENDED_PROPERTY_ID,
     PROPERTY_SET_GUID,
     client_request_id,
@@ -26,7 +26,7 @@ from connectors.graph.message import (
     template_text,
     user_url,
 )
-from connectors.outbox import render_eml
+from sendonce.connectors.outbox import render_eml
 
 GRAPH = "https://graph.microsoft.com/v1.0"
 

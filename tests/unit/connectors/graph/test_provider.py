@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from connectors.base import LookupStatus, OutgoingEmail, SendStatus
-from connectors.graph.auth import GraphTokenProvider
-from connectors.graph.emulator import EmulatorThread, GraphEmulator
-from connectors.graph.message import client_request_id
-from connectors.graph.provider import GraphProvider, GraphSettings
-from streams.ledger import message_id_for
-from streams.testing import InMemoryPipeline
+from sendonce.connectors.base import LookupStatus, OutgoingEmail, SendStatus
+from sendonce.connectors.graph.auth import GraphTokenProvider
+from sendonce.connectors.graph.emulator import EmulatorThread, GraphEmulator
+from sendonce.connectors.graph.message import client_request_id
+from sendonce.connectors.graph.provider import GraphProvider, GraphSettings
+from sendonce.streams.ledger import message_id_for
+from sendonce.streams.testing import InMemoryPipeline
 
 SENDER = "orders@contoso.example"
 

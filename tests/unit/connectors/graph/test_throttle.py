@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from connectors.graph.throttle import MailboxThrottle
+from sendonce.connectors.graph.throttle import MailboxThrottle
 
 T = TypeVar("T")
 

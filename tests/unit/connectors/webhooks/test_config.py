@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.webhooks.receiver import ReceiverConfig
-from connectors.webhooks.secrets import parse_secret_map, parse_source_secrets
+from sendonce.connectors.webhooks.receiver import ReceiverConfig
+from sendonce.connectors.webhooks.secrets import parse_secret_map, parse_source_secrets
 from sendonce.settings import Settings, SettingsError
 
 VAR = "SENDONCE_RECEIVER_CLIENT_STATES"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from connectors.webhooks.graph import (
+from sendonce.connectors.webhooks.graph import (
     ClientStateVerifier,
     GraphNotification,
     NotificationError,
@@ -15,7 +15,7 @@ from connectors.webhooks.graph import (
     parse_notifications,
     to_webhook_event,
 )
-from schemas.codec import default_codec
+from sendonce.schemas.codec import default_codec
 
 SUB_A = "0f6b1e3c-1111-4a4a-9c9c-aaaaaaaaaaaa"
 SUB_B = "0f6b1e3c-2222-4b4b-9d9d-bbbbbbbbbbbb"
@@ -139,7 +139,7 @@ def test_one_bad_notification_rejects_the_whole_batch() -> None:
 
 
 def test_the_comparison_is_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    import connectors.webhooks.graph as graph
+    import sendonce.connectors.webhooks.graph as graph
 
     calls: list[tuple[bytes, bytes]] = []
     real = graph.hmac.compare_digest

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from connectors.webhooks.producer import AckingProducer, ProduceError, _RepeatFilter
+from sendonce.connectors.webhooks.producer import AckingProducer, ProduceError, _RepeatFilter
 
 
 def closed_port() -> int:

@@ -15,10 +15,10 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
-from connectors.webhooks.producer import ProduceError
-from connectors.webhooks.receiver import ReceiverConfig, WebhookReceiver
-from connectors.webhooks.signed import sign
-from schemas.codec import default_codec
+from sendonce.connectors.webhooks.producer import ProduceError
+from sendonce.connectors.webhooks.receiver import ReceiverConfig, WebhookReceiver
+from sendonce.connectors.webhooks.signed import sign
+from sendonce.schemas.codec import default_codec
 
 SUB = "sub-aaaa-1111"
 STATE = "client-state-secret-7f3a9c"

@@ -6,7 +6,12 @@ import base64
 
 import pytest
 
-from connectors.webhooks.signed import SignatureError, decode_secret, sign, verify_signature
+from sendonce.connectors.webhooks.signed import (
+    SignatureError,
+    decode_secret,
+    sign,
+    verify_signature,
+)
 
 KEY = b"source-signing-key-0123456789"
 BODY = b'{"type":"email.delivered","data":{"id":"d-1"}}'

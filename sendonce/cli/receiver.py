@@ -29,7 +29,7 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _cmd_receiver(args: argparse.Namespace) -> int:
-    from connectors.webhooks.receiver import run_receiver
+    from sendonce.connectors.webhooks.receiver import run_receiver
 
     settings = Settings.from_env()
     overrides: dict[str, object] = {}
@@ -44,6 +44,6 @@ def _cmd_receiver(args: argparse.Namespace) -> int:
     # main() configures logging at WARNING; the receiver's own records (its listen
     # address, rejections, 503s) follow SENDONCE_LOG_LEVEL.
     logging.getLogger("sendonce").setLevel(settings.log_level.upper())
-    from sendonce.schemas_cli import codec_for_settings
+    from sendonce.schemas.registry import codec_for_settings
 
     return run_receiver(settings, codec_for_settings(settings))

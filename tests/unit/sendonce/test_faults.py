@@ -8,12 +8,9 @@ from typing import Any
 
 import pytest
 
-from connectors.base import LookupResult, OutgoingEmail, SendOutcome
-from connectors.outbox import OutboxProvider
-from sendonce.keys import idempotency_key_for
-from sendonce.publish import complete_intent
-from sendonce.settings import Settings, SettingsError
-from streams.faults import (
+from sendonce.connectors.base import LookupResult, OutgoingEmail, SendOutcome
+from sendonce.connectors.outbox import OutboxProvider
+from sendonce.faults import (
     AFTER_ACCEPT,
     AFTER_PENDING,
     AFTER_SENT,
@@ -21,9 +18,11 @@ from streams.faults import (
     CrashPoints,
     parse_crash_spec,
 )
-from streams.ledger import LedgerEntry, LedgerStatus
-from streams.processor import IntentProcessor
-from streams.testing import InMemoryPipeline
+from sendonce.keys import complete_intent, idempotency_key_for
+from sendonce.settings import Settings, SettingsError
+from sendonce.streams.ledger import LedgerEntry, LedgerStatus
+from sendonce.streams.processor import IntentProcessor
+from sendonce.streams.testing import InMemoryPipeline
 
 
 class Crashed(Exception):

@@ -1,8 +1,7 @@
-"""``sendonce schemas register|check`` and the codec built from settings.
+"""``sendonce schemas register|check``: the schema registry from the command line.
 
-With ``SENDONCE_SCHEMA_REGISTRY_URL`` set, :func:`codec_for_settings` gives a codec that
-writes the Confluent wire format with the registry's ids (see ``schemas/registry.py``);
-without it, the process-wide single-object codec. Both read both framings.
+The codec every process builds from its settings is
+:func:`sendonce.schemas.registry.codec_for_settings`.
 """
 
 from __future__ import annotations
@@ -11,39 +10,18 @@ import argparse
 import sys
 from typing import Any
 
-from schemas.codec import SchemaCodec, default_codec
-from schemas.registry import (
+from sendonce.schemas.registry import (
     RegistryError,
     SchemaRegistryClient,
     local_schema_texts,
-    registry_codec,
     topic_subjects,
 )
-from sendonce.settings import Settings, SettingsError
+from sendonce.settings import Settings
 
-__all__ = ["COMPATIBILITY", "add_cli", "codec_for_settings"]
+__all__ = ["COMPATIBILITY", "add_cli"]
 
 COMPATIBILITY = "BACKWARD"
 """The level every sendonce subject is given: new readers read old data."""
-
-
-def codec_for_settings(settings: Settings, *, fetch_on_decode: bool = True) -> SchemaCodec:
-    """The codec this configuration produces with (resolved now: ids, known versions).
-
-    ``fetch_on_decode=False`` for code on an event loop (the worker), which resolves
-    unknown ids off the loop with :func:`schemas.registry.resolving` instead.
-    """
-    if not settings.schema_registry_url:
-        return default_codec()
-    try:
-        return registry_codec(
-            SchemaRegistryClient(settings.schema_registry_url),
-            prefix=settings.topic_prefix,
-            fetch_on_decode=fetch_on_decode,
-        )
-    except RegistryError as exc:
-        # `sendonce: configuration error: ...` (exit 2) instead of a traceback.
-        raise SettingsError(f"SENDONCE_SCHEMA_REGISTRY_URL: {exc}") from exc
 
 
 def _client(args: argparse.Namespace) -> tuple[SchemaRegistryClient, Settings]:

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from sendonce.settings import Settings
-from streams.ledger import IntentRef, LedgerEntry, LedgerStatus, status_marker
-from streams.processor import partition_for_key
+from sendonce.streams.ledger import IntentRef, LedgerEntry, LedgerStatus, status_marker
+from sendonce.streams.processor import partition_for_key
 
 log = logging.getLogger("sendonce.history")
 

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from sendonce.progress import Progress, format_duration
+from sendonce.ops.progress import Progress, format_duration
 
 
 class FakeClock:

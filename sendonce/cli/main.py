@@ -8,7 +8,6 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
 from sendonce.settings import Settings, SettingsError
@@ -29,13 +28,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from streams.app import run_worker
+    from sendonce.streams.app import run_worker
 
     return run_worker(_settings(args))
 
 
 def _cmd_topics_create(args: argparse.Namespace) -> int:
-    from sendonce.topics import create_topics
+    from sendonce.kafka.topics import create_topics
 
     settings = _settings(args)
     reports = create_topics(settings)
@@ -48,8 +47,8 @@ def _cmd_topics_create(args: argparse.Namespace) -> int:
 
 def _cmd_publish(args: argparse.Namespace) -> int:
     from sendonce.keys import InvalidIntentError
-    from sendonce.publish import IntentPublisher
-    from sendonce.schemas_cli import codec_for_settings
+    from sendonce.ops.publish import IntentPublisher
+    from sendonce.schemas.registry import codec_for_settings
 
     settings = _settings(args)
     source: TextIO = (
@@ -95,8 +94,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from sendonce.results import read_topics
-    from sendonce.schemas_cli import codec_for_settings
+    from sendonce.ops.results import read_topics
+    from sendonce.schemas.registry import codec_for_settings
 
     settings = _settings(args)
     topics = list(settings.topics.results())
@@ -116,36 +115,26 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from sendonce.demo import run_demo
+    from sendonce.dev.demo import run_demo
 
     return run_demo(keep=args.keep, provider=args.provider)
 
 
 def _bench_options() -> Any:
-    """``bench.options`` from the checkout (the benchmark is not installed), or None.
+    """``sendonce.bench.options`` in a checkout, or None in an installed wheel.
 
-    An editable install does not put the checkout on ``sys.path`` for the console
-    script, so the checkout found from this package (or the working directory) is
-    added when ``bench`` is not importable as is.
+    The benchmarks are run from a checkout (an editable install sees ``bench/``
+    through ``sendonce/bench``); the wheel leaves them out.
     """
     try:
-        import bench.options
+        from sendonce.bench import options
     except ImportError:
-        from sendonce.dev.kafka import find_repo_root
-
-        root = find_repo_root() or find_repo_root(Path.cwd())
-        if root is None or not (root / "bench" / "options.py").is_file():
-            return None
-        sys.path.insert(0, str(root))
-        try:
-            import bench.options
-        except ImportError:
-            return None
-    return bench.options
+        return None
+    return options
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from bench.intents import run_cli
+    from sendonce.bench.intents import run_cli
 
     return run_cli(args)
 
@@ -219,14 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="developer tools").add_subparsers(
         dest="dev_command", required=True
     )
+    from sendonce.cli.receiver import add_cli as add_receiver_cli
+    from sendonce.cli.schemas import add_cli as add_schemas_cli
     from sendonce.dev.chaos import add_cli as add_chaos_cli
     from sendonce.dev.graph_emulator import add_cli as add_graph_emulator_cli
     from sendonce.dev.kafka import add_cli as add_kafka_cli
-    from sendonce.receiver_cli import add_cli as add_receiver_cli
-    from sendonce.replay import add_cli as add_replay_cli
-    from sendonce.review import add_cli as add_review_cli
-    from sendonce.schemas_cli import add_cli as add_schemas_cli
-    from sendonce.trace import add_cli as add_trace_cli
+    from sendonce.ops.replay import add_cli as add_replay_cli
+    from sendonce.ops.review import add_cli as add_review_cli
+    from sendonce.ops.trace import add_cli as add_trace_cli
 
     add_kafka_cli(dev)
     add_graph_emulator_cli(dev)

@@ -7,9 +7,8 @@ import json
 
 import pytest
 
-from schemas.codec import default_codec
-from sendonce.history import StoredRecord
-from sendonce.trace import (
+from sendonce.ops.history import StoredRecord
+from sendonce.ops.trace import (
     IntentView,
     ResultView,
     TraceBundle,
@@ -22,7 +21,8 @@ from sendonce.trace import (
     scrub,
     to_json,
 )
-from streams.ledger import (
+from sendonce.schemas.codec import default_codec
+from sendonce.streams.ledger import (
     AttemptRecord,
     AuditRecord,
     IntentRef,

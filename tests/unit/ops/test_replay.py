@@ -13,19 +13,17 @@ from typing import Any
 
 import pytest
 
-from connectors.base import (
+from sendonce.connectors.base import (
     LookupResult,
     LookupStatus,
     OutgoingEmail,
     SendOutcome,
     SendStatus,
 )
-from connectors.outbox import OutboxProvider
-from schemas.codec import default_codec
-from sendonce.history import StoredRecord
-from sendonce.keys import identify_intent
-from sendonce.publish import complete_intent
-from sendonce.replay import (
+from sendonce.connectors.outbox import OutboxProvider
+from sendonce.keys import complete_intent, identify_intent
+from sendonce.ops.history import StoredRecord
+from sendonce.ops.replay import (
     EARLIEST,
     LATEST,
     Bound,
@@ -38,8 +36,9 @@ from sendonce.replay import (
     resolve_range,
     simulate,
 )
+from sendonce.schemas.codec import default_codec
 from sendonce.settings import Settings
-from streams.ledger import (
+from sendonce.streams.ledger import (
     IntentArrived,
     IntentFacts,
     IntentRef,
@@ -49,8 +48,8 @@ from streams.ledger import (
     SendFinished,
     decide,
 )
-from streams.processor import partition_for_key
-from streams.testing import InMemoryPipeline
+from sendonce.streams.processor import partition_for_key
+from sendonce.streams.testing import InMemoryPipeline
 
 NOW_MS = int(datetime(2026, 11, 23, 12, 0, tzinfo=UTC).timestamp() * 1000)
 SETTINGS = Settings(partitions=12, retry_base_delay_s=0.0, defer_after_s=0.0)
@@ -485,7 +484,7 @@ def test_json_carries_every_count() -> None:
 
 
 def test_the_command_line_takes_relative_times_as_values() -> None:
-    from sendonce.cli import build_parser
+    from sendonce.cli.main import build_parser
 
     args = build_parser().parse_args(
         ["replay", "--from", "-7d", "--to", "-2h", "--tenant", "a", "--tenant", "b", "--dry-run"]

@@ -32,7 +32,7 @@ from sendonce.keys import (
     validate_tenant_id,
 )
 
-VECTORS_PATH = Path(__file__).resolve().parents[1] / "data" / "key_vectors.json"
+VECTORS_PATH = Path(__file__).resolve().parents[2] / "data" / "key_vectors.json"
 VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text(encoding="ascii"))
 BY_NAME = {vector["name"]: vector for vector in VECTORS}
 

@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from sendonce.progress import Progress
+from sendonce.ops.progress import Progress
 from sendonce.settings import Settings
-from streams.ledger import (
+from sendonce.streams.ledger import (
     CallProvider,
     Emit,
     IntentArrived,
@@ -60,8 +60,8 @@ from streams.ledger import (
 if TYPE_CHECKING:
     from confluent_kafka import KafkaError, Message
 
-    from schemas.codec import SchemaCodec
-    from sendonce.history import StoredRecord, TopicReader
+    from sendonce.ops.history import StoredRecord, TopicReader
+    from sendonce.schemas.codec import SchemaCodec
 
 __all__ = [
     "EARLIEST",
@@ -250,7 +250,7 @@ def classify(record: StoredRecord, codec: SchemaCodec, settings: Settings) -> In
 
     The worker's own rule (:func:`streams.processor.accept_intent`).
     """
-    from streams.processor import BadIntent, accept_intent
+    from sendonce.streams.processor import BadIntent, accept_intent
 
     try:
         return accept_intent(record, codec, settings)[1]
@@ -430,8 +430,8 @@ def run_replay(
     """
     from confluent_kafka import KafkaException
 
-    from sendonce.history import HistoryError, TopicReader
-    from sendonce.schemas_cli import codec_for_settings
+    from sendonce.ops.history import HistoryError, TopicReader
+    from sendonce.schemas.registry import codec_for_settings
 
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     topic = settings.topics.intents
@@ -507,8 +507,8 @@ def _dry_run(
     clock: Callable[[], float],
     now_ms: int,
 ) -> None:
-    from sendonce.history import ledger_entries
-    from streams.processor import partition_for_key
+    from sendonce.ops.history import ledger_entries
+    from sendonce.streams.processor import partition_for_key
 
     scanning = Progress(f"reading {report.topic}", report.records_in_range, stream, clock=clock)
     intents = [facts for _, facts in _select(reader, settings, options, report, codec, scanning)]
@@ -629,7 +629,7 @@ class _ResultCollector:
 
         from confluent_kafka import Consumer, TopicPartition
 
-        from sendonce.schemas_cli import codec_for_settings
+        from sendonce.schemas.registry import codec_for_settings
 
         self._codec = codec_for_settings(settings)
         self._consumer = Consumer(
@@ -663,7 +663,7 @@ class _ResultCollector:
         id); a reconciliation may later report a second outcome for the same record,
         and the first one counts.
         """
-        from schemas.codec import CodecError
+        from sendonce.schemas.codec import CodecError
 
         outcomes: dict[IntentRef, str] = {}
         seen_ids: set[str] = set()

@@ -10,7 +10,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from schemas.codec import CodecError, SchemaCodec, default_codec
+from sendonce.schemas.codec import CodecError, SchemaCodec, default_codec
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.codec import CodecError, SchemaCodec, default_codec
-from sendonce.history import HistoryError, StoredRecord, TopicReader, ledger_entry
 from sendonce.keys import (
     IdempotencyKey,
     InvalidIntentError,
@@ -42,9 +40,11 @@ from sendonce.keys import (
     mask_address,
     normalize_address,
 )
+from sendonce.ops.history import HistoryError, StoredRecord, TopicReader, ledger_entry
+from sendonce.schemas.codec import CodecError, SchemaCodec, default_codec
 from sendonce.settings import Settings
-from streams.ledger import AttemptRecord, AuditRecord, IntentRef, LedgerEntry
-from streams.processor import partition_for_key
+from sendonce.streams.ledger import AttemptRecord, AuditRecord, IntentRef, LedgerEntry
+from sendonce.streams.processor import partition_for_key
 
 __all__ = [
     "IntentView",
@@ -776,7 +776,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.bootstrap:
         settings = settings.with_overrides(bootstrap_servers=args.bootstrap)
-    from sendonce.schemas_cli import codec_for_settings
+    from sendonce.schemas.registry import codec_for_settings
 
     # Records in the registry's wire format are decoded by their schema ids.
     codec = codec_for_settings(settings)

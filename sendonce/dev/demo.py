@@ -22,11 +22,12 @@ from typing import Any
 
 from sendonce.dev.kafka import LocalKafka, ensure_jars, find_repo_root
 from sendonce.dev.procs import stop_process
-from sendonce.publish import IntentPublisher, complete_intent
-from sendonce.replay import EARLIEST, ReplayOptions, run_replay
-from sendonce.results import ResultWatcher
+from sendonce.kafka.topics import create_topics
+from sendonce.keys import complete_intent
+from sendonce.ops.publish import IntentPublisher
+from sendonce.ops.replay import EARLIEST, ReplayOptions, run_replay
+from sendonce.ops.results import ResultWatcher
 from sendonce.settings import Settings
-from sendonce.topics import create_topics
 
 TENANTS = ("acme", "globex", "initech")
 
@@ -188,7 +189,7 @@ def run_demo(keep: bool = False, provider: str = "outbox") -> int:
     emulator_thread: Any | None = None
     extra_env: dict[str, str] = {}
     if provider == "graph":
-        from connectors.graph.emulator import GraphEmulator
+        from sendonce.connectors.graph.emulator import GraphEmulator
 
         emulator_thread = GraphEmulator(ca_dir=work / "graph-emulator").run_in_thread()
         extra_env = _graph_env(emulator_thread.emulator)

@@ -25,11 +25,11 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
-from schemas.codec import SchemaCodec
-from sendonce.history import HistoryError, TopicReader, ledger_entries, ledger_entry
+from sendonce.ops.history import HistoryError, TopicReader, ledger_entries, ledger_entry
+from sendonce.schemas.codec import SchemaCodec
 from sendonce.settings import Settings
-from streams.ledger import RESOLUTIONS, AuditRecord, LedgerEntry, LedgerStatus
-from streams.processor import partition_for_key
+from sendonce.streams.ledger import RESOLUTIONS, AuditRecord, LedgerEntry, LedgerStatus
+from sendonce.streams.processor import encode_command, partition_for_key
 
 
 def _when(ms: int | None) -> str:
@@ -120,30 +120,6 @@ class ResolveOutcome:
     refused_before_publishing: str | None = None
 
 
-def encode_command(
-    codec: SchemaCodec,
-    *,
-    command_id: str,
-    key: str,
-    action: str,
-    operator: str,
-    reason: str,
-    issued_at_ms: int,
-) -> bytes:
-    """An ``OperatorCommand`` record value."""
-    return codec.encode(
-        "OperatorCommand",
-        {
-            "command_id": command_id,
-            "idempotency_key": key,
-            "action": action.upper(),
-            "reason": reason,
-            "operator": operator,
-            "issued_at": issued_at_ms,
-        },
-    )
-
-
 def refusal_for(entry: LedgerEntry | None, key: str) -> str | None:
     """Why ``key`` cannot be resolved now, or ``None`` when it can."""
     if entry is None:
@@ -177,7 +153,7 @@ def resolve(
     if not reason.strip():
         raise ValueError("--reason must say why (it is kept in the audit history)")
     if codec is None:
-        from sendonce.schemas_cli import codec_for_settings
+        from sendonce.schemas.registry import codec_for_settings
 
         # The registry's wire format when one is configured, as every producer here.
         codec = codec_for_settings(settings)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from sendonce.history import StoredRecord, TopicReader
+from sendonce.ops.history import StoredRecord, TopicReader
 
 
 @pytest.fixture

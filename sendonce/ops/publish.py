@@ -9,38 +9,18 @@ language, puts a key on the same partition: one owner per key.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from schemas.codec import SchemaCodec, default_codec
-from sendonce.keys import IdempotencyKey, idempotency_key_for, validate_intent
-
-INTENT_DEFAULTS: dict[str, Any] = {
-    "cc": [],
-    "bcc": [],
-    "text_body": None,
-    "html_body": None,
-    "template_id": None,
-    "template_params": {},
-    "idempotency_key": None,
-    "headers": {},
-}
+from sendonce.keys import IdempotencyKey, complete_intent, idempotency_key_for, validate_intent
+from sendonce.schemas.codec import SchemaCodec, default_codec
 
 
 class PublishError(RuntimeError):
     """The broker did not acknowledge a record."""
-
-
-def complete_intent(intent: Mapping[str, Any], now_ms: int | None = None) -> dict[str, Any]:
-    """Fill optional EmailIntent fields with their defaults."""
-    full = {**INTENT_DEFAULTS, **intent}
-    if full.get("created_at") is None:
-        full["created_at"] = now_ms if now_ms is not None else int(time.time() * 1000)
-    return full
 
 
 class IntentPublisher:

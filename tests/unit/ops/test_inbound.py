@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from connectors.outbox import OutboxProvider
-from sendonce.inbound import intent_for_inbound
-from streams.testing import InMemoryPipeline
+from sendonce.connectors.outbox import OutboxProvider
+from sendonce.ops.inbound import intent_for_inbound
+from sendonce.streams.testing import InMemoryPipeline
 
 
 def test_a_replayed_event_and_a_regenerated_reply_send_one_email(tmp_path: Path) -> None:

@@ -1,0 +1,7 @@
+"""``python -m sendonce.cli``: the same as the ``sendonce`` console script."""
+
+import sys
+
+from sendonce.cli.main import main
+
+sys.exit(main())
