@@ -299,8 +299,8 @@ class Cluster:
     """The broker, the emulator and the worker processes of one run."""
 
     def __init__(self, root: Path, seed: int, progress: Progress) -> None:
-        from sendonce.connectors.graph.emulator import GraphEmulator
         from sendonce.dev.kafka import LocalKafka
+        from sendonce.emulator import GraphEmulator
         from sendonce.kafka.topics import create_topics
         from sendonce.settings import Settings
 

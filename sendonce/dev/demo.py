@@ -189,7 +189,7 @@ def run_demo(keep: bool = False, provider: str = "outbox") -> int:
     emulator_thread: Any | None = None
     extra_env: dict[str, str] = {}
     if provider == "graph":
-        from sendonce.connectors.graph.emulator import GraphEmulator
+        from sendonce.emulator import GraphEmulator
 
         emulator_thread = GraphEmulator(ca_dir=work / "graph-emulator").run_in_thread()
         extra_env = _graph_env(emulator_thread.emulator)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sendonce.connectors.graph.emulator import (
+from sendonce.emulator import (
     DEFAULT_CLIENT_ID,
     DEFAULT_TENANT,
     Fault,
@@ -147,7 +147,7 @@ async def _serve(emulator: GraphEmulator, args: argparse.Namespace, generated: s
 def run(args: argparse.Namespace) -> int:
     """Run the emulator until SIGINT/SIGTERM; exit code 0, or 2 on bad options."""
     if args.verbose:
-        logging.getLogger("connectors.graph.emulator").setLevel(logging.DEBUG)
+        logging.getLogger("sendonce.emulator").setLevel(logging.DEBUG)
     try:
         emulator, generated = build_emulator(args)
     except (ValueError, OSError) as exc:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sendonce.connectors.graph.emulator import EmulatorThread, GraphEmulator
 from sendonce.dev.kafka import LocalKafka
+from sendonce.emulator import EmulatorThread, GraphEmulator
 from tests.integration.harness import Pipeline, pipeline_fixture
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from sendonce.connectors.graph.emulator import GraphEmulator
+from sendonce.emulator import GraphEmulator
 from tests.integration.harness import Pipeline, intent
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sendonce.connectors.graph.emulator import GraphEmulator
+from sendonce.emulator import GraphEmulator
 from sendonce.ops.history import TopicReader, ledger_entry
 from tests.integration.harness import Pipeline, intent
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from sendonce.connectors.graph.emulator import GraphEmulator
+from sendonce.emulator import GraphEmulator
 from tests.integration.harness import (
     Pipeline,
     WorkerProcess,

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from sendonce.connectors.graph.emulator import GraphEmulator
 from sendonce.connectors.graph.message import client_request_id
+from sendonce.emulator import GraphEmulator
 from sendonce.streams.ledger import attempt_id_for
 from sendonce.streams.processor import partition_for_key
 from tests.integration.harness import Pipeline, intent

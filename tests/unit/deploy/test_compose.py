@@ -438,7 +438,7 @@ def test_graph_emulator_ca_reaches_the_workers(config: dict[str, Any]) -> None:
         assert mounts.get(ca_mount["target"], {}).get("source") == ca_mount["source"], name
         assert mounts[ca_mount["target"]].get("read_only") is True, name
     # The bundle path documented in the file's header is where the emulator writes it.
-    from sendonce.connectors.graph.emulator import CA_FILE
+    from sendonce.emulator import CA_FILE
 
     documented = re.search(r"SENDONCE_GRAPH_CA_BUNDLE=(\S+)", COMPOSE_FILE.read_text())
     assert documented is not None

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from sendonce.connectors.graph.auth import GraphAuthError, GraphTokenProvider
-from sendonce.connectors.graph.emulator import GraphEmulator
+from sendonce.emulator import GraphEmulator
 
 T = TypeVar("T")
 

@@ -1,8 +1,8 @@
-"""The leak check used by conftest.py can actually find leaks."""
+"""The leak check used by conftest.py (tests.unit.log_leaks) can actually find leaks."""
 
 from __future__ import annotations
 
-from tests.unit.connectors.graph.conftest import find_leaks
+from tests.unit.log_leaks import find_leaks
 
 
 def test_finds_a_token_a_body_and_a_private_key() -> None:

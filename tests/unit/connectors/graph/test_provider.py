@@ -17,9 +17,9 @@ import pytest
 
 from sendonce.connectors.base import LookupStatus, OutgoingEmail, SendStatus
 from sendonce.connectors.graph.auth import GraphTokenProvider
-from sendonce.connectors.graph.emulator import EmulatorThread, GraphEmulator
 from sendonce.connectors.graph.message import client_request_id
 from sendonce.connectors.graph.provider import GraphProvider, GraphSettings
+from sendonce.emulator import EmulatorThread, GraphEmulator
 from sendonce.streams.ledger import message_id_for
 from sendonce.streams.testing import InMemoryPipeline
 

@@ -1,11 +1,12 @@
-"""The Entra ID (Azure AD) side of the Graph emulator: app credentials and client assertions.
+"""Entra ID's rules for the Graph emulator: app credentials, client assertions, error shape.
 
-Only the pieces an app-only daemon uses: the OpenID discovery document, and the token
-endpoint's client credentials grant authenticated by a client secret or by a signed client
-assertion (RFC 7523 ``private_key_jwt``, the form MSAL sends for a certificate credential).
-Errors have Entra's shape (``error``, ``error_description`` starting with an ``AADSTS``
-code, ``error_codes``, ``trace_id``, ``correlation_id``) so client code written against
-the emulator handles real failures the same way.
+Only the pieces an app-only daemon uses: the OpenID discovery document, and the checks of
+the token endpoint's client credentials grant, authenticated by a client secret or by a
+signed client assertion (RFC 7523 ``private_key_jwt``, the form MSAL sends for a
+certificate credential). Errors have Entra's shape (``error``, ``error_description``
+starting with an ``AADSTS`` code, ``error_codes``, ``trace_id``, ``correlation_id``) so
+client code written against the emulator handles real failures the same way. The HTTP
+endpoints that apply these rules are in :mod:`sendonce.emulator.identity`.
 """
 
 from __future__ import annotations

@@ -166,6 +166,11 @@ class Fault:
             kwargs["operations"] = frozenset(str(op) for op in ops)
         return cls(**kwargs)
 
+    @classmethod
+    def coerce(cls, value: Fault | Mapping[str, Any]) -> Fault:
+        """``value`` itself if it is a fault, else the fault its JSON form describes."""
+        return value if isinstance(value, Fault) else cls.from_dict(value)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, with ``remaining`` (``count`` left) for the admin API."""
         out = dataclasses.asdict(self)

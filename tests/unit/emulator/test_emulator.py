@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
-from sendonce.connectors.graph.emulator import GraphEmulator
-from sendonce.connectors.graph.emulator_faults import Fault, FaultBook
-from sendonce.connectors.graph.emulator_store import FilterError, parse_property_filter
+from sendonce.emulator import GraphEmulator
+from sendonce.emulator.faults import Fault, FaultBook
+from sendonce.emulator.odata import FilterError, parse_property_filter
 
 T = TypeVar("T")
 
