@@ -12,13 +12,17 @@ REJECTED                  permanent refusal; retrying will not change it (FAILED
 NOT_SENT_RETRYABLE        provably never reached the provider; retry with backoff
 AMBIGUOUS                 may or may not have been accepted; never resend blind
 ========================  ====================================================
+
+What a provider said about a message (its ids, when it accepted, why it refused) is
+one value, :class:`ProviderEvidence`, declared here once: outcomes and lookups carry
+it, and so do the ledger's entries and results and the trace's views above this floor.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field, fields
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 
 class SendStatus(enum.Enum):
@@ -61,37 +65,82 @@ class OutgoingEmail:
     message_id: str = ""
 
 
-@dataclass(frozen=True)
-class SendOutcome:
-    """The classified result of one send attempt, with the provider's evidence."""
+@dataclass(frozen=True, kw_only=True)
+class ProviderEvidence:
+    """What the provider said about one message: its ids, acceptance time and refusal.
 
-    status: SendStatus
-    provider: str
+    A base class rather than a member, so that ``outcome.provider_request_id`` reads
+    as before and every record that keeps this evidence (:class:`SendOutcome`,
+    :class:`LookupResult`, the Graph classifier's verdict, the ledger's entries and
+    results, the trace's result views) inherits the one field list instead of
+    repeating it. The fields are keyword-only, so a subclass's own required fields
+    keep their positions (``SendOutcome(status, provider, ...)``). Each record
+    serialises them as before, under these names: the ledger's changelog JSON, the
+    Avro results and the trace's JSON do not change. The call's trail of headers
+    (``evidence``) belongs to :class:`ProviderAnswer` only, since a ledger entry and
+    a result do not keep it; a ledger attempt keeps the request id, error code and
+    trail of its call (``AttemptRecord.finish``).
+    """
+
     provider_request_id: str | None = None
     provider_message_id: str | None = None
     internet_message_id: str | None = None
     accepted_at_ms: int | None = None
     error_code: str | None = None
     error_message: str | None = None
-    #: Seconds the provider asked us to wait (429/503 Retry-After), if any.
-    retry_after_s: float | None = None
-    #: Extra evidence for the trail (client-request-id, Date, diagnostics ...).
+
+    def provider_evidence(self) -> dict[str, Any]:
+        """These fields by name: copying evidence to another record is one call.
+
+        ``replace(entry, **outcome.provider_evidence())``, or as constructor arguments.
+        """
+        return {name: getattr(self, name) for name in EVIDENCE_FIELDS}
+
+    def as_accepted(self, now_ms: int, request_id: str | None = None) -> ProviderEvidence:
+        """The evidence a SENT record keeps from this answer.
+
+        No error (an earlier attempt's timeout stays in its attempt record; on a SENT
+        result it would read as a failure), ``now_ms`` when the provider gave no
+        acceptance time, ``request_id`` (an earlier request's) when it gave no id.
+        """
+        return ProviderEvidence(
+            provider_request_id=self.provider_request_id or request_id,
+            provider_message_id=self.provider_message_id,
+            internet_message_id=self.internet_message_id,
+            accepted_at_ms=self.accepted_at_ms or now_ms,
+        )
+
+
+#: The field names of :class:`ProviderEvidence`, in declaration order.
+EVIDENCE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ProviderEvidence))
+
+
+_Status = TypeVar("_Status", SendStatus, LookupStatus)
+
+
+@dataclass(frozen=True)
+class ProviderAnswer(ProviderEvidence, Generic[_Status]):
+    """A connector's classified answer to one call: a send or a lookup."""
+
+    status: _Status
+    provider: str
+    #: The call's own trail (client-request-id, request-id, Date, diagnostics ...).
     evidence: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class LookupResult:
+class SendOutcome(ProviderAnswer[SendStatus]):
+    """The classified result of one send attempt, with the provider's evidence."""
+
+    #: Seconds the provider asked us to wait (429/503 Retry-After), if any.
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class LookupResult(ProviderAnswer[LookupStatus]):
     """The answer to "did the provider accept a message for this key?"."""
 
-    status: LookupStatus
-    provider: str
-    provider_request_id: str | None = None
-    provider_message_id: str | None = None
-    internet_message_id: str | None = None
-    accepted_at_ms: int | None = None
     detail: str | None = None
-    #: The lookup request's own evidence (client-request-id, Date, diagnostics ...).
-    evidence: dict[str, str] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -27,7 +27,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sendonce.connectors.base import LookupResult, LookupStatus, SendOutcome, SendStatus
+from sendonce.connectors.base import (
+    LookupResult,
+    LookupStatus,
+    ProviderEvidence,
+    SendOutcome,
+    SendStatus,
+)
 
 _COMPACT_SORTED = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 
@@ -115,9 +121,28 @@ class AttemptRecord:
     kind: str = "send"  # "send" or "lookup"
     finished_at_ms: int | None = None
     status: str | None = None
+    # A subset of ProviderEvidence plus the call's trail, by the changelog's format
+    # (an attempt has no message ids of its own): filled from an answer by finish().
     provider_request_id: str | None = None
     error_code: str | None = None
     evidence: dict[str, str] = field(default_factory=dict)
+
+    def finish(self, now_ms: int, answer: SendOutcome | LookupResult) -> AttemptRecord:
+        """This attempt (or lookup) as ``answer`` ended it, with the answer's evidence.
+
+        A lookup's ``detail`` joins its evidence (the record has no field for it).
+        """
+        evidence = dict(answer.evidence)
+        if isinstance(answer, LookupResult) and answer.detail:
+            evidence["detail"] = answer.detail
+        return replace(
+            self,
+            finished_at_ms=now_ms,
+            status=answer.status.value,
+            provider_request_id=answer.provider_request_id,
+            error_code=answer.error_code,
+            evidence=evidence,
+        )
 
 
 @dataclass(frozen=True)
@@ -136,8 +161,12 @@ class AuditRecord:
 
 
 @dataclass(frozen=True)
-class LedgerEntry:
-    """The ledger's durable record for one idempotency key."""
+class LedgerEntry(ProviderEvidence):
+    """The ledger's durable record for one idempotency key.
+
+    The provider's evidence for the key (ids, acceptance, error) is inherited from
+    :class:`ProviderEvidence`; it serialises under the same names as ever.
+    """
 
     key: str
     status: LedgerStatus
@@ -152,12 +181,6 @@ class LedgerEntry:
     created_at_ms: int
     updated_at_ms: int
     provider: str | None = None
-    provider_request_id: str | None = None
-    provider_message_id: str | None = None
-    internet_message_id: str | None = None
-    accepted_at_ms: int | None = None
-    error_code: str | None = None
-    error_message: str | None = None
     reconciled: bool = False
     attempts: tuple[AttemptRecord, ...] = ()
     sender: str = ""
@@ -200,8 +223,11 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True)
-class ResultRecord:
-    """An EmailResult to publish; field names follow ``schemas/EmailResult.avsc``."""
+class ResultRecord(ProviderEvidence):
+    """An EmailResult to publish; field names follow ``schemas/EmailResult.avsc``.
+
+    The provider's evidence is inherited from :class:`ProviderEvidence`.
+    """
 
     result_id: str
     outcome: ResultOutcome
@@ -212,16 +238,10 @@ class ResultRecord:
     intent: IntentRef
     decided_at_ms: int
     provider: str | None = None
-    provider_request_id: str | None = None
-    provider_message_id: str | None = None
-    internet_message_id: str | None = None
     attempt_id: str | None = None
     attempt_count: int = 0
     original_result_id: str | None = None
     original_intent: IntentRef | None = None
-    accepted_at_ms: int | None = None
-    error_code: str | None = None
-    error_message: str | None = None
     reconciled: bool = False
     worker: str | None = None
 
@@ -544,15 +564,7 @@ def _on_send_finished(
     )
     if outcome.status is SendStatus.ACCEPTED:
         sent = replace(
-            base,
-            status=LedgerStatus.SENT,
-            provider_message_id=outcome.provider_message_id,
-            internet_message_id=outcome.internet_message_id,
-            accepted_at_ms=outcome.accepted_at_ms or event.now_ms,
-            # An earlier attempt's error (the timeout that made it ambiguous, say)
-            # is in its attempt record; on a SENT result it would read as a failure.
-            error_code=None,
-            error_message=None,
+            base, status=LedgerStatus.SENT, **outcome.as_accepted(event.now_ms).provider_evidence()
         )
         return _settled(sent, event.intent, event.now_ms)
     if outcome.status is SendStatus.REJECTED:
@@ -617,16 +629,8 @@ def _on_lookup_finished(
         return Decision(entry)
     lookup = event.lookup
     record = AttemptRecord(
-        attempt_id=entry.attempt_id,
-        number=entry.attempt_count,
-        worker=entry.worker,
-        started_at_ms=event.now_ms,
-        kind="lookup",
-        finished_at_ms=event.now_ms,
-        status=lookup.status.value,
-        provider_request_id=lookup.provider_request_id,
-        evidence={**lookup.evidence, **({"detail": lookup.detail} if lookup.detail else {})},
-    )
+        entry.attempt_id, entry.attempt_count, entry.worker, event.now_ms, kind="lookup"
+    ).finish(event.now_ms, lookup)
     base = replace(
         entry,
         attempts=(*entry.attempts, record),
@@ -638,12 +642,7 @@ def _on_lookup_finished(
             base,
             status=LedgerStatus.SENT,
             provider=lookup.provider,
-            provider_request_id=lookup.provider_request_id or entry.provider_request_id,
-            provider_message_id=lookup.provider_message_id,
-            internet_message_id=lookup.internet_message_id,
-            accepted_at_ms=lookup.accepted_at_ms or event.now_ms,
-            error_code=None,
-            error_message=None,
+            **lookup.as_accepted(event.now_ms, entry.provider_request_id).provider_evidence(),
             reconciled=True,
             next_lookup_at_ms=None,
             lookup_deadline_ms=None,
@@ -798,14 +797,7 @@ def _finish_attempt(
     finished = []
     for a in attempts:
         if a.attempt_id == attempt_id and a.kind == "send" and a.finished_at_ms is None:
-            a = replace(
-                a,
-                finished_at_ms=now_ms,
-                status=outcome.status.value,
-                provider_request_id=outcome.provider_request_id,
-                error_code=outcome.error_code,
-                evidence=dict(outcome.evidence),
-            )
+            a = a.finish(now_ms, outcome)
         finished.append(a)
     return tuple(finished)
 
@@ -847,16 +839,11 @@ def _result_for_settled(
         intent=intent.ref,
         decided_at_ms=now_ms,
         provider=entry.provider,
-        provider_request_id=entry.provider_request_id,
-        provider_message_id=entry.provider_message_id,
-        internet_message_id=entry.internet_message_id,
+        **entry.provider_evidence(),
         attempt_id=entry.attempt_id,
         attempt_count=entry.attempt_count,
         original_result_id=original_result_id,
         original_intent=original_intent,
-        accepted_at_ms=entry.accepted_at_ms,
-        error_code=entry.error_code,
-        error_message=entry.error_message,
         reconciled=entry.reconciled,
         worker=worker or entry.worker,
     )

@@ -59,7 +59,7 @@ from typing import Literal
 
 import aiohttp
 
-from sendonce.connectors.base import SendStatus
+from sendonce.connectors.base import ProviderEvidence, SendStatus
 
 #: Where an attempt ended. ``connect``: failed before a byte of the request was
 #: written. ``write``: the request may have been (partly) written, no status line was
@@ -105,12 +105,14 @@ class HttpAttempt:
 
 
 @dataclass(frozen=True)
-class Classification:
-    """The verdict for one attempt, for the provider to turn into a SendOutcome."""
+class Classification(ProviderEvidence):
+    """The verdict for one attempt, for the provider to turn into a SendOutcome.
+
+    Of the provider's evidence an HTTP attempt alone tells only ``error_code`` and
+    ``error_message``; the provider adds the ids from the response.
+    """
 
     status: SendStatus
-    error_code: str | None = None
-    error_message: str | None = None
     #: Seconds Graph asked us to wait (Retry-After), if it said so.
     retry_after_s: float | None = None
     #: The token was refused before any processing: refresh it and retry once.
@@ -240,6 +242,44 @@ def _exception_name(attempt: HttpAttempt) -> str:
     return type(attempt.exception).__name__ if attempt.exception is not None else "no response"
 
 
+def _verdict(
+    status: SendStatus,
+    attempt: HttpAttempt,
+    http_status: int | None,
+    message: str,
+    retry_after_s: float | None,
+    *,
+    refresh_token: bool = False,
+) -> Classification:
+    """A verdict other than ACCEPTED: it always carries an error code and message."""
+    return Classification(
+        status,
+        error_code=_code(attempt, http_status),
+        error_message=message,
+        retry_after_s=retry_after_s,
+        refresh_token=refresh_token,
+    )
+
+
+def _refusal(
+    attempt: HttpAttempt, status: int | None, retry_after_s: float | None, *, step: str, token: str
+) -> Classification | None:
+    """The verdicts the send and draft-create calls share, or ``None``.
+
+    A 401 was refused before processing: refresh the token and retry once
+    (``token`` is the message). 400/403/404 are permanent refusals (``step`` names
+    the call in the message).
+    """
+    if status == 401:
+        return _verdict(
+            SendStatus.NOT_SENT_RETRYABLE, attempt, status, token, retry_after_s, refresh_token=True
+        )
+    if status in REJECTED_STATUSES:
+        message = f"{status}{step}: Graph refused the message permanently"
+        return _verdict(SendStatus.REJECTED, attempt, status, message, retry_after_s)
+    return None
+
+
 def classify(attempt: HttpAttempt, *, now: float | None = None) -> Classification:
     """Classify a send call (``sendMail`` or draft ``send``); see the module table.
 
@@ -249,53 +289,37 @@ def classify(attempt: HttpAttempt, *, now: float | None = None) -> Classificatio
     retry_after_s = parse_retry_after(attempt.retry_after, now=now)
     stage, status = _resolve(attempt)
     if stage == "connect":
-        return Classification(
+        return _verdict(
             SendStatus.NOT_SENT_RETRYABLE,
-            error_code=_code(attempt, status),
-            error_message=f"failed before the request was written ({_exception_name(attempt)})",
-            retry_after_s=retry_after_s,
+            attempt,
+            status,
+            f"failed before the request was written ({_exception_name(attempt)})",
+            retry_after_s,
         )
     if stage == "write":
-        return Classification(
+        return _verdict(
             SendStatus.AMBIGUOUS,
-            error_code=_code(attempt, status),
-            error_message=(
-                f"failed after the request may have been written ({_exception_name(attempt)});"
-                " reconcile before any resend"
-            ),
-            retry_after_s=retry_after_s,
+            attempt,
+            status,
+            f"failed after the request may have been written ({_exception_name(attempt)});"
+            " reconcile before any resend",
+            retry_after_s,
         )
     if status is None:  # unreachable: _resolve pairs "response" with a status
         raise AssertionError("response stage without a status")
     if status == 202:
         return Classification(SendStatus.ACCEPTED, retry_after_s=retry_after_s)
-    if status == 401:
-        return Classification(
-            SendStatus.NOT_SENT_RETRYABLE,
-            error_code=_code(attempt, status),
-            error_message="401: token refused before processing; refresh and retry once",
-            retry_after_s=retry_after_s,
-            refresh_token=True,
-        )
-    if status in REJECTED_STATUSES:
-        return Classification(
-            SendStatus.REJECTED,
-            error_code=_code(attempt, status),
-            error_message=f"{status}: Graph refused the message permanently",
-            retry_after_s=retry_after_s,
-        )
+    token = "401: token refused before processing; refresh and retry once"
+    if (refused := _refusal(attempt, status, retry_after_s, step="", token=token)) is not None:
+        return refused
     if status == 429:
         detail = "429 on the send call: Graph has delivered throttled sends"
     elif 500 <= status <= 599:
         detail = f"{status}: Graph has delivered sends it answered with 5xx"
     else:
         detail = f"unexpected status {status}"
-    return Classification(
-        SendStatus.AMBIGUOUS,
-        error_code=_code(attempt, status),
-        error_message=f"{detail}; reconcile before any resend",
-        retry_after_s=retry_after_s,
-    )
+    message = f"{detail}; reconcile before any resend"
+    return _verdict(SendStatus.AMBIGUOUS, attempt, status, message, retry_after_s)
 
 
 def classify_create(attempt: HttpAttempt, *, now: float | None = None) -> Classification | None:
@@ -312,28 +336,13 @@ def classify_create(attempt: HttpAttempt, *, now: float | None = None) -> Classi
     _, status = _resolve(attempt)
     if status is not None and 200 <= status <= 299:
         return None
-    if status == 401:
-        return Classification(
-            SendStatus.NOT_SENT_RETRYABLE,
-            error_code=_code(attempt, status),
-            error_message="401 on draft create: refresh the token and retry once",
-            retry_after_s=retry_after_s,
-            refresh_token=True,
-        )
-    if status in REJECTED_STATUSES:
-        return Classification(
-            SendStatus.REJECTED,
-            error_code=_code(attempt, status),
-            error_message=f"{status} on draft create: Graph refused the message permanently",
-            retry_after_s=retry_after_s,
-        )
+    token = "401 on draft create: refresh the token and retry once"
+    step = " on draft create"
+    if (refused := _refusal(attempt, status, retry_after_s, step=step, token=token)) is not None:
+        return refused
     where = f"status {status}" if status is not None else _exception_name(attempt)
-    return Classification(
-        SendStatus.NOT_SENT_RETRYABLE,
-        error_code=_code(attempt, status),
-        error_message=f"draft create failed ({where}); nothing was sent",
-        retry_after_s=retry_after_s,
-    )
+    message = f"draft create failed ({where}); nothing was sent"
+    return _verdict(SendStatus.NOT_SENT_RETRYABLE, attempt, status, message, retry_after_s)
 
 
 __all__ = [

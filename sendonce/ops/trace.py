@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sendonce.connectors.base import ProviderEvidence
 from sendonce.keys import (
     IdempotencyKey,
     InvalidIntentError,
@@ -102,8 +103,8 @@ class IntentView:
 
 
 @dataclass(frozen=True)
-class ResultView:
-    """One result record emitted for the key."""
+class ResultView(ProviderEvidence):
+    """One result record emitted for the key (the provider's evidence is inherited)."""
 
     topic: str
     partition: int
@@ -114,17 +115,11 @@ class ResultView:
     intent: IntentRef | None
     reconciled: bool = False
     provider: str | None = None
-    provider_request_id: str | None = None
-    provider_message_id: str | None = None
-    internet_message_id: str | None = None
     attempt_id: str | None = None
     attempt_count: int = 0
     original_result_id: str | None = None
     original_intent: IntentRef | None = None
-    accepted_at_ms: int | None = None
     decided_at_ms: int | None = None
-    error_code: str | None = None
-    error_message: str | None = None
     worker: str | None = None
     problem: str | None = None
 
