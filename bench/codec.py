@@ -21,7 +21,54 @@ from collections.abc import Callable
 from typing import Any
 
 from sendonce.schemas.codec import SchemaCodec
-from tests.unit.schemas.samples import INTENT, RESULT
+
+# The measured records: an order receipt as a publisher sends it and the worker's SENT
+# result for it. The benchmark's own, since bench imports nothing from tests/; what the
+# figures depend on is their shape (field count, union fields, collections), not values.
+INTENT: dict[str, Any] = {
+    "tenant_id": "bench",
+    "source_event_id": "order-2002:shipped",
+    "action_type": "receipt",
+    "sender": "orders@bench.example",
+    "to": ["erin@example.com", "Frank <frank@example.net>"],
+    "cc": ["grace@example.org"],
+    "bcc": [],
+    "subject": "Your order 2002 has shipped",
+    "text_body": "Hi Erin,\nyour order is packed and on its way to you.",
+    "html_body": "<p>Hi Erin,</p><p>your order is packed and on its way to you.</p>",
+    "template_id": None,
+    "template_params": {},
+    "idempotency_key": None,
+    "headers": {"In-Reply-To": "<order-2002@bench.example>"},
+    "created_at": 1_710_000_000_000,
+}
+
+RESULT: dict[str, Any] = {
+    "result_id": "r-bench:0a1b2c3d4e5f6071-0-2002-SENT",
+    "outcome": "SENT",
+    "idempotency_key": "bench:0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+    "tenant_id": "bench",
+    "source_event_id": "order-2002:shipped",
+    "action_type": "receipt",
+    "provider": "graph",
+    "provider_request_id": "9c1e7a52-0000-4000-8000-000000002002",
+    "provider_message_id": None,
+    "internet_message_id": "<bench.0a1b2c3d4e5f6071@sendonce>",
+    "attempt_id": "att-2002",
+    "attempt_count": 1,
+    "intent_topic": "email.intents",
+    "intent_partition": 5,
+    "intent_offset": 2002,
+    "original_result_id": None,
+    "original_intent_partition": None,
+    "original_intent_offset": None,
+    "accepted_at": 1_710_000_000_400,
+    "decided_at": 1_710_000_000_900,
+    "error_code": None,
+    "error_message": None,
+    "reconciled": False,
+    "worker": "worker-0/1",
+}
 
 
 def best_us(call: Callable[[], object], number: int, repeat: int) -> float:

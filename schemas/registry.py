@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from sendonce.schemas.codec import SCHEMA_DIR, CodecError, SchemaCodec, default_codec
+from sendonce.schemas.codec import SCHEMA_DIR, SchemaCodec, default_codec
+from sendonce.schemas.errors import CodecError
 from sendonce.settings import Settings, SettingsError
 
 __all__ = [

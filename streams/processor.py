@@ -29,7 +29,8 @@ from sendonce.keys import (
     InvalidIntentError,
     identify_intent,
 )
-from sendonce.schemas.codec import CodecError, SchemaCodec, WrongSchemaError
+from sendonce.schemas.codec import SchemaCodec
+from sendonce.schemas.errors import CodecError, WrongSchemaError
 from sendonce.settings import Settings, TopicNames
 from sendonce.streams import metrics
 from sendonce.streams.ledger import (

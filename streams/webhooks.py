@@ -29,7 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
-from sendonce.schemas.codec import CodecError, SchemaCodec
+from sendonce.schemas.codec import SchemaCodec
+from sendonce.schemas.errors import CodecError
 from sendonce.settings import Settings
 from sendonce.streams import metrics
 from sendonce.streams.ledger import IntentRef

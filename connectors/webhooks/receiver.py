@@ -47,7 +47,8 @@ from sendonce.connectors.webhooks.graph import (
 from sendonce.connectors.webhooks.producer import AckingProducer, EventSink, ProduceError
 from sendonce.connectors.webhooks.secrets import parse_secret_map, parse_source_secrets
 from sendonce.connectors.webhooks.signed import SignatureError, decode_secret, verify_signature
-from sendonce.schemas.codec import CodecError, SchemaCodec, default_codec
+from sendonce.schemas.codec import SchemaCodec, default_codec
+from sendonce.schemas.errors import CodecError
 from sendonce.settings import Settings, SettingsError
 
 __all__ = [

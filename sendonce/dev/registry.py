@@ -22,7 +22,7 @@ import avro.compatibility
 import avro.errors
 import avro.schema
 
-from sendonce.schemas.codec import parsing_canonical_form
+from sendonce.schemas.fingerprint import parsing_canonical_form
 
 __all__ = ["FakeSchemaRegistry"]
 

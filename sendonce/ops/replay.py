@@ -663,7 +663,7 @@ class _ResultCollector:
         id); a reconciliation may later report a second outcome for the same record,
         and the first one counts.
         """
-        from sendonce.schemas.codec import CodecError
+        from sendonce.schemas.errors import CodecError
 
         outcomes: dict[IntentRef, str] = {}
         seen_ids: set[str] = set()

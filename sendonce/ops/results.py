@@ -10,7 +10,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from sendonce.schemas.codec import CodecError, SchemaCodec, default_codec
+from sendonce.schemas.codec import SchemaCodec, default_codec
+from sendonce.schemas.errors import CodecError
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ from sendonce.keys import (
     normalize_address,
 )
 from sendonce.ops.history import HistoryError, StoredRecord, TopicReader, ledger_entry
-from sendonce.schemas.codec import CodecError, SchemaCodec, default_codec
+from sendonce.schemas.codec import SchemaCodec, default_codec
+from sendonce.schemas.errors import CodecError
 from sendonce.settings import Settings
 from sendonce.streams.ledger import AttemptRecord, AuditRecord, IntentRef, LedgerEntry
 from sendonce.streams.processor import partition_for_key

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+SECRET = "SECRET-BODY-never-in-messages"
+"""A field value that no error message may contain (they name fields, never values)."""
+
 INTENT: dict[str, Any] = {
     "tenant_id": "acme",
     "source_event_id": "order-1001:shipped",

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sendonce.schemas.codec import SCHEMA_DIR, IncompatibleSchemaError, SchemaCodec
+from sendonce.schemas.codec import SCHEMA_DIR, SchemaCodec
+from sendonce.schemas.errors import IncompatibleSchemaError
 from tests.unit.schemas.avro_strategies import records, with_defaults
 from tests.unit.schemas.samples import SAMPLES
 

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sendonce.schemas.codec import (
+from sendonce.schemas.codec import SCHEMA_DIR
+from sendonce.schemas.errors import InvalidSchemaError
+from sendonce.schemas.fingerprint import (
     EMPTY_FINGERPRINT,
-    SCHEMA_DIR,
-    InvalidSchemaError,
     crc64_avro,
     parsing_canonical_form,
     schema_fingerprint,

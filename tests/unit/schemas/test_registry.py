@@ -17,13 +17,8 @@ import pytest
 
 from sendonce.cli.main import main
 from sendonce.dev.registry import FakeSchemaRegistry
-from sendonce.schemas.codec import (
-    CONFLUENT_HEADER_SIZE,
-    MAGIC,
-    NotSingleObjectError,
-    SchemaCodec,
-    UnknownSchemaError,
-)
+from sendonce.schemas.codec import CONFLUENT_HEADER_SIZE, MAGIC, SchemaCodec
+from sendonce.schemas.errors import NotSingleObjectError, UnknownSchemaError
 from sendonce.schemas.registry import (
     CONTENT_TYPE,
     RegistryError,
