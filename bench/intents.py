@@ -58,6 +58,7 @@ from sendonce.bench.workload import (
     phase_timings,
 )
 from sendonce.dev.kafka import LocalKafka, ensure_jars
+from sendonce.kafka.clients import consumer_config
 from sendonce.kafka.topics import create_topics
 from sendonce.schemas.codec import default_codec
 from sendonce.settings import Settings
@@ -361,13 +362,7 @@ def _provider_latencies(
 
 def _sent_entries(settings: Settings, keys: set[bytes]) -> list[dict[str, Any]]:
     """The SENT ledger entries of ``keys``, read from the ledger's changelog."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": "bench-ledger-reader",
-            "auto.offset.reset": "earliest",
-        }
-    )
+    consumer = Consumer(consumer_config(settings.bootstrap_servers, group="bench-ledger-reader"))
     topic = settings.ledger_changelog_topic
     try:
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions

@@ -32,6 +32,8 @@ import aiohttp
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from sendonce.dev.kafka import LocalKafka, ensure_jars, pick_free_ports
+from sendonce.kafka.clients import consumer_config, producer_config
+from sendonce.kafka.follower import TopicFollower
 from sendonce.kafka.topics import create_topics
 from sendonce.schemas.codec import default_codec
 from sendonce.settings import Settings
@@ -119,14 +121,7 @@ def bench_receiver(settings: Settings, work: Path, requests: int) -> dict[str, f
         proc.terminate()
         proc.wait(30)
     # Ceiling: the same number of records straight into Kafka, same guarantees.
-    producer = Producer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-        }
-    )
+    producer = Producer(producer_config(settings.bootstrap_servers))
     records = [(f"ceiling-{n}".encode(), raw_event(f"ceiling-{n}")) for n in range(requests)]
     started = time.perf_counter()
     for key, value in records:
@@ -143,15 +138,7 @@ def bench_receiver(settings: Settings, work: Path, requests: int) -> dict[str, f
 
 
 def bench_dedupe(settings: Settings, work: Path, events: int) -> dict[str, float]:
-    producer = Producer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "enable.idempotence": True,
-            "acks": "all",
-            "partitioner": "murmur2_random",
-            "linger.ms": 5,
-        }
-    )
+    producer = Producer(producer_config(settings.bootstrap_servers))
     distinct = events // 2
     for n in range(events):
         dedupe_id = f"dedupe-{n % distinct}"  # every id twice: 50 % replays
@@ -186,14 +173,7 @@ def bench_dedupe(settings: Settings, work: Path, events: int) -> dict[str, float
 
 
 def _passthrough(settings: Settings, source: str, target: str, count: int) -> None:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": f"bench-passthrough-{uuid.uuid4()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
+    consumer = Consumer(consumer_config(settings.bootstrap_servers, group="bench-passthrough"))
     producer = Producer(
         {"bootstrap.servers": settings.bootstrap_servers, "acks": "all", "linger.ms": 5}
     )
@@ -215,17 +195,7 @@ def _passthrough(settings: Settings, source: str, target: str, count: int) -> No
 def _watch_counts(
     settings: Settings, topics: list[str], expected: int, proc: subprocess.Popen[bytes]
 ) -> tuple[float, float]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": f"bench-watch-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-        }
-    )
-    metadata = consumer.list_topics(timeout=30)
-    consumer.assign(
-        [TopicPartition(t, p, 0) for t in topics for p in metadata.topics[t].partitions]
-    )
+    follower = TopicFollower(settings.bootstrap_servers, topics, group="bench-watch")
     seen = 0
     first = last = 0.0
     deadline = time.monotonic() + 600
@@ -234,13 +204,13 @@ def _watch_counts(
             raise RuntimeError("worker exited during the benchmark")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{seen} of {expected} events after 600 s")
-        batch = [m for m in consumer.consume(1000, timeout=0.5) if not m.error()]
+        batch = [m for m in follower.consume(1000, 0.5) if not m.error()]
         if batch:
             now = time.perf_counter()
             first = first or now
             last = now
             seen += len(batch)
-    consumer.close()
+    follower.close()
     return first, last
 
 

@@ -12,7 +12,6 @@ scheduling (it shares two cores with everything else) never enters a figure:
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -21,15 +20,15 @@ from typing import Any
 
 from confluent_kafka import (
     TIMESTAMP_LOG_APPEND_TIME,
-    Consumer,
     KafkaError,
     KafkaException,
     Message,
     Producer,
-    TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from sendonce.kafka.clients import producer_config
+from sendonce.kafka.follower import TopicFollower
 from sendonce.kafka.topics import create_topics
 from sendonce.keys import complete_intent, idempotency_key_for
 from sendonce.schemas.codec import default_codec
@@ -123,14 +122,7 @@ class IntentProducer:
         self.created_ms: dict[bytes, int] = {}
         self._errors: list[str] = []
         self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "partitioner": "murmur2_random",
-                "linger.ms": linger_ms,
-                "logger": logging.getLogger("bench.producer"),
-            }
+            producer_config(bootstrap, logger="bench.producer", linger_ms=linger_ms)
         )
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
@@ -189,6 +181,9 @@ class Arrival:
 class ResultCollector:
     """Follows a run's result and dead-letter topics from their beginning.
 
+    The same :class:`~sendonce.kafka.follower.TopicFollower` the operators' tools
+    watch results with; what is the benchmark's is the timing below.
+
     Only keys and timestamps are read; values are kept for callers that decode them.
     """
 
@@ -197,24 +192,17 @@ class ResultCollector:
     repeats: int = 0
 
     def __post_init__(self) -> None:
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.bootstrap_servers,
-                "group.id": f"bench-collector-{uuid.uuid4()}",
-                "enable.auto.commit": False,
-                "logger": logging.getLogger("bench.collector"),
-            }
-        )
-        topics = [*self.settings.topics.results(), self.settings.topics.dlq]
-        metadata = self._consumer.list_topics(timeout=30)
-        self._consumer.assign(
-            [TopicPartition(t, p, 0) for t in topics for p in metadata.topics[t].partitions]
+        self._follower = TopicFollower(
+            self.settings.bootstrap_servers,
+            [*self.settings.topics.results(), self.settings.topics.dlq],
+            group="bench-collector",
+            logger="bench.collector",
         )
 
     def poll(self, timeout: float = 0.2) -> int:
         """Read what is there; returns the number of records read."""
         got = 0
-        for msg in self._consumer.consume(5000, timeout=timeout):
+        for msg in self._follower.consume(5000, timeout):
             err = msg.error()
             if err is not None:
                 raise KafkaException(err)
@@ -257,7 +245,7 @@ class ResultCollector:
 
     def close(self) -> None:
         """Leave."""
-        self._consumer.close()
+        self._follower.close()
 
 
 @dataclass(frozen=True)

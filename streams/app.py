@@ -29,6 +29,7 @@ from faust.types import TP
 from sendonce.connectors.base import EmailProvider
 from sendonce.connectors.null import NullProvider
 from sendonce.connectors.outbox import OutboxFault, OutboxProvider
+from sendonce.kafka.producer import DurableProducer
 from sendonce.logs import worker_logging_config
 from sendonce.schemas.codec import SchemaCodec
 from sendonce.schemas.registry import codec_for_settings, resolving
@@ -37,7 +38,6 @@ from sendonce.streams import metrics
 from sendonce.streams.fetcher import KafkaForwardedLookup, KafkaPartitionReader, KafkaRecordFetcher
 from sendonce.streams.offsets import HoleMender, Lane, LaneOffsets, Partition
 from sendonce.streams.processor import ConsumedRecord, IntentProcessor
-from sendonce.streams.producer import DurableProducer
 from sendonce.streams.restore import STORE_URL, BulkRestoreTableManager, table_options
 from sendonce.streams.store import FaustLedgerStore, FaustTableBytes, PartitionNotOwnedError
 from sendonce.streams.webhooks import SightingProcessor, WebhookFault

@@ -4,13 +4,13 @@
   ``sendonce receiver`` (:func:`run_receiver`) and :class:`ReceiverThread`.
 * :mod:`connectors.webhooks.graph`: Graph notifications, clientState, dedupe ids.
 * :mod:`connectors.webhooks.signed`: Standard Webhooks style HMAC signatures.
-* :mod:`connectors.webhooks.producer`: the acks=all producer the receiver awaits.
+* :mod:`connectors.webhooks.producer`: the receiver's Kafka sink (acks=all, awaited).
 """
 
 from __future__ import annotations
 
 from sendonce.connectors.webhooks.graph import ClientStateVerifier, dedupe_id, parse_notifications
-from sendonce.connectors.webhooks.producer import AckingProducer, EventSink, ProduceError
+from sendonce.connectors.webhooks.producer import EventSink, KafkaEventSink, ProduceError
 from sendonce.connectors.webhooks.receiver import (
     ReceiverConfig,
     ReceiverThread,
@@ -21,9 +21,9 @@ from sendonce.connectors.webhooks.receiver import (
 from sendonce.connectors.webhooks.signed import SignatureError, sign, verify_signature
 
 __all__ = [
-    "AckingProducer",
     "ClientStateVerifier",
     "EventSink",
+    "KafkaEventSink",
     "ProduceError",
     "ReceiverConfig",
     "ReceiverThread",

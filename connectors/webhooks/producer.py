@@ -1,28 +1,28 @@
-"""An asyncio front for a confluent-kafka idempotent producer: await the broker's acks.
+"""The receiver's Kafka sink: a request's records written, and every ack awaited.
 
-The receiver may answer a provider with 2xx only after Kafka acknowledged
-every record of the request (acks=all). librdkafka reports each record's fate
-in a delivery callback, which runs in whichever thread calls ``poll()``; here a
-background thread polls, and each callback resolves an asyncio future on the
-event loop through ``call_soon_threadsafe``. librdkafka guarantees one report per
-record, at the latest after ``message.timeout.ms``, so every future resolves.
+The receiver may answer a provider with 2xx only after Kafka acknowledged every
+record of the request (acks=all). The producing itself (idempotent, murmur2, a poll
+thread resolving asyncio futures) is :class:`sendonce.kafka.producer.DurableProducer`,
+the worker's too; what is the receiver's own lives here: its contract with the HTTP
+layer (:class:`EventSink`, :class:`ProduceError`, answered with 503), failing fast
+when librdkafka's queue is full, replacing a client that hit a fatal error, and
+librdkafka's log lines thinned to one per distinct failure a minute.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import re
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException
 
-__all__ = ["AckingProducer", "EventSink", "ProduceError"]
+from sendonce.kafka.producer import Delivered, DeliveryError, DurableProducer
+
+__all__ = ["EventSink", "KafkaEventSink", "ProduceError"]
 
 log = logging.getLogger("sendonce.receiver.kafka")
 
@@ -52,7 +52,8 @@ class _RepeatFilter(logging.Filter):
 
 
 # librdkafka's own log lines (routed to Python logging via the "logger" config).
-_rdkafka_log = logging.getLogger("sendonce.kafka.receiver")
+_RDKAFKA_LOGGER = "sendonce.kafka.receiver"
+_rdkafka_log = logging.getLogger(_RDKAFKA_LOGGER)
 _rdkafka_log.addFilter(_RepeatFilter())
 
 
@@ -61,7 +62,7 @@ class ProduceError(RuntimeError):
 
 
 class EventSink(Protocol):
-    """Where the receiver writes events; :class:`AckingProducer` in production."""
+    """Where the receiver writes events; :class:`KafkaEventSink` in production."""
 
     async def send_all(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
         """Write ``(key, value)`` records; return only once all are acknowledged."""
@@ -76,8 +77,8 @@ class EventSink(Protocol):
         ...
 
 
-class AckingProducer:
-    """Idempotent producer (acks=all, murmur2_random) whose sends are awaited per batch.
+class KafkaEventSink:
+    """Writes a request's records through an idempotent acks=all producer, awaited per batch.
 
     ``timeout_s`` becomes ``message.timeout.ms``: a record not acknowledged by
     then fails, so a request never waits longer than that for Kafka.
@@ -91,64 +92,39 @@ class AckingProducer:
         extra_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.timeout_s = timeout_s
-        self._config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
-            "enable.idempotence": True,
-            "acks": "all",
-            # The partition Java clients (and Faust) pick for a key: the dedupe
-            # stream relies on one owner per dedupe id.
-            "partitioner": "murmur2_random",
+        self._producer = DurableProducer(
+            bootstrap_servers,
             # Requests wait for acks anyway; a short linger batches concurrent ones.
-            "linger.ms": 2,
-            "message.timeout.ms": max(1, int(timeout_s * 1000)),
-            # A missing topic is a deployment error (503), not something to create
-            # with the broker's default partition count behind the stream's back.
-            "allow.auto.create.topics": False,
-            "logger": _rdkafka_log,
-            # Idle connections are closed by brokers routinely; not worth a log line.
-            "log.connection.close": False,
-            "error_cb": self._on_error,
-            **(extra_config or {}),
-        }
-        self._fatal = False
-        self._lock = threading.Lock()
-        self._producer = Producer(self._config)
-        self._stop = threading.Event()
-        self._poller = threading.Thread(
-            target=self._poll_loop, name="receiver-kafka-poll", daemon=True
-        )
-        self._poller.start()
-
-    def _poll_loop(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                producer = self._producer
-            # Delivery callbacks run here, in this thread.
-            producer.poll(0.1)
-
-    def _on_error(self, err: KafkaError) -> None:
-        if err.fatal():
+            linger_ms=2,
+            logger=_RDKAFKA_LOGGER,
+            on_error=self._on_error,
             # An idempotent producer that hit a fatal error refuses every further
             # record; the next send replaces it.
-            self._fatal = True
+            replace_after_fatal=True,
+            poll_s=0.1,
+            thread_name="receiver-kafka-poll",
+            log=log,
+            extra={
+                "message.timeout.ms": max(1, int(timeout_s * 1000)),
+                # A missing topic is a deployment error (503), not something to create
+                # with the broker's default partition count behind the stream's back.
+                "allow.auto.create.topics": False,
+                # Idle connections are closed by brokers routinely; not worth a log line.
+                "log.connection.close": False,
+                **(extra_config or {}),
+            },
+        )
+        # Connected from the start: the first request should not pay for it.
+        self._producer.start()
+
+    @staticmethod
+    def _on_error(err: KafkaError) -> None:
+        if err.fatal():
             log.error("Kafka producer fatal error: %s", err.str())
             return
         # Through the same repeat filter as librdkafka's own lines: a broker that
         # stays down is reported once a minute, not once per reconnect attempt.
         _rdkafka_log.warning("producer error: %s", err.str())
-
-    def _usable_producer(self) -> Producer:
-        with self._lock:
-            if self._fatal:
-                log.warning("replacing the Kafka producer after a fatal error")
-                old = self._producer
-                self._producer = Producer(self._config)
-                self._fatal = False
-                # Records of the old producer already failed (fatal): drop them.
-                with contextlib.suppress(Exception):
-                    old.purge()
-                    old.poll(0)  # fires the purged records' callbacks: their requests get 503
-            return self._producer
 
     async def send_all(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
         """Produce ``(key, value)`` records and wait for every acknowledgement.
@@ -157,53 +133,35 @@ class AckingProducer:
         acknowledged before another failed stay on the topic: the provider's
         retry writes them again and the dedupe stream drops the repeats.
         """
-        loop = asyncio.get_running_loop()
-        producer = self._usable_producer()
-        futures: list[asyncio.Future[str | None]] = []
+        futures: list[asyncio.Future[Delivered]] = []
         for key, value in records:
-            future: asyncio.Future[str | None] = loop.create_future()
-            callback = functools.partial(self._delivered, loop, future)
             try:
-                producer.produce(topic, value=value, key=key, on_delivery=callback)
-            except BufferError:
-                raise ProduceError("the producer's local queue is full") from None
-            except KafkaException as exc:
+                futures.append(self._producer.enqueue(topic, key, value))
+            except (BufferError, KafkaException) as exc:
+                # The request gives up: nobody awaits the records enqueued so far.
+                for future in futures:
+                    future.cancel()
+                if isinstance(exc, BufferError):
+                    raise ProduceError("the producer's local queue is full") from None
                 raise ProduceError(f"produce failed: {exc.args[0]}") from None
-            futures.append(future)
         if not futures:
             return
         try:
             # Belt and braces: librdkafka reports every record by message.timeout.ms,
             # this bound only matters if that promise were ever broken.
-            outcomes = await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s + 5.0)
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(*futures, return_exceptions=True), self.timeout_s + 5.0
+            )
         except TimeoutError:
             raise ProduceError(f"not acknowledged within {self.timeout_s + 5.0:.0f}s") from None
-        errors = [o for o in outcomes if o is not None]
+        errors = [o.reason for o in outcomes if isinstance(o, DeliveryError)]
         if errors:
             raise ProduceError(f"{len(errors)} of {len(futures)} records failed: {errors[0]}")
 
-    @staticmethod
-    def _delivered(
-        loop: asyncio.AbstractEventLoop,
-        future: asyncio.Future[str | None],
-        err: KafkaError | None,
-        msg: Message,
-    ) -> None:
-        outcome = None if err is None else str(err.str())
-
-        def resolve() -> None:
-            # The request may have given up already (timeout, shutdown).
-            if not future.done():
-                future.set_result(outcome)
-
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(resolve)
-
     async def healthy(self, topic: str) -> bool:
         """A metadata round trip: the broker answers and ``topic`` exists."""
-        producer = self._usable_producer()
         try:
-            metadata = await asyncio.to_thread(producer.list_topics, topic, 2.0)
+            metadata = await self._producer.list_topics(topic, 2.0)
         except KafkaException:
             return False
         found = metadata.topics.get(topic)
@@ -211,9 +169,6 @@ class AckingProducer:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop polling, then deliver (or fail) what is still in flight."""
-        self._stop.set()
-        self._poller.join()
-        with self._lock:
-            remaining = self._producer.flush(timeout)
+        remaining = self._producer.close(timeout)
         if remaining:
             log.warning("%d records still unacknowledged at shutdown", remaining)

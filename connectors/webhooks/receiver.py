@@ -44,7 +44,7 @@ from sendonce.connectors.webhooks.graph import (
     parse_notifications,
     to_webhook_event,
 )
-from sendonce.connectors.webhooks.producer import AckingProducer, EventSink, ProduceError
+from sendonce.connectors.webhooks.producer import EventSink, KafkaEventSink, ProduceError
 from sendonce.connectors.webhooks.secrets import parse_secret_map, parse_source_secrets
 from sendonce.connectors.webhooks.signed import SignatureError, decode_secret, verify_signature
 from sendonce.schemas.codec import SchemaCodec, default_codec
@@ -202,7 +202,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class WebhookReceiver:
     """The aiohttp application plus its Kafka sink.
 
-    ``sink`` defaults to an :class:`AckingProducer` created when the app starts
+    ``sink`` defaults to a :class:`KafkaEventSink` created when the app starts
     and closed (flushed) when it stops; pass your own to test the HTTP layer
     without Kafka. ``clock`` (unix seconds) is used for ``received_at`` and the
     signature tolerance.
@@ -248,7 +248,7 @@ class WebhookReceiver:
 
     async def _on_startup(self, app: web.Application) -> None:
         if self._sink is None:
-            self._sink = AckingProducer(
+            self._sink = KafkaEventSink(
                 self.config.bootstrap_servers, timeout_s=self.config.produce_timeout_s
             )
 

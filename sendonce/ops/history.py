@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from sendonce.kafka.clients import consumer_config
 from sendonce.settings import Settings
 from sendonce.streams.ledger import IntentRef, LedgerEntry, LedgerStatus, status_marker
 from sendonce.streams.processor import partition_for_key
@@ -80,21 +80,21 @@ class TopicReader:
     def __init__(self, bootstrap_servers: str, *, timeout_s: float = 15.0) -> None:
         self.bootstrap_servers = bootstrap_servers
         self._timeout_s = timeout_s
-        config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
-            # Required by librdkafka; nothing joins the group or commits to it.
-            "group.id": f"sendonce-history-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            # Records of aborted transactions never happened.
-            "isolation.level": "read_committed",
-            "fetch.queue.backoff.ms": 0,
-            # A fetch the broker holds open (up to 500 ms by default, waiting for new
-            # records) delays every request behind it on the connection: the next
-            # partition's watermark or offset query waited half a second each.
-            "fetch.wait.max.ms": 10,
-            "logger": logging.getLogger("sendonce.kafka.history"),
-        }
+        config = consumer_config(
+            bootstrap_servers,
+            group="sendonce-history",
+            logger="sendonce.kafka.history",
+            overrides={
+                "enable.partition.eof": True,
+                # Records of aborted transactions never happened.
+                "isolation.level": "read_committed",
+                "fetch.queue.backoff.ms": 0,
+                # A fetch the broker holds open (up to 500 ms by default, waiting for new
+                # records) delays every request behind it on the connection: the next
+                # partition's watermark or offset query waited half a second each.
+                "fetch.wait.max.ms": 10,
+            },
+        )
         self._consumer = Consumer(config)
         self._partitions: dict[str, list[int]] = {}
 

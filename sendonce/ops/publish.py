@@ -8,13 +8,13 @@ language, puts a key on the same partition: one owner per key.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from sendonce.kafka.clients import producer_config
 from sendonce.keys import IdempotencyKey, complete_intent, idempotency_key_for, validate_intent
 from sendonce.schemas.codec import SchemaCodec, default_codec
 
@@ -39,19 +39,11 @@ class IntentPublisher:
         self.codec = codec or default_codec()
         self.max_body_bytes = max_body_bytes
         self._errors: list[str] = []
+        # murmur2, as the worker expects: it checks records sit on the partition this picks.
         self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap_servers,
-                "enable.idempotence": True,
-                "acks": "all",
-                # Java's and aiokafka's default: the worker checks records sit
-                # on the partition this picks.
-                "partitioner": "murmur2_random",
-                "linger.ms": 5,
-                # librdkafka logs through Python logging, not straight to stderr.
-                "logger": logging.getLogger("sendonce.kafka.producer"),
-                **(extra_config or {}),
-            }
+            producer_config(
+                bootstrap_servers, logger="sendonce.kafka.producer", overrides=extra_config
+            )
         )
 
     def publish(self, intent: Mapping[str, Any]) -> IdempotencyKey:

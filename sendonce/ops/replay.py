@@ -430,6 +430,7 @@ def run_replay(
     """
     from confluent_kafka import KafkaException
 
+    from sendonce.kafka.follower import MissingTopicsError
     from sendonce.ops.history import HistoryError, TopicReader
     from sendonce.schemas.registry import codec_for_settings
 
@@ -459,7 +460,7 @@ def run_replay(
                 _dry_run(reader, settings, options, report, codec, progress, clock, now_ms)
             else:
                 _replay(reader, settings, options, report, codec, progress, clock, alive)
-    except (HistoryError, KafkaException) as exc:
+    except (HistoryError, KafkaException, MissingTopicsError) as exc:
         raise ReplayError(str(exc)) from exc
     return report
 
@@ -561,20 +562,15 @@ class _Republisher:
     """Produces copies of intent records, acks=all and idempotent, checking every report."""
 
     def __init__(self, settings: Settings, replay_id: str) -> None:
-        import logging
-
         from confluent_kafka import Producer
+
+        from sendonce.kafka.clients import producer_config
 
         self._replay_id = replay_id.encode()
         self._topic = settings.topics.intents
+        # Every copy names its partition (the original's): the partitioner never picks.
         self._producer = Producer(
-            {
-                "bootstrap.servers": settings.bootstrap_servers,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "logger": logging.getLogger("sendonce.kafka.replay"),
-            }
+            producer_config(settings.bootstrap_servers, logger="sendonce.kafka.replay")
         )
         self._published: list[IntentRef] = []
         self._failures = 0
@@ -625,28 +621,17 @@ class _ResultCollector:
     """Reads the result topics from their ends as of its creation (before publishing)."""
 
     def __init__(self, settings: Settings, reader: TopicReader) -> None:
-        import logging
-
-        from confluent_kafka import Consumer, TopicPartition
-
+        from sendonce.kafka.follower import TopicFollower
         from sendonce.schemas.registry import codec_for_settings
 
         self._codec = codec_for_settings(settings)
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": settings.bootstrap_servers,
-                "group.id": f"sendonce-replay-{uuid.uuid4()}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "logger": logging.getLogger("sendonce.kafka.replay"),
-            }
-        )
-        self._consumer.assign(
-            [
-                TopicPartition(topic, partition, reader.watermarks(topic, partition)[1])
-                for topic in settings.topics.results()
-                for partition in reader.partitions(topic)
-            ]
+        self._follower = TopicFollower(
+            settings.bootstrap_servers,
+            settings.topics.results(),
+            group="sendonce-replay",
+            # Only results of what this replay is about to publish: from the ends now.
+            start_at=lambda topic, partition: reader.watermarks(topic, partition)[1],
+            logger="sendonce.kafka.replay",
         )
 
     def collect(
@@ -672,7 +657,7 @@ class _ResultCollector:
         while len(outcomes) < len(wanted) and clock() < deadline:
             if alive is not None and not alive():
                 break
-            for msg in self._consumer.consume(1000, timeout=0.5):
+            for msg in self._follower.consume(1000, 0.5):
                 raw = msg.value()
                 if msg.error() is not None or raw is None:
                     continue
@@ -694,7 +679,7 @@ class _ResultCollector:
 
     def close(self) -> None:
         """Leave (nothing was committed)."""
-        self._consumer.close()
+        self._follower.close()
 
 
 # --- command line ----------------------------------------------------------

@@ -1,15 +1,21 @@
-"""Reading result and dead-letter topics back as plain dicts."""
+"""Reading result and dead-letter topics back as plain dicts.
+
+:func:`read_topics` reads topics once, to their ends; :class:`ResultWatcher` follows
+them (a :class:`sendonce.kafka.follower.TopicFollower`, the reader replay and the
+benchmarks follow results with too) until the records a test or demo waits for arrived.
+"""
 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
+from sendonce.kafka.clients import consumer_config
+from sendonce.kafka.follower import TopicFollower
 from sendonce.schemas.codec import SchemaCodec, default_codec
 from sendonce.schemas.errors import CodecError
 
@@ -40,13 +46,11 @@ def read_topics(
     """
     codec = codec or default_codec()
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": f"sendonce-reader-{uuid.uuid4()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
+        consumer_config(
+            bootstrap_servers,
+            group="sendonce-reader",
+            overrides={"enable.partition.eof": True},
+        )
     )
     try:
         metadata = consumer.list_topics(timeout=timeout)
@@ -124,26 +128,13 @@ class ResultWatcher:
     ) -> None:
         self.codec = codec or default_codec()
         self.records: list[ReadRecord] = []
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap_servers,
-                "group.id": f"sendonce-watcher-{uuid.uuid4()}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
-        )
-        metadata = self._consumer.list_topics(timeout=30)
-        missing = [t for t in topics if t not in metadata.topics]
-        if missing:
-            raise RuntimeError(f"topics do not exist: {missing}")
-        self._consumer.assign(
-            [TopicPartition(t, p, 0) for t in topics for p in metadata.topics[t].partitions]
-        )
+        # Raises MissingTopicsError (a RuntimeError) when a topic does not exist.
+        self._follower = TopicFollower(bootstrap_servers, topics, group="sendonce-watcher")
 
     def poll(self, timeout: float = 0.5) -> int:
         """Consume what is available; returns how many records arrived."""
         got = 0
-        for msg in self._consumer.consume(num_messages=1000, timeout=timeout):
+        for msg in self._follower.consume(1000, timeout):
             if msg.error():
                 raise RuntimeError(f"consume error: {msg.error()}")
             raw = msg.value()
@@ -186,4 +177,4 @@ class ResultWatcher:
 
     def close(self) -> None:
         """Leave."""
-        self._consumer.close()
+        self._follower.close()

@@ -25,6 +25,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
+from sendonce.kafka.clients import producer_config
 from sendonce.ops.history import HistoryError, TopicReader, ledger_entries, ledger_entry
 from sendonce.schemas.codec import SchemaCodec
 from sendonce.settings import Settings
@@ -192,13 +193,8 @@ def resolve(
 
 
 def _publish(settings: Settings, key: str, partition: int, value: bytes) -> None:
-    producer = Producer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "acks": "all",
-            "enable.idempotence": True,
-        }
-    )
+    # The command names its partition (the key's ledger partition): no partitioner picks.
+    producer = Producer(producer_config(settings.bootstrap_servers))
     errors: list[str] = []
 
     def delivered(err: Any, _msg: Any) -> None:

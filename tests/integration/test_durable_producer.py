@@ -9,8 +9,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from sendonce.kafka.producer import DeliveryError, DurableProducer
 from sendonce.streams.processor import partition_for_key
-from sendonce.streams.producer import DeliveryError, DurableProducer
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from sendonce.connectors.webhooks.producer import AckingProducer, ProduceError, _RepeatFilter
+from sendonce.connectors.webhooks.producer import KafkaEventSink, ProduceError, _RepeatFilter
 
 
 def closed_port() -> int:
@@ -20,7 +20,7 @@ def closed_port() -> int:
 
 
 def test_unreachable_broker_fails_the_batch_within_the_timeout() -> None:
-    producer = AckingProducer(f"127.0.0.1:{closed_port()}", timeout_s=0.5)
+    producer = KafkaEventSink(f"127.0.0.1:{closed_port()}", timeout_s=0.5)
 
     async def main() -> None:
         started = time.monotonic()
@@ -38,7 +38,7 @@ def test_unreachable_broker_fails_the_batch_within_the_timeout() -> None:
 
 
 def test_an_empty_batch_needs_no_broker() -> None:
-    producer = AckingProducer(f"127.0.0.1:{closed_port()}", timeout_s=0.5)
+    producer = KafkaEventSink(f"127.0.0.1:{closed_port()}", timeout_s=0.5)
     try:
         asyncio.run(producer.send_all("t", []))
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from sendonce.streams.producer import DurableProducer
+from sendonce.kafka.producer import DurableProducer
 
 
 def _librdkafka_threads() -> int:

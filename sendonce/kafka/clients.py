@@ -1,0 +1,75 @@
+"""librdkafka client configurations: the one place that says how sendonce talks to Kafka.
+
+Every producer that writes records a consumer must find by key (intents, commands,
+results, raw webhooks) uses :func:`producer_config`: idempotent, acks=all and Kafka's
+murmur2 partitioner, the partition Java clients, aiokafka and Faust pick for a key, so
+every writer in any language puts a key on the partition its one owner reads. Readers
+that assign partitions themselves (tools, tests, benchmarks) use :func:`consumer_config`:
+a group of their own that never commits, so they neither join nor disturb the workers'
+group.
+
+Both route librdkafka's own log lines to a named Python logger when given one, so they
+reach the process's log handlers instead of stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["consumer_config", "producer_config"]
+
+
+def producer_config(
+    bootstrap_servers: str,
+    *,
+    logger: str | None = None,
+    linger_ms: float = 5,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An idempotent, acks=all, murmur2-partitioned producer's configuration.
+
+    ``logger`` names the Python logger librdkafka's lines go to; ``overrides``
+    (librdkafka property names) are applied last.
+    """
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        # Java's, aiokafka's and Faust's default: the worker checks that records sit
+        # on the partition this picks, and the dedupe stream relies on one owner per id.
+        "partitioner": "murmur2_random",
+        "linger.ms": linger_ms,
+    }
+    if logger is not None:
+        config["logger"] = logging.getLogger(logger)
+    config.update(overrides or {})
+    return config
+
+
+def consumer_config(
+    bootstrap_servers: str,
+    *,
+    group: str,
+    logger: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A reader's configuration: a private group ``<group>-<uuid>`` that never commits.
+
+    librdkafka requires a group id even for assigned partitions; a fresh one per
+    client means nothing is shared with another reader or with the workers.
+    ``auto.offset.reset`` is ``earliest``: a reader assigned an offset that is gone
+    starts at the first record still stored rather than skipping to the end.
+    """
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        "group.id": f"{group}-{uuid.uuid4()}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+    }
+    if logger is not None:
+        config["logger"] = logging.getLogger(logger)
+    config.update(overrides or {})
+    return config

@@ -1,0 +1,31 @@
+"""The librdkafka configurations every short-lived client is built from."""
+
+from __future__ import annotations
+
+import logging
+
+from sendonce.kafka.clients import consumer_config, producer_config
+
+
+def test_producers_are_idempotent_acks_all_and_murmur2() -> None:
+    config = producer_config("b:9092", logger="sendonce.kafka.test")
+    assert config["bootstrap.servers"] == "b:9092"
+    assert config["enable.idempotence"] is True
+    assert config["acks"] == "all"
+    assert config["partitioner"] == "murmur2_random"
+    assert config["logger"] is logging.getLogger("sendonce.kafka.test")
+
+
+def test_overrides_come_last() -> None:
+    config = producer_config("b:9092", linger_ms=0, overrides={"linger.ms": 7, "x": 1})
+    assert config["linger.ms"] == 7 and config["x"] == 1
+    assert "logger" not in producer_config("b:9092")
+
+
+def test_every_reader_has_a_group_of_its_own_that_never_commits() -> None:
+    one = consumer_config("b:9092", group="sendonce-reader")
+    two = consumer_config("b:9092", group="sendonce-reader")
+    assert one["group.id"].startswith("sendonce-reader-")
+    assert one["group.id"] != two["group.id"]
+    assert one["enable.auto.commit"] is False
+    assert one["auto.offset.reset"] == "earliest"
