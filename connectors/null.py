@@ -15,6 +15,7 @@ from sendonce.connectors.base import (
     SendOutcome,
     SendStatus,
 )
+from sendonce.settings import Settings
 
 
 class NullProvider:
@@ -43,3 +44,11 @@ class NullProvider:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+def from_settings(settings: Settings) -> NullProvider:
+    """The null provider (``SENDONCE_PROVIDER=null``): no setting applies to it.
+
+    Registered in :data:`sendonce.providers.PROVIDERS`.
+    """
+    return NullProvider()

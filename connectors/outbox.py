@@ -37,6 +37,7 @@ from sendonce.connectors.base import (
     SendOutcome,
     SendStatus,
 )
+from sendonce.settings import Settings
 
 KEY_HEADER = "X-Sendonce-Idempotency-Key"
 ATTEMPT_HEADER = "X-Sendonce-Attempt-Id"
@@ -65,6 +66,14 @@ class OutboxFault:
                 f"unknown outbox fault {spec!r}; expected kill-after-accept:N with N >= 1"
             )
         return cls(int(arg))
+
+
+def from_settings(settings: Settings) -> OutboxProvider:
+    """The outbox provider for ``settings`` (``SENDONCE_PROVIDER=outbox``), with its test fault.
+
+    Registered in :data:`sendonce.providers.PROVIDERS`.
+    """
+    return OutboxProvider(settings.outbox_dir, OutboxFault.parse(settings.outbox_fault))
 
 
 def eml_name(idempotency_key: str) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sendonce.faults import CRASH_POINTS, parse_crash_spec
+from sendonce.providers import PROVIDERS
 
 
 class SettingsError(ValueError):
@@ -84,6 +85,13 @@ class TopicNames:
         return (self.results_sent, self.results_ambiguous, self.results_failed)
 
 
+def _provider_names_doc() -> str:
+    # "`outbox` (default), `graph` or `null`": PROVIDERS names the default first.
+    names = [f"`{name}`" for name in PROVIDERS]
+    names[0] += " (default)"
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -106,7 +114,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     ),
     "replication_factor": ("SENDONCE_REPLICATION_FACTOR", "Replication factor of new topics."),
     "data_dir": ("SENDONCE_DATA_DIR", "Worker state directory (RocksDB ledger)."),
-    "provider": ("SENDONCE_PROVIDER", "Email provider: `outbox` (default), `graph` or `null`."),
+    "provider": ("SENDONCE_PROVIDER", f"Email provider: {_provider_names_doc()}."),
     "outbox_dir": ("SENDONCE_OUTBOX_DIR", "Folder the outbox provider writes `.eml` files to."),
     "outbox_fault": (
         "SENDONCE_OUTBOX_FAULT",
@@ -412,9 +420,10 @@ class Settings:
             raise SettingsError("SENDONCE_PARTITIONS must be at least 1")
         if self.replication_factor < 1:
             raise SettingsError("SENDONCE_REPLICATION_FACTOR must be at least 1")
-        if self.provider not in ("outbox", "graph", "null"):
+        if self.provider not in PROVIDERS:
             raise SettingsError(
-                f"SENDONCE_PROVIDER={self.provider!r} is not a known provider (outbox, graph, null)"
+                f"SENDONCE_PROVIDER={self.provider!r} is not a known provider "
+                f"({', '.join(PROVIDERS)})"
             )
         if self.provider == "graph":
             self._validate_graph()

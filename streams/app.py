@@ -20,17 +20,16 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import faust
 from faust.types import TP
 
 from sendonce.connectors.base import EmailProvider
-from sendonce.connectors.null import NullProvider
-from sendonce.connectors.outbox import OutboxFault, OutboxProvider
+from sendonce.connectors.graph.throttle import MailboxThrottle
 from sendonce.kafka.producer import DurableProducer
 from sendonce.logs import worker_logging_config
+from sendonce.providers import build_provider
 from sendonce.schemas.codec import SchemaCodec
 from sendonce.schemas.registry import codec_for_settings, resolving
 from sendonce.settings import Settings
@@ -68,44 +67,16 @@ def broker_url(bootstrap_servers: str) -> str:
 
 
 def provider_from_settings(settings: Settings) -> EmailProvider:
-    """Build the configured provider."""
-    if settings.provider == "null":
-        return NullProvider()
-    if settings.provider == "graph":
-        return graph_provider_from_settings(settings)
-    return OutboxProvider(settings.outbox_dir, OutboxFault.parse(settings.outbox_fault))
+    """Build the configured provider (named in :data:`sendonce.providers.PROVIDERS`).
 
-
-def graph_provider_from_settings(settings: Settings) -> EmailProvider:
-    """The Microsoft Graph provider for ``settings`` (validated by Settings)."""
-    from sendonce.connectors.graph.auth import GraphTokenProvider
-    from sendonce.connectors.graph.provider import GraphProvider, GraphSettings
-
-    ca_bundle = Path(settings.graph_ca_bundle) if settings.graph_ca_bundle else None
-    tokens = GraphTokenProvider(
-        tenant_id=settings.graph_tenant_id,
-        client_id=settings.graph_client_id,
-        client_secret=settings.graph_client_secret or None,
-        certificate_key_path=settings.graph_certificate_key_path or None,
-        certificate_thumbprint=settings.graph_certificate_thumbprint or None,
-        authority=settings.graph_authority or None,
-        ca_bundle=ca_bundle,
-    )
-    graph = GraphProvider(
-        tokens,
-        GraphSettings(
-            graph_url=settings.graph_url,
-            mode=settings.graph_mode,
-            ca_bundle=ca_bundle,
-            connect_timeout_s=settings.graph_connect_timeout_s,
-            read_timeout_s=settings.graph_read_timeout_s,
-            max_concurrent_per_mailbox=settings.graph_mailbox_concurrency,
-            requests_per_window=settings.graph_requests_per_10min or None,
-            sends_per_minute=settings.graph_sends_per_minute or None,
-        ),
-    )
-    graph.throttle.on_wait = metrics.throttle_observer(GraphProvider.name)
-    return graph
+    A provider with a mailbox throttle (Graph) reports its waits to the worker's
+    metrics: the connector knows nothing of Prometheus.
+    """
+    provider = build_provider(settings)
+    throttle = getattr(provider, "throttle", None)
+    if isinstance(throttle, MailboxThrottle):
+        throttle.on_wait = metrics.throttle_observer(provider.name)
+    return provider
 
 
 @dataclass

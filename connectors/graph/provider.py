@@ -72,6 +72,7 @@ from sendonce.connectors.graph.message import (
     user_url,
 )
 from sendonce.connectors.graph.throttle import MailboxThrottle
+from sendonce.settings import Settings
 
 log = logging.getLogger("sendonce.graph")
 
@@ -409,6 +410,38 @@ class GraphProvider:
             await self._session.close()
             self._session = None
         self.tokens.close()
+
+
+def from_settings(settings: Settings) -> GraphProvider:
+    """The Graph provider for ``settings`` (``SENDONCE_PROVIDER=graph``; validated by Settings).
+
+    Registered in :data:`sendonce.providers.PROVIDERS`. Empty credential settings
+    mean "not given": a secret or a certificate, never both.
+    """
+    ca_bundle = Path(settings.graph_ca_bundle) if settings.graph_ca_bundle else None
+    tokens = GraphTokenProvider(
+        tenant_id=settings.graph_tenant_id,
+        client_id=settings.graph_client_id,
+        client_secret=settings.graph_client_secret or None,
+        certificate_key_path=settings.graph_certificate_key_path or None,
+        certificate_thumbprint=settings.graph_certificate_thumbprint or None,
+        authority=settings.graph_authority or None,
+        ca_bundle=ca_bundle,
+    )
+    return GraphProvider(
+        tokens,
+        GraphSettings(
+            graph_url=settings.graph_url,
+            mode=settings.graph_mode,
+            ca_bundle=ca_bundle,
+            connect_timeout_s=settings.graph_connect_timeout_s,
+            read_timeout_s=settings.graph_read_timeout_s,
+            max_concurrent_per_mailbox=settings.graph_mailbox_concurrency,
+            # 0 lifts a cap (README): GraphSettings says that with None.
+            requests_per_window=settings.graph_requests_per_10min or None,
+            sends_per_minute=settings.graph_sends_per_minute or None,
+        ),
+    )
 
 
 def _json(body: bytes) -> dict[str, Any]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-from sendonce.settings import Settings
+from sendonce.options import Subparsers, add_bootstrap_option, settings_from_options
 
 __all__ = ["add_cli"]
 
 
-def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_cli(subparsers: Subparsers) -> None:
     """Register ``receiver`` on ``subparsers``; its ``func(args)`` returns the exit code."""
     p = subparsers.add_parser(
         "receiver",
@@ -22,7 +22,7 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "SIGTERM/SIGINT. Secrets come from SENDONCE_RECEIVER_* variables."
         ),
     )
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (SENDONCE_BOOTSTRAP_SERVERS)")
+    add_bootstrap_option(p)
     p.add_argument("--host", help="listen address (SENDONCE_RECEIVER_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (SENDONCE_RECEIVER_PORT, default 8080)")
     p.set_defaults(func=_cmd_receiver)
@@ -31,16 +31,8 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def _cmd_receiver(args: argparse.Namespace) -> int:
     from sendonce.connectors.webhooks.receiver import run_receiver
 
-    settings = Settings.from_env()
-    overrides: dict[str, object] = {}
-    if args.bootstrap:
-        overrides["bootstrap_servers"] = args.bootstrap
-    if args.host:
-        overrides["receiver_host"] = args.host
-    if args.port is not None:
-        overrides["receiver_port"] = args.port
-    if overrides:
-        settings = settings.with_overrides(**overrides)
+    # --port 0 is given (a free port); an empty --host is not.
+    settings = settings_from_options(args, receiver_host=args.host or None, receiver_port=args.port)
     # main() configures logging at WARNING; the receiver's own records (its listen
     # address, rejections, 503s) follow SENDONCE_LOG_LEVEL.
     logging.getLogger("sendonce").setLevel(settings.log_level.upper())

@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Any
 
+from sendonce.options import Subparsers
 from sendonce.schemas.registry import (
     RegistryError,
     SchemaRegistryClient,
@@ -87,7 +88,7 @@ def _run(func: Any) -> Any:
     return run
 
 
-def add_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_cli(sub: Subparsers) -> None:
     """Register ``sendonce schemas register|check``."""
     schemas = sub.add_parser(
         "schemas", help="schema registry: register the .avsc files, check compatibility"

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from sendonce.dev.procs import stop_process
+from sendonce.options import Subparsers
 
 __all__ = ["ChaosReport", "add_cli", "run_chaos"]
 
@@ -824,7 +825,7 @@ def _iter_lines(report: ChaosReport) -> Iterator[str]:
 # --------------------------------------------------------------------------- CLI
 
 
-def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_cli(subparsers: Subparsers) -> None:
     """Register ``chaos`` on ``subparsers``; its ``func(args)`` returns the exit code."""
     p = subparsers.add_parser(
         "chaos",

@@ -24,6 +24,7 @@ from sendonce.emulator import (
     Fault,
     GraphEmulator,
 )
+from sendonce.options import Subparsers
 
 __all__ = ["SECRET_ENV", "add_cli", "build_emulator", "run"]
 
@@ -31,7 +32,7 @@ __all__ = ["SECRET_ENV", "add_cli", "build_emulator", "run"]
 SECRET_ENV = "SENDONCE_GRAPH_EMULATOR_CLIENT_SECRET"
 
 
-def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_cli(subparsers: Subparsers) -> None:
     """Register ``graph-emulator`` on ``subparsers``; its ``func(args)`` returns the exit code."""
     p = subparsers.add_parser(
         "graph-emulator",

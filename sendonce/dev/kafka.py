@@ -49,6 +49,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from sendonce.options import Subparsers
+
 __all__ = [
     "KAFKA_VERSION",
     "BrokerAlreadyRunning",
@@ -863,7 +865,7 @@ def _run(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
     return wrapper
 
 
-def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_cli(subparsers: Subparsers) -> None:
     """Register ``kafka {fetch,start,stop,status}`` on ``subparsers``.
 
     Every leaf parser sets ``func(args) -> int`` (the process exit code).

@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from sendonce.ops.progress import Progress
+from sendonce.options import Subparsers, add_bootstrap_option, settings_from_options
 from sendonce.settings import Settings
 from sendonce.streams.ledger import (
     CallProvider,
@@ -685,7 +686,7 @@ class _ResultCollector:
 # --- command line ----------------------------------------------------------
 
 
-def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_cli(subparsers: Subparsers) -> None:
     """Register ``replay`` on ``subparsers``; its ``func(args)`` returns the exit code."""
     p = subparsers.add_parser(
         "replay",
@@ -709,7 +710,7 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     # ``--from -7d``: argparse takes an argument that starts with "-" for an option
     # unless it looks like a negative number; relative times are made to look like one.
     p._negative_number_matcher = re.compile(r"^-\d+[smhdw]?$|^-\d*\.\d+$")
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (SENDONCE_BOOTSTRAP_SERVERS)")
+    add_bootstrap_option(p)
     p.add_argument(
         "--from",
         dest="start",
@@ -752,9 +753,7 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    if args.bootstrap:
-        settings = settings.with_overrides(bootstrap_servers=args.bootstrap)
+    settings = settings_from_options(args)
     return replay_main(
         settings,
         start=args.start,

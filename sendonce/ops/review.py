@@ -27,6 +27,7 @@ from confluent_kafka import KafkaException, Producer
 
 from sendonce.kafka.clients import producer_config
 from sendonce.ops.history import HistoryError, TopicReader, ledger_entries, ledger_entry
+from sendonce.options import Subparsers, add_bootstrap_option, settings_from_options
 from sendonce.schemas.codec import SchemaCodec
 from sendonce.settings import Settings
 from sendonce.streams.ledger import RESOLUTIONS, AuditRecord, LedgerEntry, LedgerStatus
@@ -225,15 +226,8 @@ def default_operator() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env()
-    if args.bootstrap:
-        settings = settings.with_overrides(bootstrap_servers=args.bootstrap)
-    return settings
-
-
 def _cmd_list(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from_options(args)
     try:
         with TopicReader(settings.bootstrap_servers) as reader:
             entries = open_ambiguous(reader, settings, args.tenant or ())
@@ -248,7 +242,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_resolve(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from_options(args)
     try:
         outcome = resolve(
             settings,
@@ -285,13 +279,13 @@ def _cmd_resolve(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_cli(sub: Subparsers) -> None:
     """Register ``sendonce review list|resolve``."""
     review = sub.add_parser("review", help="list and resolve ambiguous sends").add_subparsers(
         dest="review_command", required=True
     )
     p = review.add_parser("list", help="open AMBIGUOUS entries with their evidence")
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (SENDONCE_BOOTSTRAP_SERVERS)")
+    add_bootstrap_option(p)
     p.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_list)
@@ -301,7 +295,7 @@ def add_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="resolve an AMBIGUOUS entry: sent (it went out), resend (one new attempt), "
         "cancel (give up); applied by the worker through the ledger",
     )
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (SENDONCE_BOOTSTRAP_SERVERS)")
+    add_bootstrap_option(p)
     p.add_argument("key", help="the idempotency key (as `review list` shows it)")
     p.add_argument("--as", dest="action", required=True, choices=RESOLUTIONS)
     p.add_argument("--reason", required=True, help="why; kept in the audit history")

@@ -42,6 +42,7 @@ from sendonce.keys import (
     normalize_address,
 )
 from sendonce.ops.history import HistoryError, StoredRecord, TopicReader, ledger_entry
+from sendonce.options import Subparsers, add_bootstrap_option, settings_from_options
 from sendonce.schemas.codec import SchemaCodec, default_codec
 from sendonce.schemas.errors import CodecError
 from sendonce.settings import Settings
@@ -740,7 +741,7 @@ def _error_text(code: str | None, message: str | None) -> str | None:
 # --------------------------------------------------------------------------------------
 
 
-def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_cli(subparsers: Subparsers) -> None:
     """Register ``trace`` on ``subparsers``; its ``func(args)`` returns the exit code."""
     p = subparsers.add_parser(
         "trace",
@@ -756,7 +757,7 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--source-event", help="find the key(s) by source event id (needs --tenant)")
     p.add_argument("--tenant", help="tenant id, with --source-event")
     p.add_argument("--json", action="store_true", help="one JSON document instead of text")
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (SENDONCE_BOOTSTRAP_SERVERS)")
+    add_bootstrap_option(p)
     p.set_defaults(func=_cmd_trace)
 
 
@@ -769,9 +770,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         return 2
     # librdkafka logs every failed connect; one clear error line is said below instead.
     logging.getLogger("sendonce.kafka.history").setLevel(logging.CRITICAL)
-    settings = Settings.from_env()
-    if args.bootstrap:
-        settings = settings.with_overrides(bootstrap_servers=args.bootstrap)
+    settings = settings_from_options(args)
     from sendonce.schemas.registry import codec_for_settings
 
     # Records in the registry's wire format are decoded by their schema ids.
