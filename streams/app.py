@@ -7,10 +7,12 @@ because faust-streaming can commit offsets past in-flight messages with
 concurrency > 1 (issue 606); throughput comes from batching instead.
 
 Faust never commits the lanes' source topics (they are declared ``acks=False``): it
-can commit records no agent processed (see :mod:`streams.offsets`). Each lane reports
-the records whose every effect is durable to :class:`~streams.offsets.LaneOffsets`,
-which commits per partition up to the first unfinished offset, and a
-:class:`~streams.offsets.HoleMender` processes records Faust dropped.
+can commit records no agent processed (see :mod:`streams.offsets`). Each agent runs its
+lane through :class:`~streams.lanes.SourceOffsets`, which reports the records whose
+every effect is durable to :class:`~streams.offsets.LaneOffsets` (committed per
+partition up to the first unfinished offset), waits for the batches in flight when
+partitions are revoked, and runs a :class:`~streams.offsets.HoleMender` for records
+Faust dropped. This module only assembles the app, its tables and agents.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,21 +35,15 @@ from sendonce.schemas.codec import SchemaCodec
 from sendonce.schemas.registry import codec_for_settings, resolving
 from sendonce.settings import Settings
 from sendonce.streams import metrics
-from sendonce.streams.fetcher import KafkaForwardedLookup, KafkaPartitionReader, KafkaRecordFetcher
-from sendonce.streams.offsets import HoleMender, Lane, LaneOffsets, Partition
-from sendonce.streams.processor import ConsumedRecord, IntentProcessor
+from sendonce.streams.fetcher import KafkaForwardedLookup, KafkaRecordFetcher
+from sendonce.streams.lanes import SourceOffsets
+from sendonce.streams.offsets import Lane
+from sendonce.streams.processor import IntentProcessor
 from sendonce.streams.restore import STORE_URL, BulkRestoreTableManager, table_options
-from sendonce.streams.store import FaustLedgerStore, FaustTableBytes, PartitionNotOwnedError
+from sendonce.streams.store import FaustLedgerStore, FaustTableBytes
 from sendonce.streams.webhooks import SightingProcessor, WebhookFault
 
 log = logging.getLogger("sendonce.worker")
-
-# How often the hole mender looks, and how long a frontier must be stuck (with its
-# lane idle) before records beyond it count as dropped rather than still on their way.
-MEND_TICK_S = 2.0
-MEND_STALL_S = 10.0
-# A rebalance waits this long at most for a lane's batch in flight to finish.
-REVOKE_WAIT_S = 120.0
 
 _RAW: dict[str, Any] = {
     "key_type": bytes,
@@ -56,7 +51,7 @@ _RAW: dict[str, Any] = {
     "key_serializer": "raw",
     "value_serializer": "raw",
 }
-# Source topics of the lanes: offsets are committed by streams.offsets, not by Faust.
+# Source topics of the lanes: offsets are committed by streams.lanes, not by Faust.
 _SOURCE: dict[str, Any] = {**_RAW, "acks": False}
 
 
@@ -132,7 +127,7 @@ def build_worker_app(
     commands = app.topic(settings.topics.commands, partitions=settings.partitions, **_SOURCE)
     intents_topic = settings.topics.intents
 
-    offsets = _SourceOffsets(app, settings)
+    offsets = SourceOffsets(app, settings)
 
     def owns(partition: int) -> bool:
         return offsets.owns(intents_topic, partition)
@@ -148,16 +143,7 @@ def build_worker_app(
             if found:
                 log.info("%d ambiguous sends awaiting reconciliation", found)
 
-    ledger = app.Table(
-        "ledger",
-        # The store's serializer comes from these two, not from ``schema``.
-        key_type=bytes,
-        value_type=bytes,
-        partitions=settings.partitions,
-        schema=faust.Schema(**_RAW),
-        options=table_options(settings),
-        on_recover=rebuild_reconcile_index,
-    )
+    ledger = _bytes_table(app, settings, "ledger", on_recover=rebuild_reconcile_index)
     producer = DurableProducer(
         settings.bootstrap_servers,
         client_id=f"{settings.app_id}-{settings.worker_id}",
@@ -229,200 +215,21 @@ def build_worker_app(
     return WorkerApp(app, ledger, settings, services)
 
 
-class _SourceOffsets:
-    """Wires :mod:`streams.offsets` into the Faust app: commits, rebalances, mending."""
-
-    def __init__(self, app: faust.App, settings: Settings) -> None:
-        self._app = app
-        self._settings = settings
-        self._reader = KafkaPartitionReader(settings.bootstrap_servers, settings.app_id)
-        self.offsets = LaneOffsets(self._reader, self._commit, self.owns)
-        self._lanes: list[Lane] = []
-        self._tables: dict[str, bool] = {}
-        # The assignor builds a new set of new TP tuples per call, and every ledger
-        # write asks (twice): cached per assignment, dropped by the rebalance handlers.
-        self._actives: frozenset[TP] | None = None
-
-    def lane(self, name: str, topic: str, process: Any) -> Lane:
-        """Register a lane (one agent over ``topic``)."""
-        lane = Lane(name, topic, process)
-        self._lanes.append(lane)
-        return lane
-
-    def table(self, name: str) -> None:
-        """Register a table whose recovery must finish before records are mended."""
-        self._tables[name] = False
-
-    def recovered(self, name: str) -> None:
-        """A table finished recovering for the current assignment."""
-        self._tables[name] = True
-
-    def ready(self) -> bool:
-        """Whether every table is recovered and no rebalance is under way."""
-        return not self._app.rebalancing and all(self._tables.values())
-
-    def admit(self, records: list[ConsumedRecord]) -> list[ConsumedRecord]:
-        """The records of a batch this worker may process now.
-
-        Faust hands a lane events it buffered before a rebalance. Processing one of
-        a partition that moved (or before the ledger is recovered) could race the
-        new owner on a key; dropping it is safe, since it is not committed and its
-        owner reads it again from the committed offset.
-        """
-        if not self.ready():
-            if records:
-                log.info("dropped %d records delivered during a rebalance", len(records))
-            return []
-        owned = self._assigned()
-        return [r for r in records if TP(r.topic, r.partition) in owned]
-
-    async def run(self, stream: Any, lane: Lane, report: Callable[[Any], None]) -> None:
-        """Process ``stream`` batch by batch through ``lane``; ``report`` each batch's stats.
-
-        A batch counts as finished (and its offsets may be committed) only after every
-        effect is durable. Up to ``batches_in_flight`` batches run at once, so the next
-        batch is decided while the previous one waits for the broker's acknowledgements;
-        a batch sharing a key with one still running waits for it first, so the intents
-        of one key are still decided in order.
-        """
-        depth = self._settings.batches_in_flight
-        running: list[tuple[asyncio.Task[Any], frozenset[bytes | None]]] = []
-        try:
-            async for events in acked_batches(stream, self._settings):
-                records = self.admit([_record(e) for e in events])
-                if not records:
-                    continue
-                keys = frozenset(r.key for r in records)
-                earlier = [task for task, held in running if not held.isdisjoint(keys)]
-                # No await between the admission check and this: see Lane.enter.
-                lane.enter()
-                task = asyncio.ensure_future(self._batch(lane, records, earlier, report))
-                running.append((task, keys))
-                await _reap(running, block=len(running) >= depth)
-            while running:
-                await _reap(running, block=True)
-        finally:
-            # Stopping (or a batch failed): nothing of the unfinished batches is
-            # committed; the partitions' next owner processes them again.
-            for task, _ in running:
-                task.cancel()
-            if running:
-                await asyncio.wait([task for task, _ in running])
-
-    async def _batch(
-        self,
-        lane: Lane,
-        records: list[ConsumedRecord],
-        earlier: list[asyncio.Task[Any]],
-        report: Callable[[Any], None],
-    ) -> None:
-        """One admitted batch: process, mark finished, report its stats."""
-        try:
-            if earlier:
-                await asyncio.wait(earlier)
-            stats = await lane.process(records)
-            metrics.BATCH_RECORDS.labels(lane.name).observe(len(records))
-            await self.finished(records)
-            report(stats)
-        except PartitionNotOwnedError:
-            # A rebalance moved a partition of this batch away mid-batch:
-            # nothing of it is committed, and its new owner reads it again.
-            log.info("%s: batch abandoned, a partition moved to another worker", lane.name)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # Bad input never gets here (it is dead-lettered); this is the
-            # broker or the disk failing. Stop the worker without committing the
-            # batch: its records are redelivered to the next owner and the
-            # ledger makes the repeat harmless.
-            log.critical("%s: batch failed, stopping worker: %s", lane.name, type(exc).__name__)
-            await self._app.crash(exc)
-            raise
-        finally:
-            lane.leave()
-
-    def writable(self, topic: str, partition: int) -> bool:
-        """Whether table writes for ``partition`` are allowed: owned and recovered.
-
-        Unlike :meth:`ready` this stays true while a rebalance waits for the batch
-        in flight (the partition is still ours until the revocation completes).
-        """
-        return all(self._tables.values()) and self.owns(topic, partition)
-
-    def owns(self, topic: str, partition: int) -> bool:
-        """Whether partition ``partition`` of ``topic`` is assigned to this worker."""
-        return TP(topic, partition) in self._assigned()
-
-    def _assigned(self) -> frozenset[TP]:
-        actives = self._actives
-        if actives is None:
-            actives = self._actives = frozenset(self._app.assignor.assigned_actives())
-        return actives
-
-    def _owned(self, topic: str) -> list[int]:
-        return [tp.partition for tp in self._assigned() if tp.topic == topic]
-
-    async def _commit(self, offsets: Mapping[Partition, int]) -> bool:
-        # The group member's own consumer: a commit from a member that lost the
-        # partition (an older generation) is refused by the broker.
-        consumer: Any = self._app.consumer
-        committed: bool = await consumer._commit(
-            {TP(topic, partition): offset for (topic, partition), offset in offsets.items()}
-        )
-        return committed
-
-    async def finished(self, records: Sequence[ConsumedRecord]) -> None:
-        """A lane's batch is durable: advance and commit its partitions' frontiers."""
-        try:
-            await self.offsets.finished(records)
-        except Exception as exc:
-            # Not committing is always safe: the records come again and the ledger
-            # makes the repeat harmless. The next batch commits the frontier.
-            log.warning("could not record finished offsets: %s", type(exc).__name__)
-
-    def install(self) -> None:
-        """Connect rebalance handlers and the mender's timer."""
-        app = self._app
-        mender = HoleMender(
-            self._lanes,
-            self.offsets,
-            self._reader,
-            self._owned,
-            self.ready,
-            stall_s=MEND_STALL_S,
-            batch_size=self._settings.batch_size,
-        )
-
-        async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-            # Faust waits for acked messages only; ours are not, so wait for each
-            # lane's batch in flight here. Otherwise the next owner could process a
-            # key while this worker is still between its PENDING write and its send.
-            for lane in self._lanes:
-                if not await lane.wait_idle(REVOKE_WAIT_S):
-                    log.warning("%s: batch still running after %.0fs", lane.name, REVOKE_WAIT_S)
-            # From here until the tables are recovered for the next assignment,
-            # nothing writes to them (see FaustTableBytes).
-            for name in self._tables:
-                self._tables[name] = False
-            self._actives = None
-            self.offsets.forget()
-            _shorten_fetch_wait(self._app, self._settings.fetch_max_wait_ms)
-
-        async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-            # A new generation starts from what the group committed.
-            self._actives = None
-            self.offsets.forget()
-
-        app.on_partitions_revoked.connect(on_revoked)
-        app.on_partitions_assigned.connect(on_assigned)
-
-        async def mend_tick() -> None:
-            try:
-                await mender.tick()
-            except Exception as exc:
-                log.warning("mending dropped records failed, retrying: %s", type(exc).__name__)
-
-        app.timer(interval=MEND_TICK_S, name="sendonce.mend")(mend_tick)
+def _bytes_table(
+    app: faust.App, settings: Settings, name: str, *, on_recover: Any, **options: Any
+) -> Any:
+    """A table of raw bytes keys and values in the tuned RocksDB store (streams.restore)."""
+    return app.Table(
+        name,
+        # The store's serializer comes from these two, not from ``schema``.
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.partitions,
+        schema=faust.Schema(**_RAW),
+        options=table_options(settings),
+        on_recover=on_recover,
+        **options,
+    )
 
 
 def _report_commands(stats: Any) -> None:
@@ -434,28 +241,11 @@ def _report_commands(stats: Any) -> None:
         )
 
 
-def _shorten_fetch_wait(app: faust.App, max_wait_ms: int) -> None:
-    """Cap how long the broker holds the worker's fetch requests open.
-
-    Faust builds its aiokafka consumer with ``fetch_max_wait_ms=1500`` and no setting
-    for it. aiokafka leaves a partition whose fetched records are still buffered out of
-    the next fetch request, so a record arriving there waits for the open request on
-    the other partitions to return: up to 1.5 s of added latency at low rates. The
-    value is read each time a fetch request is built, so setting it on the running
-    consumer takes effect from the next request.
-    """
-    try:
-        fetcher = app.consumer._thread._consumer._fetcher  # type: ignore[attr-defined]
-        fetcher._fetch_max_wait_ms = max_wait_ms
-    except AttributeError:
-        log.warning("could not shorten the consumer's fetch wait (Faust internals changed)")
-
-
 def _add_webhook_dedupe(
     app: faust.App,
     settings: Settings,
     codec: SchemaCodec,
-    offsets: _SourceOffsets,
+    offsets: SourceOffsets,
     producer: DurableProducer,
 ) -> None:
     """The inbound dedupe stream: its own agent and sighting table."""
@@ -470,15 +260,12 @@ def _add_webhook_dedupe(
         internal=True,
         **_RAW,
     )
-    sightings = app.Table(
+    sightings = _bytes_table(
+        app,
+        settings,
         "webhook_sightings",
-        key_type=bytes,
-        value_type=bytes,
-        partitions=settings.partitions,
-        schema=faust.Schema(**_RAW),
-        changelog_topic=changelog,
-        options=table_options(settings),
         on_recover=lambda: _recovered(offsets, "sightings"),
+        changelog_topic=changelog,
     )
     offsets.table("sightings")
     lookup = KafkaForwardedLookup(settings.bootstrap_servers, settings.topics.webhooks_deduped)
@@ -518,7 +305,7 @@ def _add_webhook_dedupe(
 
 
 def _add_metrics(
-    app: faust.App, settings: Settings, offsets: _SourceOffsets, ledger: Any
+    app: faust.App, settings: Settings, offsets: SourceOffsets, ledger: Any
 ) -> list[Any]:
     """The worker's /metrics, /healthz and /readyz (``SENDONCE_METRICS_PORT``; 0: none).
 
@@ -533,10 +320,10 @@ def _add_metrics(
         return {(tp.topic, tp.partition): hw for tp, hw in found.items() if hw is not None}
 
     gauges = metrics.WorkerGauges(
-        topics=lambda: [lane.topic for lane in offsets._lanes],
-        owned=offsets._owned,
+        topics=offsets.topics,
+        owned=offsets.owned,
         frontiers=offsets.offsets.snapshot,
-        committed=offsets._reader.start_offset,
+        committed=offsets.reader.start_offset,
         highwaters=highwaters,
         ledger=lambda: metrics.ledger_key_estimates(ledger),
     )
@@ -551,51 +338,8 @@ def _add_metrics(
     return [metrics.metrics_service(server)]
 
 
-async def _reap(running: list[tuple[asyncio.Task[Any], Any]], *, block: bool) -> None:
-    """Take the finished batches off ``running``; with ``block``, first wait until one
-    finishes. A batch that failed raises here, at once, whichever batch started first."""
-    if block and not any(task.done() for task, _ in running):
-        await asyncio.wait([task for task, _ in running], return_when=asyncio.FIRST_COMPLETED)
-    finished = [item for item in running if item[0].done()]
-    for item in finished:
-        running.remove(item)
-    for task, _ in finished:
-        task.result()
-
-
-async def _recovered(offsets: _SourceOffsets, table: str) -> None:
+async def _recovered(offsets: SourceOffsets, table: str) -> None:
     offsets.recovered(table)
-
-
-async def acked_batches(stream: Any, settings: Settings) -> AsyncIterator[list[Any]]:
-    """Batches of events, each acked only after the loop body finished with it.
-
-    Faust's ``take_events`` acks a batch in a ``finally``, so a batch cancelled
-    by a shutdown or failed halfway would be acked and then committed: its
-    intents lost without a result (the torture harness found exactly that).
-    Here a batch whose body raised or was cancelled is never acked; the next
-    owner gets it again and the ledger makes the repeat harmless.
-    """
-    async for events in stream.noack_take(settings.batch_size, within=settings.batch_within_s):
-        yield events
-        # Reached only when the consumer asks for the next batch, i.e. after
-        # the body finished without raising.
-        for event in events:
-            await stream.ack(event)
-
-
-def _record(event: Any) -> ConsumedRecord:
-    message = event.message
-    headers = tuple((k, v) for k, v in (message.headers or ()))
-    return ConsumedRecord(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-        timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
-        headers=headers,
-    )
 
 
 class WorkerStartupError(RuntimeError):

@@ -25,7 +25,7 @@ import yaml  # type: ignore[import-untyped]
 from sendonce.cli.main import build_parser
 from sendonce.kafka.topics import topic_specs
 from sendonce.settings import Settings
-from sendonce.streams.app import REVOKE_WAIT_S
+from sendonce.streams.lanes import REVOKE_WAIT_S
 from tests.unit.deploy.common import (
     REPO,
     image_settings_env,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sendonce.settings import Settings
-from sendonce.streams.app import acked_batches
+from sendonce.streams.lanes import acked_batches
 
 
 class FakeStream:

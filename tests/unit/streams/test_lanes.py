@@ -1,4 +1,9 @@
-"""Batches in flight: the next batch runs while one awaits Kafka, never on the same key."""
+"""The lanes in the Faust app (streams/lanes.py), with a fake app, stream and reader.
+
+Batches in flight: the next batch runs while one awaits Kafka, never on the same key.
+Admission, commits and rebalances: only owned partitions are processed and committed,
+and a revocation waits for the batches in flight before writes stop.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import pytest
 from faust.types import TP
 
 from sendonce.settings import Settings
-from sendonce.streams.app import _SourceOffsets
+from sendonce.streams.lanes import SourceOffsets
 from sendonce.streams.offsets import Lane
 from sendonce.streams.processor import ConsumedRecord
 
@@ -63,9 +68,9 @@ def batch(*keys_and_offsets: tuple[str, int]) -> list[Event]:
     return [Event(Message(TOPIC, 0, offset, key.encode())) for key, offset in keys_and_offsets]
 
 
-def source_offsets(depth: int) -> _SourceOffsets:
+def source_offsets(depth: int) -> SourceOffsets:
     settings = Settings(bootstrap_servers="127.0.0.1:1", batches_in_flight=depth)
-    offsets = _SourceOffsets(FakeApp(), settings)  # type: ignore[arg-type]
+    offsets = SourceOffsets(FakeApp(), settings)  # type: ignore[arg-type]
     offsets.table("ledger")
     offsets.recovered("ledger")
     return offsets
@@ -212,3 +217,118 @@ def test_a_batch_is_reported_when_it_finishes_not_when_the_next_one_arrives() ->
         return reported
 
     assert asyncio.run(scenario()) == [7]
+
+
+# -- admission, commits and rebalances ------------------------------------------------
+
+
+class StartsAtZero:
+    """The group committed nothing yet: every frontier starts at offset 0."""
+
+    async def start_offset(self, topic: str, partition: int) -> int:
+        return 0
+
+    async def end_offset(self, topic: str, partition: int) -> int:
+        return 0
+
+    async def read(
+        self, topic: str, partition: int, start: int, end: int, limit: int
+    ) -> tuple[list[ConsumedRecord], int]:
+        return [], start
+
+
+class MovableAssignor:
+    def __init__(self, *partitions: int) -> None:
+        self.partitions = set(partitions)
+
+    def assigned_actives(self) -> set[TP]:
+        return {TP(TOPIC, p) for p in self.partitions}
+
+
+class Fetcher:
+    _fetch_max_wait_ms = 1500
+
+
+class GroupConsumer:
+    """The group member's consumer: its commits and aiokafka's fetcher deep inside."""
+
+    def __init__(self) -> None:
+        self.commits: list[dict[TP, int]] = []
+        self._thread = type("Thread", (), {"_consumer": type("C", (), {"_fetcher": Fetcher()})})
+
+    async def _commit(self, offsets: dict[TP, int]) -> bool:
+        self.commits.append(dict(offsets))
+        return True
+
+
+class RebalancingApp(FakeApp):
+    def __init__(self, *partitions: int) -> None:
+        self.rebalancing = False
+        self.assignor = MovableAssignor(*partitions)  # type: ignore[assignment]
+        self.consumer = GroupConsumer()
+
+
+def owner_of(*partitions: int) -> tuple[SourceOffsets, RebalancingApp]:
+    app = RebalancingApp(*partitions)
+    settings = Settings(bootstrap_servers="127.0.0.1:1", fetch_max_wait_ms=50)
+    offsets = SourceOffsets(app, settings, reader=StartsAtZero())  # type: ignore[arg-type]
+    offsets.table("ledger")
+    offsets.recovered("ledger")
+    return offsets, app
+
+
+def record(partition: int, offset: int) -> ConsumedRecord:
+    return ConsumedRecord(TOPIC, partition, offset, b"k", b"v")
+
+
+def test_only_records_of_owned_partitions_are_admitted_and_none_mid_rebalance() -> None:
+    offsets, app = owner_of(0)
+    mine, moved = record(0, 1), record(1, 1)
+    assert offsets.admit([mine, moved]) == [mine]
+
+    app.rebalancing = True
+    assert offsets.admit([mine]) == []
+    app.rebalancing = False
+    offsets.table("sightings")  # a table still recovering
+    assert offsets.admit([mine]) == []
+
+
+def test_finished_records_commit_each_owned_partitions_frontier_through_the_group() -> None:
+    offsets, app = owner_of(0)
+    asyncio.run(offsets.finished([record(0, 0), record(0, 1), record(1, 0)]))
+    # Partition 1 is not ours: never committed from here.
+    assert app.consumer.commits == [{TP(TOPIC, 0): 2}]
+    assert offsets.offsets.snapshot() == {(TOPIC, 0): 2}
+
+
+def test_revocation_waits_for_the_batch_in_flight_before_writes_stop() -> None:
+    offsets, app = owner_of(0)
+    lane = offsets.lane("intents", TOPIC, lambda records: asyncio.sleep(0))
+    asyncio.run(offsets.finished([record(0, 0)]))
+
+    async def scenario() -> None:
+        lane.enter()  # a batch is running
+        app.rebalancing = True
+        revoking = asyncio.ensure_future(offsets.revoked())
+        await asyncio.sleep(0.05)
+        assert not revoking.done()
+        # The batch in flight may still write: the partition is ours until it ends.
+        assert offsets.writable(TOPIC, 0) and not offsets.ready()
+        assert offsets.offsets.snapshot() == {(TOPIC, 0): 1}
+        lane.leave()
+        await asyncio.wait_for(revoking, timeout=5)
+
+    asyncio.run(scenario())
+    assert not offsets.writable(TOPIC, 0)  # no table writes until recovered again
+    assert offsets.offsets.snapshot() == {}  # the next generation starts from the group
+    assert app.consumer._thread._consumer._fetcher._fetch_max_wait_ms == 50
+
+
+def test_a_new_assignment_is_read_again_and_starts_from_what_the_group_committed() -> None:
+    offsets, app = owner_of(0)
+    asyncio.run(offsets.finished([record(0, 0)]))
+    app.assignor.partitions = {1}
+    assert offsets.owned(TOPIC) == [0]  # cached for the current assignment
+    offsets.assigned()
+    assert offsets.owned(TOPIC) == [1]
+    assert offsets.offsets.snapshot() == {}
