@@ -47,6 +47,7 @@ from sendonce.connectors.webhooks.graph import (
 from sendonce.connectors.webhooks.producer import EventSink, KafkaEventSink, ProduceError
 from sendonce.connectors.webhooks.secrets import parse_secret_map, parse_source_secrets
 from sendonce.connectors.webhooks.signed import SignatureError, decode_secret, verify_signature
+from sendonce.lifecycle import Service
 from sendonce.schemas.codec import SchemaCodec, default_codec
 from sendonce.schemas.errors import CodecError
 from sendonce.settings import Settings, SettingsError
@@ -513,7 +514,7 @@ def run_receiver(settings: Settings, codec: SchemaCodec | None = None) -> int:
     return 0
 
 
-class ReceiverThread:
+class ReceiverThread(Service):
     """A :class:`WebhookReceiver` on its own event loop in a background thread.
 
     For tests and benchmarks that drive it with a blocking HTTP client::
@@ -569,15 +570,3 @@ class ReceiverThread:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 raise TimeoutError(f"the receiver did not stop within {timeout}s")
-
-    def __enter__(self) -> ReceiverThread:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -46,9 +46,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from sendonce.lifecycle import Service
 from sendonce.options import Subparsers
 
 __all__ = [
@@ -408,7 +408,7 @@ def _make_pdeathsig_preexec() -> Callable[[], None] | None:
 # --------------------------------------------------------------------------- runner
 
 
-class LocalKafka:
+class LocalKafka(Service):
     """One local single-node Kafka broker whose state lives in ``home``.
 
     Note on attached mode: Linux delivers the parent-death signal when the *thread* that
@@ -757,18 +757,6 @@ class LocalKafka:
         if self._proc is not None and self._proc.poll() is None and not self._detached:
             with contextlib.suppress(Exception):
                 self.stop(timeout=15)
-
-    def __enter__(self) -> LocalKafka:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- CLI

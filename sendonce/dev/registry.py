@@ -15,13 +15,13 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 
 import avro.compatibility
 import avro.errors
 import avro.schema
 
+from sendonce.lifecycle import Service
 from sendonce.schemas.fingerprint import parsing_canonical_form
 
 __all__ = ["FakeSchemaRegistry"]
@@ -35,7 +35,7 @@ class _NotFound(Exception):
         self.code = code
 
 
-class FakeSchemaRegistry:
+class FakeSchemaRegistry(Service):
     """In-memory fake registry on ``http://127.0.0.1:<free port>`` (``with`` starts it)."""
 
     def __init__(self) -> None:
@@ -97,18 +97,6 @@ class FakeSchemaRegistry:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-    def __enter__(self) -> FakeSchemaRegistry:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ---- the API ---------------------------------------------------------------------
 
