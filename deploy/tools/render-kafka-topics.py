@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write deploy/k8s/kafka-topics.yaml from ``topic_specs()`` and deploy/k8s/configmap.yaml.
 
-Run it with the project's interpreter after changing the topics (sendonce/topics.py)
+Run it with the project's interpreter after changing the topics (sendonce/kafka/topics.py)
 or SENDONCE_PARTITIONS / SENDONCE_REPLICATION_FACTOR / SENDONCE_TOPIC_PREFIX:
 
     .venv/bin/python deploy/tools/render-kafka-topics.py            # rewrite the file
