@@ -207,6 +207,25 @@ def _extract_address(text: str, masked: _Masked, field: str) -> str:
     return text[opening + 1 : -1].strip()
 
 
+def display_name_and_address(text: str) -> tuple[str, str]:
+    """Split a valid recipient into its display name ("" when none) and its address.
+
+    ``Bob <bob@example.com>`` -> ``("Bob", "bob@example.com")``; the name loses the
+    surrounding white space and one pair of enclosing double quotes, the address is
+    what the brackets hold, as written. Providers that take the two apart (Graph's
+    ``emailAddress.name`` / ``.address``) need it; the key never sees the name. Same
+    portable rule as the validation, so it never raises for an address that passed it.
+    """
+    stripped = text.strip()
+    address = _extract_address(stripped, _Masked(stripped), "address")
+    if address == stripped:
+        return "", address
+    name = stripped[: stripped.rfind("<")].strip()
+    if len(name) >= 2 and name.startswith('"') and name.endswith('"'):
+        name = name[1:-1].strip()
+    return name, address
+
+
 def _check_local_part(local: str, masked: _Masked, field: str) -> None:
     if not 1 <= len(local) <= 64:
         raise InvalidAddressError(masked, "local part must be 1 to 64 characters", field)

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from sendonce.connectors.base import OutgoingEmail
+from sendonce.keys import display_name_and_address
 
 #: The project's fixed GUID for its named MAPI properties. Never change it: messages
 #: already sent can only be found under this id.
@@ -36,7 +37,13 @@ EVIDENCE_HEADERS = ("request-id", "client-request-id", "Date", "x-ms-ags-diagnos
 
 
 def _recipients(addresses: tuple[str, ...]) -> list[dict[str, dict[str, str]]]:
-    return [{"emailAddress": {"address": address}} for address in addresses]
+    # Intents may name recipients "Name <address>"; Graph wants the two apart.
+    recipients = []
+    for text in addresses:
+        name, address = display_name_and_address(text)
+        email_address = {"name": name, "address": address} if name else {"address": address}
+        recipients.append({"emailAddress": email_address})
+    return recipients
 
 
 def template_text(email: OutgoingEmail) -> str:

@@ -83,6 +83,24 @@ def test_text_message_shape() -> None:
     }
 
 
+def test_display_names_are_sent_apart_from_the_address() -> None:
+    # Graph's emailAddress.address takes a bare address; "Bob <bob@...>" there is a 400.
+    msg = graph_message(
+        outgoing(
+            to=("Bob <bob@example.com>", '"Smith, Dora" <dora@example.com>'),
+            cc=("  carol@example.com ",),
+            bcc=("<audit@acme.example>",),
+        ),
+        with_internet_message_id=False,
+    )
+    assert msg["toRecipients"] == [
+        {"emailAddress": {"name": "Bob", "address": "bob@example.com"}},
+        {"emailAddress": {"name": "Smith, Dora", "address": "dora@example.com"}},
+    ]
+    assert msg["ccRecipients"] == [{"emailAddress": {"address": "carol@example.com"}}]
+    assert msg["bccRecipients"] == [{"emailAddress": {"address": "audit@acme.example"}}]
+
+
 def test_html_body_wins() -> None:
     msg = graph_message(outgoing(html_body="<p>hi</p>"), with_internet_message_id=False)
     assert msg["body"] == {"contentType": "HTML", "content": "<p>hi</p>"}

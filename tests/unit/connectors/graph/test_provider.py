@@ -116,6 +116,19 @@ def test_sendmail_is_accepted_with_evidence_and_tagged_with_the_key(
     assert found.status is LookupStatus.FOUND
 
 
+@pytest.mark.parametrize("mode", ["sendmail", "draft-send"])
+def test_display_name_recipients_are_accepted_and_delivered_to_the_address(
+    emulator: GraphEmulator, mode: str
+) -> None:
+    # A valid intent's "Name <address>" recipients (issue 16): Graph refuses them in
+    # emailAddress.address with a 400, which made the intent FAIL.
+    email = outgoing(3, to=("Bob <bob@example.com>",), cc=('"Lee, Carol" <carol@example.com>',))
+    outcome = send(emulator, email, mode=mode)
+    assert outcome.status is SendStatus.ACCEPTED, outcome.error_message
+    [delivery] = emulator.deliveries(key=email.idempotency_key)
+    assert delivery["recipients"] == ["bob@example.com", "carol@example.com"]
+
+
 def test_draft_send_records_immutable_id_and_deterministic_internet_message_id(
     emulator: GraphEmulator,
 ) -> None:
