@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_RECORD_BYTES",
     "KEY_VERSION",
     "MAX_RECIPIENTS",
     "MAX_SUBJECT_CHARS",
@@ -54,7 +55,13 @@ MAX_RECIPIENTS = 500
 MAX_SUBJECT_CHARS = 998
 MAX_SUPPLIED_KEY_CHARS = 200
 MAX_ACTION_TYPE_CHARS = 100
-DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+#: Fits a record limit of 1,000,000 bytes (librdkafka's default message.max.bytes,
+#: SENDONCE_MAX_RECORD_BYTES) with room for the rest of the intent and, should the
+#: intent be dead-lettered, the DeadLetter around it.
+DEFAULT_MAX_BODY_BYTES = 900_000
+#: The largest record a producer writes by default: librdkafka's message.max.bytes,
+#: below the broker's default message.max.bytes (1,048,588).
+DEFAULT_MAX_RECORD_BYTES = 1_000_000
 
 _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DERIVED_HASH_RE = re.compile(r"[0-9a-f]{32}")

@@ -14,11 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from sendonce.faults import CRASH_POINTS, parse_crash_spec
+from sendonce.keys import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RECORD_BYTES
 from sendonce.providers import PROVIDERS
 
 
 class SettingsError(ValueError):
     """A ``SENDONCE_*`` variable holds a value that cannot be used."""
+
+
+#: The smallest record limit that still holds a DeadLetter with a useful prefix.
+MIN_RECORD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -202,7 +207,14 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "retry_max_delay_s": ("SENDONCE_RETRY_MAX_DELAY_S", "Upper bound of one retry delay."),
     "max_body_bytes": (
         "SENDONCE_MAX_BODY_BYTES",
-        "Largest accepted body (text + html); larger intents are dead-lettered.",
+        "Largest accepted body (text + html); larger intents are refused by the publisher "
+        "and dead-lettered by the worker. The default fits SENDONCE_MAX_RECORD_BYTES.",
+    ),
+    "max_record_bytes": (
+        "SENDONCE_MAX_RECORD_BYTES",
+        "Largest record sendonce writes (at most the topics' max.message.bytes): the "
+        "publisher refuses larger intents; a record too large to dead-letter whole keeps "
+        "its first bytes and a SHA-256.",
     ),
     "reconcile_grace_s": (
         "SENDONCE_RECONCILE_GRACE_S",
@@ -359,7 +371,8 @@ class Settings:
     retry_max_attempts: int = 5
     retry_base_delay_s: float = 0.5
     retry_max_delay_s: float = 30.0
-    max_body_bytes: int = 4 * 1024 * 1024
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     reconcile_grace_s: float = 30.0
     reconcile_interval_s: float = 30.0
     reconcile_max_interval_s: float = 300.0
@@ -434,6 +447,8 @@ class Settings:
             )
         if self.batches_in_flight < 1:
             raise SettingsError("SENDONCE_BATCHES_IN_FLIGHT must be at least 1")
+        if self.max_record_bytes < MIN_RECORD_BYTES:
+            raise SettingsError(f"SENDONCE_MAX_RECORD_BYTES must be at least {MIN_RECORD_BYTES}")
         if self.rocksdb_block_cache_mb < 1 or self.rocksdb_write_buffer_mb < 1:
             raise SettingsError(
                 "SENDONCE_ROCKSDB_BLOCK_CACHE_MB and SENDONCE_ROCKSDB_WRITE_BUFFER_MB "

@@ -14,6 +14,7 @@ semaphore); every Persist is awaited before the next effect of that key.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import weakref
@@ -121,18 +122,63 @@ class RecordFetcher(Protocol):
         ...
 
 
+#: Room a DeadLetter needs beside the original key, value and headers (its other
+#: fields, the reason, Avro and Kafka framing).
+DEAD_LETTER_OVERHEAD_BYTES = 16 * 1024
+#: How much of an oversize record's value (and of each header value) a DeadLetter keeps.
+OVERSIZE_PREFIX_BYTES = 4 * 1024
+_HEADER_PREFIX_BYTES = 256
+
+
+def record_bytes(key: bytes | None, value: bytes | None, headers: Iterable[Any]) -> int:
+    """What a record weighs against a size limit: key, value, header names and values."""
+    return len(key or b"") + len(value or b"") + sum(len(k) + len(v or b"") for k, v in headers)
+
+
 def dead_letter(
     record: ConsumedRecord, reason: str, error_type: str, now_ms: int, settings: Settings
 ) -> dict[str, Any]:
-    """A DeadLetter record: the original bytes, where they came from, and why."""
+    """A DeadLetter record: the original bytes, where they came from, and why.
+
+    A record too large to be wrapped whole within ``SENDONCE_MAX_RECORD_BYTES``
+    (librdkafka would refuse the letter, the batch would fail and every owner of the
+    partition would crash-loop on it) becomes an ``oversize`` letter: the original
+    key and headers, the value's first bytes, and the whole value's size and SHA-256
+    in the reason, so the record can still be found and matched.
+    """
+    key, value = record.key, record.value
+    headers = [(k, v) for k, v in record.headers]
+
+    def letter_bytes() -> int:
+        # The key twice: the letter's own Kafka key and its original_key field.
+        return record_bytes(key, value, headers) + len(key or b"") + DEAD_LETTER_OVERHEAD_BYTES
+
+    size = record_bytes(key, value, headers)
+    if letter_bytes() > settings.max_record_bytes:
+        whole = value or b""
+        value = whole[:OVERSIZE_PREFIX_BYTES]
+        cut = ""
+        if letter_bytes() > settings.max_record_bytes:
+            # The key or the headers themselves are the bulk: keep their beginnings.
+            key = key[:OVERSIZE_PREFIX_BYTES] if key is not None else None
+            headers = [(k, v[:_HEADER_PREFIX_BYTES] if v else v) for k, v in headers]
+            cut = f"; key and header values cut to {OVERSIZE_PREFIX_BYTES} and "
+            cut += f"{_HEADER_PREFIX_BYTES} bytes"
+        reason = (
+            f"record of {size} bytes is too large to dead-letter whole "
+            f"(SENDONCE_MAX_RECORD_BYTES={settings.max_record_bytes}): original_value holds "
+            f"the first {len(value)} of its {len(whole)} value bytes, value sha256 "
+            f"{hashlib.sha256(whole).hexdigest()}{cut}; {error_type}: {reason[:1000]}"
+        )
+        error_type = "oversize"
     return {
         "source_topic": record.topic,
         "source_partition": record.partition,
         "source_offset": record.offset,
         "source_timestamp": record.timestamp_ms,
-        "original_key": record.key,
-        "original_value": record.value,
-        "original_headers": [{"key": k, "value": v} for k, v in record.headers],
+        "original_key": key,
+        "original_value": value,
+        "original_headers": [{"key": k, "value": v} for k, v in headers],
         "reason": reason,
         "error_type": error_type,
         "failed_at": now_ms,
@@ -350,17 +396,17 @@ class IntentProcessor:
         return _Accepted(record, intent, facts)
 
     async def _dead_letter(self, record: ConsumedRecord, bad: BadIntent) -> None:
+        letter = dead_letter(record, bad.reason, bad.error_type, self._clock(), self.settings)
         log.warning(
             "dead-lettered record %s[%d]@%d: %s",
             record.topic,
             record.partition,
             record.offset,
-            bad.error_type,
+            letter["error_type"],
         )
-        metrics.DEAD_LETTERS.labels(bad.error_type).inc()
-        letter = dead_letter(record, bad.reason, bad.error_type, self._clock(), self.settings)
+        metrics.DEAD_LETTERS.labels(letter["error_type"]).inc()
         await self.sink.produce(
-            self.topics.dlq, record.key, self.codec.encode("DeadLetter", letter)
+            self.topics.dlq, letter["original_key"], self.codec.encode("DeadLetter", letter)
         )
 
     # -- driving one key --------------------------------------------------
@@ -403,7 +449,15 @@ class IntentProcessor:
                     del self._admitted[sender]
 
     def _deferrable(self, item: _Accepted) -> bool:
-        return self.settings.defer_after_s > 0 and item.record.topic == self.topics.intents
+        record = item.record
+        # A copy that would not fit the topic (its value plus the origin header) is
+        # sent in line instead: librdkafka would refuse it and fail the whole batch.
+        copy_bytes = record_bytes(record.key, record.value, record.headers) + 64
+        return (
+            self.settings.defer_after_s > 0
+            and record.topic == self.topics.intents
+            and copy_bytes + DEAD_LETTER_OVERHEAD_BYTES <= self.settings.max_record_bytes
+        )
 
     async def _defer(self, item: _Accepted, stats: BatchStats) -> None:
         """Move the intent to the deferred lane, keeping its original bytes and lineage."""

@@ -293,7 +293,7 @@ class SightingProcessor:
         log.warning(
             "dead-lettered webhook record %s[%d]@%d", record.topic, record.partition, record.offset
         )
-        metrics.DEAD_LETTERS.labels("invalid_webhook").inc()
         letter = dead_letter(record, reason, "invalid_webhook", self._clock(), self.settings)
+        metrics.DEAD_LETTERS.labels(letter["error_type"]).inc()
         value = self.codec.encode("DeadLetter", letter)
-        await self.sink.produce(self.topics.dlq, record.key, value)
+        await self.sink.produce(self.topics.dlq, letter["original_key"], value)

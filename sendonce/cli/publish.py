@@ -42,6 +42,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
             args.topic or settings.topics.intents,
             codec_for_settings(settings),
             max_body_bytes=settings.max_body_bytes,
+            max_record_bytes=settings.max_record_bytes,
         ) as publisher,
     ):
         for lineno, line in enumerate(source, 1):

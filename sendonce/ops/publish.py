@@ -8,14 +8,22 @@ language, puts a key on the same partition: one owner per key.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
 from sendonce.kafka.clients import producer_config
-from sendonce.keys import IdempotencyKey, complete_intent, idempotency_key_for, validate_intent
+from sendonce.keys import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_RECORD_BYTES,
+    IdempotencyKey,
+    OversizeIntentError,
+    complete_intent,
+    idempotency_key_for,
+    validate_intent,
+)
 from sendonce.schemas.codec import SchemaCodec, default_codec
 
 
@@ -32,12 +40,14 @@ class IntentPublisher:
         topic: str = "email.intents",
         codec: SchemaCodec | None = None,
         *,
-        max_body_bytes: int = 4 * 1024 * 1024,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         extra_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.topic = topic
         self.codec = codec or default_codec()
         self.max_body_bytes = max_body_bytes
+        self.max_record_bytes = max_record_bytes
         self._errors: list[str] = []
         # murmur2, as the worker expects: it checks records sit on the partition this picks.
         self._producer = Producer(
@@ -52,15 +62,33 @@ class IntentPublisher:
         validate_intent(full, max_body_bytes=self.max_body_bytes)
         key = idempotency_key_for(full)
         value = self.codec.encode("EmailIntent", full)
+        size = len(value) + len(key.value.encode())
+        if size > self.max_record_bytes:
+            # The broker would refuse it, or the worker could not wrap it for the
+            # dead-letter topic whole: refuse it here, where the producer can fix it.
+            raise OversizeIntentError(
+                "intent",
+                f"the encoded record is {size} bytes; limit {self.max_record_bytes} "
+                "(SENDONCE_MAX_RECORD_BYTES)",
+            )
         self.publish_raw(key.value.encode(), value)
         return key
 
-    def publish_raw(self, key: bytes | None, value: bytes | None) -> None:
+    def publish_raw(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
         """Enqueue a record as is (tests and tools use this for bad input)."""
         while True:
             try:
                 self._producer.produce(
-                    self.topic, value=value, key=key, on_delivery=self._on_delivery
+                    self.topic,
+                    value=value,
+                    key=key,
+                    headers=list(headers or ()),
+                    on_delivery=self._on_delivery,
                 )
                 return
             except BufferError:

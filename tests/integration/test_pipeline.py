@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import random
 import shutil
 import signal
@@ -12,6 +13,7 @@ import uuid
 import pytest
 
 from sendonce.keys import complete_intent
+from sendonce.ops.publish import IntentPublisher
 from tests.integration.harness import Pipeline, intent
 
 pytestmark = pytest.mark.integration
@@ -122,6 +124,40 @@ def test_bad_records_are_dead_lettered_and_the_worker_keeps_going(pipeline: Pipe
     assert all(r["outcome"] == "SENT" for r in results)
     assert worker.alive()
     assert "Restarting dead" not in worker.log()
+
+
+def test_a_record_too_large_to_dead_letter_whole_does_not_stop_its_partition(
+    pipeline: Pipeline,
+) -> None:
+    # Issue 16: a record near the broker's limit cannot be wrapped whole in a DeadLetter
+    # (librdkafka refuses it with MSG_SIZE_TOO_LARGE); that used to fail the batch, and
+    # every owner of the partition crash-looped on it.
+    worker = pipeline.start_worker()
+    huge = b"\x00\xfe" + bytes(range(256)) * 4000  # ~1 MB: accepted by the broker
+    goods = [intent(n) for n in range(4)]
+    big_publisher = IntentPublisher(
+        pipeline.settings.bootstrap_servers,
+        pipeline.settings.topics.intents,
+        extra_config={"message.max.bytes": 1_040_000},
+    )
+    with big_publisher as publisher:
+        keys = [publisher.publish(goods[0]).value]
+        publisher.publish_raw(b"acme:huge", huge, headers=[("trace", b"t-1")])
+        keys += [publisher.publish(g).value for g in goods[1:]]
+
+    records = pipeline.wait_results(5, timeout=120)
+
+    [dead] = [r.value for r in records if r.topic == pipeline.settings.topics.dlq]
+    assert dead["error_type"] == "oversize"
+    assert dead["original_key"] == b"acme:huge"
+    assert dead["original_headers"] == [{"key": "trace", "value": b"t-1"}]
+    assert huge.startswith(dead["original_value"]) and 0 < len(dead["original_value"]) < len(huge)
+    assert hashlib.sha256(huge).hexdigest() in dead["reason"]
+    assert str(len(huge)) in dead["reason"]
+    results = [r.value for r in records if r.topic != pipeline.settings.topics.dlq]
+    assert sorted(r["idempotency_key"] for r in results) == sorted(keys)
+    assert all(r["outcome"] == "SENT" for r in results)
+    assert worker.alive()
 
 
 def test_same_key_with_a_different_body_is_a_conflict_and_sends_nothing(

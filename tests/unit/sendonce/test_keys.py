@@ -372,7 +372,7 @@ def test_body_size_limit() -> None:
     assert caught.value.error_type == "oversize"
     with pytest.raises(OversizeIntentError):
         validate_intent(intent(template_id="t", template_params={"p": "x" * 50}), max_body_bytes=50)
-    default_limit = 4 * 1024 * 1024
+    default_limit = 900_000  # fits a 1,000,000-byte record with the rest of the intent
     validate_intent(intent(text_body="x" * default_limit))
     with pytest.raises(OversizeIntentError):
         validate_intent(intent(text_body="x" * (default_limit + 1)))

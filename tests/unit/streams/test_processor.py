@@ -340,3 +340,50 @@ def test_a_reconciliation_that_fails_after_persisting_emits_its_result_next_tick
     outcomes = [r["outcome"] for r in p.results()]
     assert outcomes == ["AMBIGUOUS", "SENT"]
     assert not p.processor.reconcile_index
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "headers"),
+    [
+        (b"k", b"\x01" * 2_000_000, ()),  # a value over the limit
+        (b"k" * 600_000, b"v", ()),  # a key over the limit
+        (b"k", b"v" * 10, (("h1", b"x" * 500_000), ("h2", b"y" * 500_000))),  # headers
+        (b"k", b"\x02" * 990_000, (("trace", b"t"),)),  # fits alone, not once wrapped
+    ],
+    ids=["value", "key", "headers", "wrapped"],
+)
+def test_a_dead_letter_never_exceeds_the_record_limit(
+    key: bytes, value: bytes, headers: tuple[tuple[str, bytes], ...]
+) -> None:
+    import hashlib
+
+    from sendonce.schemas.codec import default_codec
+    from sendonce.settings import Settings
+    from sendonce.streams.processor import dead_letter
+
+    settings = Settings()
+    record = ConsumedRecord("email.intents", 3, 17, key, value, 1, headers)
+    letter = dead_letter(record, "not avro", "undecodable", 5, settings)
+    encoded = default_codec().encode("DeadLetter", letter)
+    assert len(encoded) + len(letter["original_key"] or b"") < settings.max_record_bytes
+    assert letter["error_type"] == "oversize"
+    assert value.startswith(letter["original_value"]) and letter["original_value"]
+    assert all(
+        v.startswith(h["value"])
+        for (_, v), h in zip(headers, letter["original_headers"], strict=True)
+    )
+    assert hashlib.sha256(value).hexdigest() in letter["reason"]
+    assert "undecodable: not avro" in letter["reason"]
+    assert [h["key"] for h in letter["original_headers"]] == [k for k, _ in headers]
+    assert key.startswith(letter["original_key"])
+
+
+def test_a_small_bad_record_is_dead_lettered_whole() -> None:
+    from sendonce.settings import Settings
+    from sendonce.streams.processor import dead_letter
+
+    record = ConsumedRecord("email.intents", 0, 1, b"k", b"garbage", 1, (("h", b"v"),))
+    letter = dead_letter(record, "not avro", "undecodable", 5, Settings())
+    assert (letter["error_type"], letter["reason"]) == ("undecodable", "not avro")
+    assert (letter["original_key"], letter["original_value"]) == (b"k", b"garbage")
+    assert letter["original_headers"] == [{"key": "h", "value": b"v"}]
