@@ -148,6 +148,9 @@ def build_worker_app(
         settings.bootstrap_servers,
         client_id=f"{settings.app_id}-{settings.worker_id}",
         linger_ms=settings.producer_linger_ms,
+        # The limit every record the worker writes is bounded by (dead letters
+        # included): librdkafka must accept what that bound lets through.
+        extra={"message.max.bytes": max(settings.max_record_bytes, 1_000_000)},
     )
     store = FaustLedgerStore(ledger, producer, owns=lambda p: offsets.writable(intents_topic, p))
     provider_ = provider or provider_from_settings(settings)
