@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,22 @@ class WorkerApp:
     services: list[Any] = field(default_factory=list)
 
 
+class _DrainingApp(faust.App):  # type: ignore[misc]
+    """A Faust app whose stop lets the lanes' batches in flight finish first.
+
+    Faust's own stop closes the consumer and the tables, then cancels the agents;
+    ``drain`` (:meth:`streams.lanes.SourceOffsets.drain`) runs before all of that,
+    while a batch can still write its results and commit.
+    """
+
+    drain: Callable[[], Awaitable[None]] | None = None
+
+    async def on_stop(self) -> None:
+        if self.drain is not None:
+            await self.drain()
+        await super().on_stop()
+
+
 def build_worker_app(
     settings: Settings,
     provider: EmailProvider | None = None,
@@ -93,7 +110,7 @@ def build_worker_app(
     """Assemble the Faust application for ``settings``."""
     # Registry ids are resolved here, before the loop runs (schemas/registry.py).
     codec = codec or codec_for_settings(settings, fetch_on_decode=False)
-    app = faust.App(
+    app = _DrainingApp(
         settings.app_id,
         broker=broker_url(settings.bootstrap_servers),
         # Faust's RocksDB store with a shared block cache (streams.restore).
@@ -128,6 +145,7 @@ def build_worker_app(
     intents_topic = settings.topics.intents
 
     offsets = SourceOffsets(app, settings)
+    app.drain = offsets.drain
 
     def owns(partition: int) -> bool:
         return offsets.owns(intents_topic, partition)

@@ -70,6 +70,8 @@ class SourceOffsets:
         # The assignor builds a new set of new TP tuples per call, and every ledger
         # write asks (twice): cached per assignment, dropped by the rebalance handlers.
         self._actives: frozenset[TP] | None = None
+        #: Set when the worker stops: no new batch starts (see :meth:`drain`).
+        self._stopping = False
 
     def lane(self, name: str, topic: str, process: Any) -> Lane:
         """Register a lane (one agent over ``topic``)."""
@@ -90,8 +92,9 @@ class SourceOffsets:
         self._tables[name] = True
 
     def ready(self) -> bool:
-        """Whether every table is recovered and no rebalance is under way."""
-        return not self._app.rebalancing and all(self._tables.values())
+        """Whether every table is recovered, no rebalance is under way and the worker
+        is not stopping."""
+        return not self._stopping and not self._app.rebalancing and all(self._tables.values())
 
     def admit(self, records: list[ConsumedRecord]) -> list[ConsumedRecord]:
         """The records of a batch this worker may process now.
@@ -230,6 +233,25 @@ class SourceOffsets:
         self._actives = None
         self.offsets.forget()
         _shorten_fetch_wait(self._app, self._settings.fetch_max_wait_ms)
+
+    async def drain(self) -> None:
+        """The worker is stopping: start no new batch, let the batches in flight finish.
+
+        Called before Faust stops the consumer, the tables and the agents (which it
+        does in that order, cancelling whatever batch still runs). A batch cancelled
+        between its PENDING write and the provider's answer leaves a key that its
+        next owner can only report AMBIGUOUS, for an operator to settle, although a
+        few more seconds would have finished it. Records not started are not
+        committed; the partitions' next owner reads them again.
+        """
+        self._stopping = True
+        for lane in self._lanes:
+            if lane.in_flight:
+                log.info(
+                    "%s: stopping, waiting for %d batches in flight", lane.name, lane.in_flight
+                )
+            if not await lane.wait_idle(REVOKE_WAIT_S):
+                log.warning("%s: batch still running after %.0fs", lane.name, REVOKE_WAIT_S)
 
     def assigned(self) -> None:
         """Partitions were assigned: a new generation starts from what the group committed."""
