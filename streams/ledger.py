@@ -24,7 +24,8 @@ import dataclasses
 import enum
 import hashlib
 import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from sendonce.connectors.base import (
@@ -193,6 +194,9 @@ class LedgerEntry(ProviderEvidence):
     review_required: bool = False
     #: Operator commands applied to (or refused for) this entry, oldest first.
     audit: tuple[AuditRecord, ...] = ()
+    #: Fields a newer version wrote that this one does not know (a rollback after an
+    #: upgrade): kept as they were, written back with the entry, otherwise ignored.
+    unknown_fields: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def to_bytes(self) -> bytes:
         """Serialise for the table and its changelog (compact JSON).
@@ -202,6 +206,7 @@ class LedgerEntry(ProviderEvidence):
         single cost of a ledger write in the worker's profile.
         """
         data = dict(self.__dict__)
+        data.update(data.pop("unknown_fields"))
         data["status"] = self.status.value
         data["origin"] = dict(self.origin.__dict__)
         data["attempts"] = [
@@ -214,12 +219,28 @@ class LedgerEntry(ProviderEvidence):
     def from_bytes(cls, raw: bytes) -> LedgerEntry:
         """Inverse of :meth:`to_bytes`."""
         data: dict[str, Any] = json.loads(raw)
+        unknown = data.keys() - _ENTRY_FIELDS
+        if unknown:
+            data["unknown_fields"] = {name: data.pop(name) for name in sorted(unknown)}
         data["status"] = LedgerStatus(data["status"])
         data["origin"] = IntentRef(**data["origin"])
-        data["attempts"] = tuple(AttemptRecord(**a) for a in data["attempts"])
+        data["attempts"] = tuple(_known(AttemptRecord, a) for a in data["attempts"])
         # Entries written before operator commands existed have no audit trail.
-        data["audit"] = tuple(AuditRecord(**a) for a in data.get("audit", ()))
+        data["audit"] = tuple(_known(AuditRecord, a) for a in data.get("audit", ()))
         return cls(**data)
+
+
+_ENTRY_FIELDS = frozenset(f.name for f in fields(LedgerEntry)) - {"unknown_fields"}
+_T = TypeVar("_T")
+
+
+def _known(cls: type[_T], data: Mapping[str, Any]) -> _T:
+    """``cls(**data)``, ignoring the keys a newer version added to a nested record."""
+    try:
+        return cls(**data)
+    except TypeError:
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass(frozen=True)

@@ -106,11 +106,18 @@ def origin_header(ref: IntentRef) -> tuple[str, bytes]:
 
 
 def origin_of(record: SourceRecord) -> IntentRef | None:
-    """The original intent's coordinates carried by a deferred record, if any."""
+    """The original intent's coordinates carried by a deferred record, if any.
+
+    Raises :class:`BadIntent` for a header that is not ``topic:partition:offset``.
+    """
     for name, value in record.headers:
         if name == ORIGIN_HEADER and value:
-            topic, partition, offset = value.decode().rsplit(":", 2)
-            return IntentRef(topic, int(partition), int(offset))
+            try:
+                topic, partition, offset = value.decode().rsplit(":", 2)
+                return IntentRef(topic, int(partition), int(offset))
+            except ValueError:  # UnicodeDecodeError too
+                # Poison on an internal topic: dead-lettered, never a failed batch.
+                raise BadIntent("misrouted", f"malformed {ORIGIN_HEADER} header") from None
     return None
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -143,6 +145,23 @@ def test_entries_with_and_without_audit_round_trip() -> None:
     legacy = ambiguous_entry().to_bytes().replace(b',"audit":[]', b"")
     assert b"audit" not in legacy
     assert LedgerEntry.from_bytes(legacy).audit == ()
+
+
+def test_an_entry_written_by_a_newer_version_is_read_and_its_fields_kept() -> None:
+    # Issue 16: a rollback after an upgrade must not crash on fields it does not know.
+    entry = arrive(ambiguous_entry(), command("sent")).entry
+    newer = json.loads(entry.to_bytes())
+    newer["template_version"] = "v7"  # a field of the next version
+    newer["attempts"][0]["draft_id"] = "AAMk-draft"  # nested ones too
+    newer["audit"][0]["ticket"] = "OPS-1"
+    read = LedgerEntry.from_bytes(json.dumps(newer, sort_keys=True).encode())
+    assert read == entry  # what this version knows is unchanged
+    assert read.unknown_fields == {"template_version": "v7"}
+    # Written back, the next version finds its top-level field again.
+    again = json.loads(dataclasses.replace(read, lookups=read.lookups + 1).to_bytes())
+    assert again["template_version"] == "v7"
+    # Entries of this version serialise as before (no extra key).
+    assert b"unknown_fields" not in entry.to_bytes()
 
 
 # --- the shell ------------------------------------------------------------

@@ -308,6 +308,31 @@ def test_a_record_on_the_deferred_topic_without_origin_is_dead_lettered() -> Non
     assert [d["error_type"] for d in p.outputs(p.settings.topics.dlq)] == ["misrouted"]
 
 
+@pytest.mark.parametrize(
+    "header",
+    [b"no-colons", b"email.intents:x:17", b"\xff\xfe:1:2", b"t:1:", b""],
+    ids=["no-colons", "not-a-number", "not-utf8", "no-offset", "empty"],
+)
+def test_a_malformed_origin_header_is_dead_lettered_not_a_crash(header: bytes) -> None:
+    # Issue 16: a poison record on an internal topic must not crash the worker (a
+    # ValueError from the header failed the batch, and every owner crash-looped).
+    provider = SaturatedMailbox(busy="x@acme.example")
+    p = InMemoryPipeline(provider)
+    good = p.intent_record(intent(1))
+    poisoned = ConsumedRecord(
+        p.settings.topics.intents_deferred,
+        good.partition,
+        0,
+        good.key,
+        good.value,
+        headers=(("sendonce-origin", header),),
+    )
+    stats = run(p.run([poisoned]))
+    assert stats.dead_lettered == 1
+    assert [d["error_type"] for d in p.outputs(p.settings.topics.dlq)] == ["misrouted"]
+    assert not provider.sent
+
+
 class SinkDownOnce(RecordingSink):
     """Fails the next produce to a results topic, like a broker restarting."""
 
