@@ -332,8 +332,10 @@ def test_entry_round_trips_through_bytes() -> None:
 
 
 def _reference_bytes(entry: LedgerEntry) -> bytes:
-    """The serialisation to_bytes must keep: the dataclass tree as sorted compact JSON."""
+    """The serialisation to_bytes must keep: the dataclass tree as sorted compact JSON
+    (fields a newer version wrote, kept in ``unknown_fields``, stand beside the others)."""
     data = dataclasses.asdict(entry)
+    data.update(data.pop("unknown_fields"))
     data["status"] = entry.status.value
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
