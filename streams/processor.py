@@ -14,7 +14,6 @@ semaphore); every Persist is awaited before the next effect of that key.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 import weakref
@@ -34,6 +33,7 @@ from sendonce.schemas.codec import SchemaCodec
 from sendonce.schemas.errors import CodecError, WrongSchemaError
 from sendonce.settings import Settings, TopicNames
 from sendonce.streams import metrics
+from sendonce.streams.dead_letters import DEAD_LETTER_OVERHEAD_BYTES, dead_letter, record_bytes
 from sendonce.streams.ledger import (
     CallProvider,
     CommandArrived,
@@ -127,70 +127,6 @@ class RecordFetcher(Protocol):
     async def fetch(self, ref: IntentRef) -> ConsumedRecord | None:
         """The record at ``ref``, or ``None`` if it is gone (retention)."""
         ...
-
-
-#: Room a DeadLetter needs beside the original key, value and headers (its other
-#: fields, the reason, Avro and Kafka framing).
-DEAD_LETTER_OVERHEAD_BYTES = 16 * 1024
-#: How much of an oversize record's value (and of each header value) a DeadLetter keeps.
-OVERSIZE_PREFIX_BYTES = 4 * 1024
-_HEADER_PREFIX_BYTES = 256
-
-
-def record_bytes(key: bytes | None, value: bytes | None, headers: Iterable[Any]) -> int:
-    """What a record weighs against a size limit: key, value, header names and values."""
-    return len(key or b"") + len(value or b"") + sum(len(k) + len(v or b"") for k, v in headers)
-
-
-def dead_letter(
-    record: ConsumedRecord, reason: str, error_type: str, now_ms: int, settings: Settings
-) -> dict[str, Any]:
-    """A DeadLetter record: the original bytes, where they came from, and why.
-
-    A record too large to be wrapped whole within ``SENDONCE_MAX_RECORD_BYTES``
-    (librdkafka would refuse the letter, the batch would fail and every owner of the
-    partition would crash-loop on it) becomes an ``oversize`` letter: the original
-    key and headers, the value's first bytes, and the whole value's size and SHA-256
-    in the reason, so the record can still be found and matched.
-    """
-    key, value = record.key, record.value
-    headers = [(k, v) for k, v in record.headers]
-
-    def letter_bytes() -> int:
-        # The key twice: the letter's own Kafka key and its original_key field.
-        return record_bytes(key, value, headers) + len(key or b"") + DEAD_LETTER_OVERHEAD_BYTES
-
-    size = record_bytes(key, value, headers)
-    if letter_bytes() > settings.max_record_bytes:
-        whole = value or b""
-        value = whole[:OVERSIZE_PREFIX_BYTES]
-        cut = ""
-        if letter_bytes() > settings.max_record_bytes:
-            # The key or the headers themselves are the bulk: keep their beginnings.
-            key = key[:OVERSIZE_PREFIX_BYTES] if key is not None else None
-            headers = [(k, v[:_HEADER_PREFIX_BYTES] if v else v) for k, v in headers]
-            cut = f"; key and header values cut to {OVERSIZE_PREFIX_BYTES} and "
-            cut += f"{_HEADER_PREFIX_BYTES} bytes"
-        reason = (
-            f"record of {size} bytes is too large to dead-letter whole "
-            f"(SENDONCE_MAX_RECORD_BYTES={settings.max_record_bytes}): original_value holds "
-            f"the first {len(value)} of its {len(whole)} value bytes, value sha256 "
-            f"{hashlib.sha256(whole).hexdigest()}{cut}; {error_type}: {reason[:1000]}"
-        )
-        error_type = "oversize"
-    return {
-        "source_topic": record.topic,
-        "source_partition": record.partition,
-        "source_offset": record.offset,
-        "source_timestamp": record.timestamp_ms,
-        "original_key": key,
-        "original_value": value,
-        "original_headers": [{"key": k, "value": v} for k, v in headers],
-        "reason": reason,
-        "error_type": error_type,
-        "failed_at": now_ms,
-        "worker": settings.worker_id,
-    }
 
 
 def partition_for_key(key: bytes, partitions: int) -> int:

@@ -33,8 +33,9 @@ from sendonce.schemas.codec import SchemaCodec
 from sendonce.schemas.errors import CodecError
 from sendonce.settings import Settings
 from sendonce.streams import metrics
+from sendonce.streams.dead_letters import dead_letter
 from sendonce.streams.ledger import IntentRef
-from sendonce.streams.processor import ConsumedRecord, Sink, dead_letter, origin_header
+from sendonce.streams.processor import ConsumedRecord, Sink, origin_header
 
 log = logging.getLogger("sendonce.webhooks")
 

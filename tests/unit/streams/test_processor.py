@@ -384,7 +384,7 @@ def test_a_dead_letter_never_exceeds_the_record_limit(
 
     from sendonce.schemas.codec import default_codec
     from sendonce.settings import Settings
-    from sendonce.streams.processor import dead_letter
+    from sendonce.streams.dead_letters import dead_letter
 
     settings = Settings()
     record = ConsumedRecord("email.intents", 3, 17, key, value, 1, headers)
@@ -405,7 +405,7 @@ def test_a_dead_letter_never_exceeds_the_record_limit(
 
 def test_a_small_bad_record_is_dead_lettered_whole() -> None:
     from sendonce.settings import Settings
-    from sendonce.streams.processor import dead_letter
+    from sendonce.streams.dead_letters import dead_letter
 
     record = ConsumedRecord("email.intents", 0, 1, b"k", b"garbage", 1, (("h", b"v"),))
     letter = dead_letter(record, "not avro", "undecodable", 5, Settings())
