@@ -3,8 +3,8 @@
 A command reads its configuration from ``SENDONCE_*`` variables; an option given on
 its command line replaces one variable. ``--bootstrap`` is the option every Kafka
 command has. In the foundation (not in :mod:`sendonce.cli`) because commands register
-themselves from several floors (``sendonce.ops``, ``sendonce.dev``, ``sendonce.cli``)
-and each floor may only import the ones below it.
+themselves from two floors (``sendonce.dev``, ``sendonce.cli``) and each floor may only
+import the ones below it.
 """
 
 from __future__ import annotations

@@ -12,8 +12,19 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from sendonce.cli import demo, dev, publish, receiver, results, schemas, topics, worker
-from sendonce.ops import replay, review, trace
+from sendonce.cli import (
+    demo,
+    dev,
+    publish,
+    receiver,
+    replay,
+    results,
+    review,
+    schemas,
+    topics,
+    trace,
+    worker,
+)
 from sendonce.options import Subparsers
 from sendonce.settings import SettingsError
 

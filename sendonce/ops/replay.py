@@ -1,4 +1,4 @@
-"""``sendonce replay``: re-drive historical intent records through the ledger.
+"""Replay: re-drive historical intent records through the ledger.
 
 A replay re-publishes each selected intent record of the intents topic (its original
 key, value and headers) to the intents topic, on the same partition, with two more
@@ -20,29 +20,27 @@ an invalid intent, a key or partition that does not match the intent) are not
 re-published: the worker dead-lettered them once already. They are counted as
 ``skipped (bad input)``.
 
-Nothing here prints a body, a recipient or a secret: only counts, topics and offsets.
+Nothing here reports a body, a recipient or a secret: only counts, topics and offsets.
 
-Kafka clients are imported inside the functions that use them so that building the
-``sendonce`` argument parser (which registers this command) stays cheap.
+This module is the library (:func:`run_replay`, used by the ``sendonce replay``
+command, the demo and the tests); the command line, its table and its exit messages
+are :mod:`sendonce.cli.replay`. Kafka clients are imported inside the functions that
+use them so that importing this module stays cheap.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
-import json
 import re
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from sendonce.ops.progress import Progress
-from sendonce.options import Subparsers, add_bootstrap_option, settings_from_options
 from sendonce.settings import Settings
 from sendonce.streams.ledger import (
     CallProvider,
@@ -72,10 +70,11 @@ __all__ = [
     "REPLAY_HEADER",
     "Bound",
     "RangeError",
+    "ReplayError",
     "ReplayOptions",
     "ReplayReport",
-    "add_cli",
     "classify",
+    "count_outcomes",
     "parse_bound",
     "resolve_range",
     "run_replay",
@@ -87,7 +86,7 @@ REPLAY_HEADER = "sendonce-replay"
 #: Header naming the record a replayed record copies: ``topic:partition:offset``.
 REPLAYED_FROM_HEADER = "sendonce-replayed-from"
 
-#: The outcomes in the order the table prints them.
+#: The outcomes in the order the report's table prints them.
 OUTCOMES: tuple[ResultOutcome, ...] = (
     ResultOutcome.SENT,
     ResultOutcome.DUPLICATE,
@@ -369,45 +368,6 @@ class ReplayReport:
             "results_missing": self.results_missing,
         }
 
-    def table(self) -> str:
-        """The summary table, one line per outcome, then the selection counts."""
-        width = 28
-        lines: list[str] = []
-        if self.dry_run:
-            lines.append(
-                f"replay dry run of {self.topic}: nothing published; "
-                "outcomes predicted from the ledger"
-            )
-        else:
-            lines.append(f"replay {self.replay_id} of {self.topic}")
-        lines.append(
-            f"  {'range':<{width}}{self.records_in_range:>8}  records on "
-            f"{sum(1 for f, s in self.ranges.values() if s > f)} partition(s)"
-        )
-        if self.outcomes is not None:
-            title = "would be" if self.dry_run else "results"
-            lines.append(f"  {'outcome':<{width}}{title:>8}")
-            for outcome in OUTCOMES:
-                label = "SENT (new send)" if outcome is ResultOutcome.SENT else outcome.value
-                lines.append(f"  {label:<{width}}{self.outcomes[outcome.value]:>8}")
-        lines.append("  " + "-" * (width + 8))
-        lines.append(f"  {'selected':<{width}}{self.selected:>8}")
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped_by_reason.items()))
-        lines.append(
-            f"  {'skipped (bad input)':<{width}}{self.skipped_bad_input:>8}"
-            + (f"  ({reasons})" if reasons else "")
-        )
-        lines.append(f"  {'filtered (other tenant)':<{width}}{self.filtered_other_tenant:>8}")
-        if not self.dry_run:
-            lines.append(f"  {'published':<{width}}{self.published:>8}")
-            if self.delivery_failures:
-                lines.append(f"  {'delivery failed':<{width}}{self.delivery_failures:>8}")
-            if not self.waited:
-                lines.append("  results not awaited (--no-wait)")
-            elif self.results_missing:
-                lines.append(f"  {'results missing':<{width}}{self.results_missing:>8}")
-        return "\n".join(lines)
-
 
 class ReplayError(RuntimeError):
     """Kafka could not answer or refused the replay (exit code 1)."""
@@ -457,24 +417,37 @@ def run_replay(
                 lambda ms: reader.offsets_for_time(topic, ms),
                 now_ms,
             )
+            run = _Run(reader, settings, options, report, codec, progress, clock)
             if options.dry_run:
-                _dry_run(reader, settings, options, report, codec, progress, clock, now_ms)
+                _dry_run(run, now_ms)
             else:
-                _replay(reader, settings, options, report, codec, progress, clock, alive)
+                _replay(run, alive)
     except (HistoryError, KafkaException, MissingTopicsError) as exc:
         raise ReplayError(str(exc)) from exc
     return report
 
 
-def _select(
-    reader: TopicReader,
-    settings: Settings,
-    options: ReplayOptions,
-    report: ReplayReport,
-    codec: SchemaCodec,
-    progress: Progress,
-) -> Iterable[tuple[StoredRecord, IntentFacts]]:
+@dataclass(frozen=True)
+class _Run:
+    """What every phase of one replay (or dry run) reads from and reports to."""
+
+    reader: TopicReader
+    settings: Settings
+    options: ReplayOptions
+    report: ReplayReport
+    codec: SchemaCodec
+    #: Where progress lines go (``None``: quiet), timed by ``clock``.
+    stream: TextIO | None
+    clock: Callable[[], float]
+
+    def progress(self, phase: str, total: int) -> Progress:
+        """A progress report of one phase of this run."""
+        return Progress(phase, total, self.stream, clock=self.clock)
+
+
+def _select(run: _Run, progress: Progress) -> Iterable[tuple[StoredRecord, IntentFacts]]:
     """The selected records of the range with their facts, counting the others."""
+    report, options = run.report, run.options
     skipped: collections.Counter[str] = collections.Counter()
 
     def seen(_offset: int) -> None:
@@ -484,8 +457,8 @@ def _select(
     for partition, (first, stop) in report.ranges.items():
         if first >= stop:
             continue
-        for record in reader.scan(report.topic, partition, first, stop, on_record=seen):
-            facts = classify(record, codec, settings)
+        for record in run.reader.scan(report.topic, partition, first, stop, on_record=seen):
+            facts = classify(record, run.codec, run.settings)
             if isinstance(facts, str):
                 report.skipped_bad_input += 1
                 skipped[facts] += 1
@@ -499,51 +472,35 @@ def _select(
     progress.finish()
 
 
-def _dry_run(
-    reader: TopicReader,
-    settings: Settings,
-    options: ReplayOptions,
-    report: ReplayReport,
-    codec: SchemaCodec,
-    stream: TextIO | None,
-    clock: Callable[[], float],
-    now_ms: int,
-) -> None:
+def _dry_run(run: _Run, now_ms: int) -> None:
     from sendonce.ops.history import ledger_entries
     from sendonce.streams.processor import partition_for_key
 
-    scanning = Progress(f"reading {report.topic}", report.records_in_range, stream, clock=clock)
-    intents = [facts for _, facts in _select(reader, settings, options, report, codec, scanning)]
+    report, settings = run.report, run.settings
+    scanning = run.progress(f"reading {report.topic}", report.records_in_range)
+    intents = [facts for _, facts in _select(run, scanning)]
     keys = {facts.key for facts in intents}
     changelog = settings.ledger_changelog_topic
     ledger_partitions = {partition_for_key(k.encode(), settings.partitions) for k in keys}
     total = 0
     for partition in ledger_partitions:
-        low, high = reader.watermarks(changelog, partition)
+        low, high = run.reader.watermarks(changelog, partition)
         total += high - low
-    reading = Progress(f"reading {changelog}", total, stream, clock=clock)
-    entries = ledger_entries(reader, settings, keys=keys, on_record=lambda _o: reading.advance())
+    reading = run.progress(f"reading {changelog}", total)
+    entries = ledger_entries(
+        run.reader, settings, keys=keys, on_record=lambda _o: reading.advance()
+    )
     reading.finish()
     report.outcomes = count_outcomes(simulate(entries, intents, now_ms))
 
 
-def _replay(
-    reader: TopicReader,
-    settings: Settings,
-    options: ReplayOptions,
-    report: ReplayReport,
-    codec: SchemaCodec,
-    stream: TextIO | None,
-    clock: Callable[[], float],
-    alive: Callable[[], bool] | None,
-) -> None:
-    collector = _ResultCollector(settings, reader) if options.wait_s is not None else None
+def _replay(run: _Run, alive: Callable[[], bool] | None) -> None:
+    report, options = run.report, run.options
+    collector = _ResultCollector(run.settings, run.reader) if options.wait_s is not None else None
     try:
-        publisher = _Republisher(settings, options.replay_id)
-        scanning = Progress(
-            f"replaying {report.topic}", report.records_in_range, stream, clock=clock
-        )
-        for record, _facts in _select(reader, settings, options, report, codec, scanning):
+        publisher = _Republisher(run.settings, options.replay_id)
+        scanning = run.progress(f"replaying {report.topic}", report.records_in_range)
+        for record, _facts in _select(run, scanning):
             publisher.publish(record)
         published, failures = publisher.finish()
         report.published = len(published)
@@ -551,7 +508,7 @@ def _replay(
         if collector is None or options.wait_s is None:
             return
         report.waited = True
-        outcomes = collector.collect(set(published), options.wait_s, stream, clock, alive)
+        outcomes = collector.collect(set(published), options.wait_s, run.stream, run.clock, alive)
         report.results_missing = len(published) - len(outcomes)
         report.outcomes = count_outcomes(outcomes.values())
     finally:
@@ -681,137 +638,3 @@ class _ResultCollector:
     def close(self) -> None:
         """Leave (nothing was committed)."""
         self._follower.close()
-
-
-# --- command line ----------------------------------------------------------
-
-
-def add_cli(subparsers: Subparsers) -> None:
-    """Register ``replay`` on ``subparsers``; its ``func(args)`` returns the exit code."""
-    p = subparsers.add_parser(
-        "replay",
-        help="re-drive historical intents through the ledger (zero emails for handled keys)",
-        description=(
-            "Re-publish the intent records of a time or offset range of the intents topic "
-            "(original key, value and headers, same partition, plus sendonce-replay and "
-            "sendonce-replayed-from headers) and wait for their results. Every replayed "
-            "intent resolves against the ledger: keys already handled cost no email. "
-            "--dry-run publishes nothing and predicts the outcomes from the ledger's "
-            "changelog. Bad records (dead-lettered once already) are skipped."
-        ),
-        epilog=(
-            "TIME|OFFSETS: an ISO-8601 time (2026-11-23T10:00:00Z, 2026-11-23; UTC when "
-            "no zone), a relative time (-7d, -2h, -30m), earliest, latest, or offsets "
-            "P:O[,P:O...] (partitions not named start at the earliest record for --from "
-            "and end at the end for --to). Exit codes: 0 done, 1 a delivery failed or "
-            "results are missing (or Kafka is unreachable), 2 a bad range."
-        ),
-    )
-    # ``--from -7d``: argparse takes an argument that starts with "-" for an option
-    # unless it looks like a negative number; relative times are made to look like one.
-    p._negative_number_matcher = re.compile(r"^-\d+[smhdw]?$|^-\d*\.\d+$")
-    add_bootstrap_option(p)
-    p.add_argument(
-        "--from",
-        dest="start",
-        required=True,
-        metavar="TIME|OFFSETS",
-        help="first record to replay",
-    )
-    p.add_argument(
-        "--to",
-        dest="end",
-        metavar="TIME|OFFSETS",
-        help="end of the range, exclusive (default: the end of each partition when the "
-        "command starts, so the replay never replays its own records)",
-    )
-    p.add_argument(
-        "--tenant",
-        action="append",
-        default=[],
-        metavar="T",
-        help="replay only this tenant's intents (repeatable)",
-    )
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="publish nothing; predict per outcome what the replay would report",
-    )
-    waiting = p.add_mutually_exclusive_group()
-    waiting.add_argument(
-        "--wait",
-        type=float,
-        default=300.0,
-        metavar="SECONDS",
-        help="how long to wait for the results of the replayed records (default 300)",
-    )
-    waiting.add_argument(
-        "--no-wait", action="store_true", help="publish and exit without awaiting results"
-    )
-    p.add_argument("--json", action="store_true", help="print the counts as one JSON object")
-    p.set_defaults(func=_cmd_replay)
-
-
-def _cmd_replay(args: argparse.Namespace) -> int:
-    settings = settings_from_options(args)
-    return replay_main(
-        settings,
-        start=args.start,
-        end=args.end,
-        tenants=args.tenant,
-        dry_run=args.dry_run,
-        wait_s=None if args.no_wait else args.wait,
-        as_json=args.json,
-    )
-
-
-def replay_main(
-    settings: Settings,
-    *,
-    start: str,
-    end: str | None = None,
-    tenants: Sequence[str] = (),
-    dry_run: bool = False,
-    wait_s: float | None = 300.0,
-    as_json: bool = False,
-    out: TextIO | None = None,
-    err: TextIO | None = None,
-) -> int:
-    """The command: parse, run, print; returns the exit code."""
-    out = out or sys.stdout
-    err = err or sys.stderr
-    now_ms = int(time.time() * 1000)
-    try:
-        if wait_s is not None and wait_s <= 0:
-            raise RangeError("--wait must be positive (use --no-wait not to wait)")
-        options = ReplayOptions(
-            start=parse_bound(start, now_ms),
-            end=parse_bound(end, now_ms) if end is not None else None,
-            tenants=frozenset(tenants),
-            dry_run=dry_run,
-            wait_s=wait_s,
-        )
-        report = run_replay(settings, options, progress=err, now_ms=now_ms)
-    except RangeError as exc:
-        print(f"sendonce replay: bad range: {exc}", file=err)
-        return 2
-    except ReplayError as exc:
-        print(f"sendonce replay: {exc}", file=err)
-        return 1
-    if as_json:
-        print(json.dumps(report.to_json(), sort_keys=True), file=out)
-    else:
-        print(report.table(), file=out)
-    if report.delivery_failures:
-        print(
-            f"sendonce replay: {report.delivery_failures} deliveries failed; "
-            f"{report.published} records were published (replay {report.replay_id})",
-            file=err,
-        )
-    if report.results_missing:
-        print(
-            f"sendonce replay: {report.results_missing} of {report.published} results "
-            f"missing after {wait_s:g} s (is a worker running?)",
-            file=err,
-        )
-    return report.exit_code()

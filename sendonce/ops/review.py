@@ -1,4 +1,4 @@
-"""``sendonce review``: list open AMBIGUOUS sends and resolve them as an operator.
+"""Review: list open AMBIGUOUS sends and resolve them as an operator.
 
 An ambiguous send is never resent automatically. Reconciliation looks each one up
 at the provider; what it cannot settle waits here. ``review resolve`` does not
@@ -6,16 +6,14 @@ touch the ledger itself: it publishes an :class:`~streams.ledger.OperatorCommand
 to the commands topic, keyed by the idempotency key, and the worker that owns the
 key applies it through the ledger state machine (an applied resend is one new,
 recorded attempt). The command, applied or refused, is recorded in the entry's
-audit history with who and why; this command waits until it is.
+audit history with who and why; :func:`resolve` waits until it is.
+
+This module is the library; the ``sendonce review list|resolve`` command line, with
+its text list and exit codes, is :mod:`sendonce.cli.review`.
 """
 
 from __future__ import annotations
 
-import argparse
-import getpass
-import json
-import socket
-import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -23,18 +21,27 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Producer
 
 from sendonce.kafka.clients import producer_config
 from sendonce.ops.history import HistoryError, TopicReader, ledger_entries, ledger_entry
-from sendonce.options import Subparsers, add_bootstrap_option, settings_from_options
 from sendonce.schemas.codec import SchemaCodec
 from sendonce.settings import Settings
 from sendonce.streams.ledger import RESOLUTIONS, AuditRecord, LedgerEntry, LedgerStatus
 from sendonce.streams.processor import encode_command, partition_for_key
 
+__all__ = [
+    "ResolveOutcome",
+    "entry_summary",
+    "open_ambiguous",
+    "refusal_for",
+    "resolve",
+    "utc_time",
+]
 
-def _when(ms: int | None) -> str:
+
+def utc_time(ms: int | None) -> str:
+    """Milliseconds since the epoch as ``2024-05-01T12:00:00Z`` (UTC, seconds); ``-`` if none."""
     if ms is None:
         return "-"
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -62,18 +69,18 @@ def entry_summary(entry: LedgerEntry) -> dict[str, Any]:
             "partition": entry.origin.partition,
             "offset": entry.origin.offset,
         },
-        "ambiguous_since": _when(entry.updated_at_ms),
+        "ambiguous_since": utc_time(entry.updated_at_ms),
         "attempts": entry.attempt_count,
         "lookups": entry.lookups,
         "review_required": entry.review_required,
-        "next_lookup_at": _when(entry.next_lookup_at_ms) if entry.next_lookup_at_ms else None,
+        "next_lookup_at": utc_time(entry.next_lookup_at_ms) if entry.next_lookup_at_ms else None,
         "error_code": entry.error_code,
         "provider": entry.provider,
         "last_attempt": None
         if last is None
         else {
             "attempt_id": last.attempt_id,
-            "started_at": _when(last.started_at_ms),
+            "started_at": utc_time(last.started_at_ms),
             "worker": last.worker,
             "status": last.status,
             "request-id": last.provider_request_id or last.evidence.get("request-id"),
@@ -82,34 +89,6 @@ def entry_summary(entry: LedgerEntry) -> dict[str, Any]:
         },
         "audit": [dict(record.__dict__) for record in entry.audit],
     }
-
-
-def render_list(entries: Sequence[LedgerEntry]) -> str:
-    """The text form of ``review list``."""
-    if not entries:
-        return "no open ambiguous sends\n"
-    lines = [
-        f"{len(entries)} open ambiguous send(s); resolve with "
-        "`sendonce review resolve KEY --as sent|resend|cancel --reason ...`",
-        "",
-    ]
-    header = (
-        f"{'key':44} {'since (UTC)':20} {'att':>3} {'look':>4} {'state':27} "
-        f"{'error':20} client-request-id / request-id"
-    )
-    lines += [header, "-" * len(header)]
-    for entry in entries:
-        summary = entry_summary(entry)
-        last = summary["last_attempt"] or {}
-        state = "REVIEW" if entry.review_required else f"lookup {_when(entry.next_lookup_at_ms)}"
-        if not entry.review_required and entry.next_lookup_at_ms is None:
-            state = "waiting"
-        ids = f"{last.get('client-request-id') or '-'} / {last.get('request-id') or '-'}"
-        lines.append(
-            f"{entry.key:44} {summary['ambiguous_since']:20} {entry.attempt_count:>3} "
-            f"{entry.lookups:>4} {state:27} {(entry.error_code or '-')[:20]:20} {ids}"
-        )
-    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -215,93 +194,3 @@ def _publish(settings: Settings, key: str, partition: int, value: bytes) -> None
             f"could not publish the command to {settings.topics.commands}: "
             + (errors[0] if errors else "not acknowledged within 30 s")
         )
-
-
-def default_operator() -> str:
-    """``user@host`` of whoever runs the command."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    settings = settings_from_options(args)
-    try:
-        with TopicReader(settings.bootstrap_servers) as reader:
-            entries = open_ambiguous(reader, settings, args.tenant or ())
-    except HistoryError as exc:
-        print(f"sendonce review: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps([entry_summary(e) for e in entries], indent=2, sort_keys=True))
-    else:
-        sys.stdout.write(render_list(entries))
-    return 0
-
-
-def _cmd_resolve(args: argparse.Namespace) -> int:
-    settings = settings_from_options(args)
-    try:
-        outcome = resolve(
-            settings,
-            args.key,
-            args.action,
-            args.reason,
-            args.operator or default_operator(),
-            wait_s=0.0 if args.no_wait else args.wait,
-        )
-    except ValueError as exc:
-        print(f"sendonce review: {exc}", file=sys.stderr)
-        return 2
-    except (HistoryError, KafkaException) as exc:
-        print(f"sendonce review: {exc}", file=sys.stderr)
-        return 2
-    if outcome.refused_before_publishing:
-        print(f"sendonce review: refused: {outcome.refused_before_publishing}", file=sys.stderr)
-        return 1
-    if outcome.audit is None:
-        if args.no_wait:
-            print(f"command {outcome.command_id} published")
-            return 0
-        print(
-            f"sendonce review: command {outcome.command_id} published, but no worker "
-            f"recorded it within {args.wait:.0f}s (is a worker running?)",
-            file=sys.stderr,
-        )
-        return 1
-    audit = outcome.audit
-    if audit.outcome != "applied":
-        print(f"sendonce review: refused by worker {audit.worker}: {audit.detail}", file=sys.stderr)
-        return 1
-    print(f"{args.key}: {audit.detail} (command {audit.command_id}, by {audit.operator})")
-    return 0
-
-
-def add_cli(sub: Subparsers) -> None:
-    """Register ``sendonce review list|resolve``."""
-    review = sub.add_parser("review", help="list and resolve ambiguous sends").add_subparsers(
-        dest="review_command", required=True
-    )
-    p = review.add_parser("list", help="open AMBIGUOUS entries with their evidence")
-    add_bootstrap_option(p)
-    p.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_cmd_list)
-
-    p = review.add_parser(
-        "resolve",
-        help="resolve an AMBIGUOUS entry: sent (it went out), resend (one new attempt), "
-        "cancel (give up); applied by the worker through the ledger",
-    )
-    add_bootstrap_option(p)
-    p.add_argument("key", help="the idempotency key (as `review list` shows it)")
-    p.add_argument("--as", dest="action", required=True, choices=RESOLUTIONS)
-    p.add_argument("--reason", required=True, help="why; kept in the audit history")
-    p.add_argument("--operator", help="who (default: user@host)")
-    p.add_argument(
-        "--wait", type=float, default=60.0, help="seconds to wait for the worker (default 60)"
-    )
-    p.add_argument("--no-wait", action="store_true", help="publish and return")
-    p.set_defaults(func=_cmd_resolve)

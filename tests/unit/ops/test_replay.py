@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sendonce.cli.replay import render_table, replay_main
 from sendonce.connectors.base import (
     LookupResult,
     LookupStatus,
@@ -32,7 +33,6 @@ from sendonce.ops.replay import (
     classify,
     count_outcomes,
     parse_bound,
-    replay_main,
     resolve_range,
     simulate,
 )
@@ -458,7 +458,7 @@ def report() -> ReplayReport:
 
 
 def test_table_has_one_line_per_outcome_and_the_selection_counts() -> None:
-    table = report().table()
+    table = render_table(report())
     lines = {line.split("  ")[1].strip(): line for line in table.splitlines()[1:] if "  " in line}
     assert lines["SENT (new send)"].split()[-1] == "1"
     assert lines["DUPLICATE"].split()[-1] == "4"

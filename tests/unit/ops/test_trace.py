@@ -7,16 +7,15 @@ import json
 
 import pytest
 
+from sendonce.cli.trace import add_cli, render_text
 from sendonce.ops.history import StoredRecord
 from sendonce.ops.trace import (
     IntentView,
     ResultView,
     TraceBundle,
-    add_cli,
     intent_view,
     iso,
     protect_address,
-    render_text,
     result_view,
     scrub,
     to_json,
