@@ -9,6 +9,7 @@ dependencies, into a fresh virtual environment.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -73,10 +74,17 @@ def test_a_fresh_environment_with_the_wheel_has_no_streams_package(
     )
     assert install.returncode == 0, install.stderr
 
+    # From an empty folder and without PYTHONPATH, so the checkout is not on sys.path.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
     def run(code: str) -> subprocess.CompletedProcess[str]:
-        # From an empty folder, so the checkout is not on sys.path.
         return subprocess.run(
-            [str(python), "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+            [str(python), "-c", code],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     for name in ("streams", "schemas", "connectors", "bench"):
