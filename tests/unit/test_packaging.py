@@ -66,18 +66,19 @@ def test_a_fresh_environment_with_the_wheel_has_no_streams_package(
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
+    # Without the caller's PYTHONPATH: neither pip nor the checks may see the checkout.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--no-deps", str(wheel)],
+        env=env,
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert install.returncode == 0, install.stderr
 
-    # From an empty folder and without PYTHONPATH, so the checkout is not on sys.path.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-
     def run(code: str) -> subprocess.CompletedProcess[str]:
+        # From an empty folder, so the checkout is not on sys.path either.
         return subprocess.run(
             [str(python), "-c", code],
             cwd=tmp_path,
