@@ -57,7 +57,8 @@ from sendonce.bench.workload import (
     make_records,
     phase_timings,
 )
-from sendonce.dev.kafka import LocalKafka, ensure_jars
+from sendonce.dev.kafka import LocalKafka
+from sendonce.dev.kafka_jars import ensure_jars
 from sendonce.kafka.clients import consumer_config
 from sendonce.kafka.topics import create_topics
 from sendonce.schemas.codec import default_codec

@@ -31,7 +31,8 @@ from typing import Any
 import aiohttp
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from sendonce.dev.kafka import LocalKafka, ensure_jars, pick_free_ports
+from sendonce.dev.kafka import LocalKafka, pick_free_ports
+from sendonce.dev.kafka_jars import ensure_jars
 from sendonce.kafka.clients import consumer_config, producer_config
 from sendonce.kafka.follower import TopicFollower
 from sendonce.kafka.topics import create_topics

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sendonce.cli import bench
-from sendonce.dev import chaos, graph_emulator, kafka
+from sendonce.cli import bench, dev_kafka
+from sendonce.dev import chaos, graph_emulator
 from sendonce.options import Subparsers
 
 __all__ = ["add_cli"]
@@ -15,5 +15,5 @@ def add_cli(subparsers: Subparsers) -> None:
         dest="dev_command", required=True
     )
     # In the order of `sendonce dev --help`.
-    for add in (kafka.add_cli, graph_emulator.add_cli, chaos.add_cli, bench.add_cli):
+    for add in (dev_kafka.add_cli, graph_emulator.add_cli, chaos.add_cli, bench.add_cli):
         add(dev)

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sendonce.dev.kafka import LocalKafka, ensure_jars, find_repo_root
+from sendonce.dev.kafka import LocalKafka
+from sendonce.dev.kafka_jars import ensure_jars, find_repo_root
 from sendonce.dev.procs import stop_process
 from sendonce.kafka.topics import create_topics
 from sendonce.keys import complete_intent

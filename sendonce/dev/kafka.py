@@ -1,8 +1,8 @@
 """A real, single-node Apache Kafka broker (KRaft) for development and integration tests.
 
-The broker jars come from Maven Central via ``deploy/local-kafka/pom.xml`` (``mvn``
-``dependency:copy-dependencies``); the broker runs as a plain ``java`` process whose
-state lives in one *home* directory::
+The broker jars come from Maven Central via ``deploy/local-kafka/pom.xml`` (see
+:mod:`sendonce.dev.kafka_jars`); this module runs the broker as a plain ``java`` process
+whose state lives in one *home* directory::
 
     home/
       server.properties   rendered by this module (ports, log.dirs, single-node settings)
@@ -22,59 +22,52 @@ Two ways to run it:
 
 Starting a home that already has a live broker raises :class:`BrokerAlreadyRunning`
 (which carries the running bootstrap); the CLI turns that into "already running" with
-exit code 0 so ``start`` is idempotent for scripts.
+exit code 0 so ``start`` is idempotent for scripts.  The command line
+(``sendonce dev kafka ...``) is :mod:`sendonce.cli.dev_kafka`; this module is the
+runner alone, so tests, the demo and the benchmarks use it without argparse.
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import base64
 import contextlib
 import ctypes
-import errno
 import fcntl
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from sendonce.dev.kafka_jars import (
+    LocalKafkaError,
+    default_home,
+    ensure_jars,
+    java_executable,
+    log4j_config,
+)
+from sendonce.dev.procs import pid_alive
 from sendonce.lifecycle import Service
-from sendonce.options import Subparsers
 
 __all__ = [
-    "KAFKA_VERSION",
     "BrokerAlreadyRunning",
     "LocalKafka",
     "LocalKafkaError",
-    "add_cli",
-    "default_home",
-    "default_lib",
-    "ensure_jars",
-    "find_repo_root",
+    "log_tail",
     "new_cluster_id",
     "pick_free_ports",
     "render_server_properties",
 ]
 
-KAFKA_VERSION = "4.1.1"
-
-# Marker file that identifies the repository root (and the pom we resolve jars from).
-_POM_RELATIVE = Path("deploy") / "local-kafka" / "pom.xml"
+# How much of broker.log an error message (or the CLI) quotes.
 _LOG_TAIL_LINES = 40
-
-
-class LocalKafkaError(RuntimeError):
-    """Anything that keeps the local broker from being fetched, started or stopped."""
 
 
 class BrokerAlreadyRunning(LocalKafkaError):
@@ -91,141 +84,6 @@ class BrokerAlreadyRunning(LocalKafkaError):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def find_repo_root(start: Path | None = None) -> Path | None:
-    """Return the nearest directory at or above ``start`` containing the broker pom.
-
-    ``start`` defaults to this file's directory, which finds the checkout for an
-    editable install.  Returns None when there is none (e.g. a wheel install).
-    """
-    here = (start or Path(__file__).parent).resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / _POM_RELATIVE).is_file():
-            return candidate
-    return None
-
-
-def _repo_root() -> Path | None:
-    # Prefer the checkout this module lives in; fall back to the working directory so a
-    # non-editable install still works when run from the repository.
-    return find_repo_root() or find_repo_root(Path.cwd())
-
-
-def default_home() -> Path:
-    """``$SENDONCE_KAFKA_HOME``, else ``<repo>/.sendonce/kafka``."""
-    env = os.environ.get("SENDONCE_KAFKA_HOME")
-    if env:
-        return Path(env).expanduser().resolve()
-    root = _repo_root()
-    if root is None:
-        raise LocalKafkaError(
-            "cannot find the sendonce checkout (deploy/local-kafka/pom.xml); "
-            "set SENDONCE_KAFKA_HOME or pass --home"
-        )
-    return root / ".sendonce" / "kafka"
-
-
-def default_lib() -> Path:
-    """``$SENDONCE_KAFKA_LIB``, else ``<repo>/deploy/local-kafka/lib``."""
-    env = os.environ.get("SENDONCE_KAFKA_LIB")
-    if env:
-        return Path(env).expanduser().resolve()
-    root = _repo_root()
-    if root is None:
-        raise LocalKafkaError(
-            "cannot find the sendonce checkout (deploy/local-kafka/pom.xml); "
-            "set SENDONCE_KAFKA_LIB to a folder holding the Kafka broker jars"
-        )
-    return root / _POM_RELATIVE.parent / "lib"
-
-
-def _has_broker_jar(lib: Path) -> bool:
-    return any(lib.glob("kafka_2.13-*.jar"))
-
-
-def _java() -> str:
-    # Honour JAVA_HOME like Kafka's own scripts do; otherwise whatever is on PATH.
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home and (Path(java_home) / "bin" / "java").is_file():
-        return str(Path(java_home) / "bin" / "java")
-    found = shutil.which("java")
-    if found is None:
-        raise LocalKafkaError(
-            "`java` not found: the local Kafka broker needs a Java 17+ runtime "
-            "(e.g. `apt-get install openjdk-17-jre-headless`, or set JAVA_HOME)"
-        )
-    return found
-
-
-def ensure_jars(lib: Path | None = None) -> Path:
-    """Make sure the broker jars are in ``lib`` (default :func:`default_lib`); return it.
-
-    When the folder has no ``kafka_2.13-*.jar`` the jars are resolved from Maven Central
-    with ``mvn`` into a sibling temp folder that is renamed into place only when
-    complete, so an interrupted resolve never leaves a half-filled ``lib``.
-    """
-    lib = lib or default_lib()
-    if _has_broker_jar(lib):
-        return lib
-    _java()  # fail early with the clearer message if Java is missing too
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise LocalKafkaError(
-            "`mvn` not found: the Kafka broker jars are fetched from Maven Central with "
-            "Apache Maven (e.g. `apt-get install maven`), or point SENDONCE_KAFKA_LIB at "
-            "a folder that already holds them"
-        )
-    root = _repo_root()
-    if root is None:
-        raise LocalKafkaError(
-            f"no Kafka jars in {lib} and no deploy/local-kafka/pom.xml to resolve them from"
-        )
-    if lib.exists() and any(lib.iterdir()):
-        # Never delete someone else's files; a half-filled lib cannot come from us.
-        raise LocalKafkaError(f"{lib} exists but holds no kafka_2.13-*.jar; remove it and retry")
-    lib.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_resolves(lib)
-    # Same parent => same filesystem => the final rename is atomic.  The pid in the name
-    # lets a later run recognise (and delete) the leftovers of a killed resolve.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{lib.name}.resolving-{os.getpid()}-", dir=lib.parent))
-    try:
-        cmd = [
-            mvn,
-            "-q",
-            "-B",
-            "-Dstyle.color=never",
-            "-f",
-            str(root / _POM_RELATIVE),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={tmp}",
-            "-DincludeScope=runtime",
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0 or not _has_broker_jar(tmp):
-            output = (proc.stdout + proc.stderr).strip().splitlines()
-            raise LocalKafkaError(
-                f"resolving the Kafka broker with Maven failed (exit {proc.returncode}):\n"
-                f"  {' '.join(cmd)}\n" + "\n".join(output[-_LOG_TAIL_LINES:])
-            )
-        try:
-            # rename(2) replaces an empty directory, so an empty pre-created lib is fine.
-            tmp.rename(lib)
-        except OSError as exc:
-            # Another process won the race and already put a complete lib in place.
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not _has_broker_jar(lib):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return lib
-
-
-def _remove_abandoned_resolves(lib: Path) -> None:
-    """Delete temp folders of resolves whose process is gone (e.g. it was SIGKILLed)."""
-    for tmp in lib.parent.glob(f".{lib.name}.resolving-*-*"):
-        owner = tmp.name.removeprefix(f".{lib.name}.resolving-").split("-", 1)[0]
-        if owner.isdigit() and not _pid_alive(int(owner)):
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def pick_free_ports(count: int = 2, host: str = "127.0.0.1") -> list[int]:
@@ -319,53 +177,13 @@ def _parse_properties(text: str) -> dict[str, str]:
     return result
 
 
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of ``path`` (a broker log), or a note that there are none."""
     try:
         text = path.read_text(errors="replace")
     except FileNotFoundError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
-
-
-def _exited_unreaped(pid: int) -> bool:
-    """True if ``pid`` has fully exited and only its zombie waits to be reaped (Linux).
-
-    A leader in state Z is not enough: when a JVM's main thread ends first, the leader
-    shows Z while the other threads are still shutting down (and holding the data-dir
-    lock and sockets).  The process is gone only when no task is left but zombies.
-    """
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return False  # no /proc, or vanished: kill(0) decides
-    for tid in tasks:
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except OSError:
-            continue  # that thread just went away
-        # The command name may contain spaces/parens; the state follows the last ')'.
-        if stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
-            return False
-    return True
-
-
-def _pid_alive(pid: int) -> bool:
-    """True if ``pid`` is a running process (an exited, unreaped zombie is not)."""
-    try:
-        # Our own child: waitpid is authoritative, and reaping it here keeps it from
-        # lingering as a zombie that kill(pid, 0) would report as alive.
-        return os.waitpid(pid, os.WNOHANG)[0] != pid
-    except ChildProcessError:
-        pass  # not our child
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    # Someone else's child that exited but is not reaped yet (e.g. a container's init
-    # that does not reap) counts as dead.
-    return not _exited_unreaped(pid)
 
 
 def _is_our_broker(pid: int, config: Path) -> bool:
@@ -380,8 +198,8 @@ def _is_our_broker(pid: int, config: Path) -> bool:
     except FileNotFoundError:
         return False
     except OSError:
-        return _pid_alive(pid)  # no /proc (macOS): trust the pid
-    return str(config).encode() in cmdline.split(b"\0") and _pid_alive(pid)
+        return pid_alive(pid)  # no /proc (macOS): trust the pid
+    return str(config).encode() in cmdline.split(b"\0") and pid_alive(pid)
 
 
 def _make_pdeathsig_preexec() -> Callable[[], None] | None:
@@ -538,10 +356,9 @@ class LocalKafka(Service):
         return port, cport
 
     def _jvm_command(self, lib: Path, main: str, *args: str) -> list[str]:
-        cmd = [_java(), f"-Xmx{self.heap}", "-XX:+ExitOnOutOfMemoryError"]
-        root = _repo_root()
-        log4j = root / _POM_RELATIVE.parent / "log4j2.properties" if root else None
-        if log4j is not None and log4j.is_file():
+        cmd = [java_executable(), f"-Xmx{self.heap}", "-XX:+ExitOnOutOfMemoryError"]
+        log4j = log4j_config()
+        if log4j is not None:
             cmd.append(f"-Dlog4j2.configurationFile={log4j}")
         # "lib/*" is expanded by the JVM itself (classpath wildcard), not the shell.
         cmd += ["-cp", str(lib / "*"), main, *args]
@@ -647,13 +464,13 @@ class LocalKafka(Service):
             if proc.poll() is not None:
                 raise LocalKafkaError(
                     f"the Kafka broker exited with code {proc.returncode} while starting; "
-                    f"tail of {self.log_path}:\n{_tail(self.log_path)}"
+                    f"tail of {self.log_path}:\n{log_tail(self.log_path)}"
                 )
 
         def timed_out() -> LocalKafkaError:
             return LocalKafkaError(
                 f"the Kafka broker did not become ready at {bootstrap} in time; "
-                f"tail of {self.log_path}:\n{_tail(self.log_path)}"
+                f"tail of {self.log_path}:\n{log_tail(self.log_path)}"
             )
 
         host, port = bootstrap.rsplit(":", 1)
@@ -703,11 +520,20 @@ class LocalKafka(Service):
             return True
         # Not our child: poll with a deadline (there is no portable exit event to wait on).
         deadline = time.monotonic() + timeout
-        while _pid_alive(pid):
+        while pid_alive(pid):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
         return True
+
+    def wait(self) -> int:
+        """Block until the broker this handle started exits; return its exit code.
+
+        For ``sendonce dev kafka start --foreground``, which runs until the broker ends.
+        """
+        if self._proc is None:
+            raise LocalKafkaError(f"this handle did not start the broker from {self.home}")
+        return self._proc.wait()
 
     def _target_pid(self) -> int | None:
         if self._proc is not None and self._proc.poll() is None:
@@ -757,143 +583,3 @@ class LocalKafka(Service):
         if self._proc is not None and self._proc.poll() is None and not self._detached:
             with contextlib.suppress(Exception):
                 self.stop(timeout=15)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _home_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--home",
-        type=Path,
-        default=None,
-        help="broker state directory (default: $SENDONCE_KAFKA_HOME or <repo>/.sendonce/kafka)",
-    )
-
-
-def _cmd_fetch(args: argparse.Namespace) -> int:
-    print(ensure_jars(args.lib))
-    return 0
-
-
-def _print_started(bootstrap: str, pid: int | None, home: Path, how: str) -> None:
-    # stdout carries only key=value lines (so `eval "$(... start)"` works); prose on stderr.
-    print(f"bootstrap={bootstrap}")
-    print(f"pid={pid}")
-    print(f"Kafka {KAFKA_VERSION} at {bootstrap} (pid {pid}, home {home}): {how}", file=sys.stderr)
-
-
-class _Terminated(Exception):
-    pass
-
-
-def _cmd_start(args: argparse.Namespace) -> int:
-    broker = LocalKafka(args.home, heap=args.heap)
-    try:
-        bootstrap = broker.start(detach=not args.foreground, timeout=args.timeout)
-    except BrokerAlreadyRunning as exc:
-        _print_started(exc.bootstrap, exc.pid, broker.home, "already running")
-        return 0
-    if not args.foreground:
-        _print_started(bootstrap, broker.pid, broker.home, "started (detached)")
-        return 0
-    _print_started(bootstrap, broker.pid, broker.home, "running in the foreground, Ctrl-C stops it")
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise _Terminated
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    proc = broker._proc
-    assert proc is not None
-    try:
-        code = proc.wait()
-    except (KeyboardInterrupt, _Terminated):
-        print("stopping Kafka...", file=sys.stderr)
-        broker.stop()
-        return 0
-    print(
-        f"Kafka broker exited with code {code}; tail of {broker.log_path}:\n"
-        f"{_tail(broker.log_path)}",
-        file=sys.stderr,
-    )
-    broker.stop()
-    return 1
-
-
-def _cmd_stop(args: argparse.Namespace) -> int:
-    broker = LocalKafka(args.home)
-    if not broker.is_running():
-        print(f"no Kafka broker running from {broker.home}", file=sys.stderr)
-        return 0
-    broker.stop(timeout=args.timeout)
-    print(f"Kafka broker from {broker.home} stopped", file=sys.stderr)
-    return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    broker = LocalKafka(args.home)
-    state = broker.status()
-    if state is None:
-        print(f"no Kafka broker running from {broker.home}", file=sys.stderr)
-        return 1
-    print(f"bootstrap={state['bootstrap']}")
-    print(f"pid={state['pid']}")
-    return 0
-
-
-def _run(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    # Turn our expected failures into a one-line message and exit code 2, no traceback.
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except LocalKafkaError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-
-    return wrapper
-
-
-def add_cli(subparsers: Subparsers) -> None:
-    """Register ``kafka {fetch,start,stop,status}`` on ``subparsers``.
-
-    Every leaf parser sets ``func(args) -> int`` (the process exit code).
-    """
-    kafka = subparsers.add_parser(
-        "kafka",
-        help="run a local single-node Kafka broker",
-        description="Run a local single-node Apache Kafka broker (KRaft) from Maven jars.",
-    )
-    sub = kafka.add_subparsers(dest="kafka_command", metavar="COMMAND", required=True)
-
-    fetch = sub.add_parser("fetch", help="resolve the broker jars with Maven; print the folder")
-    fetch.add_argument(
-        "--lib",
-        type=Path,
-        default=None,
-        help="jar folder (default: $SENDONCE_KAFKA_LIB or deploy/local-kafka/lib)",
-    )
-    fetch.set_defaults(func=_run(_cmd_fetch))
-
-    start = sub.add_parser("start", help="start the broker (detached unless --foreground)")
-    _home_arg(start)
-    start.add_argument(
-        "--foreground",
-        action="store_true",
-        help="stay attached; Ctrl-C or SIGTERM stops the broker",
-    )
-    start.add_argument("--heap", default="512m", help="JVM max heap (default: 512m)")
-    start.add_argument(
-        "--timeout", type=float, default=60, help="seconds to wait for readiness (default: 60)"
-    )
-    start.set_defaults(func=_run(_cmd_start))
-
-    stop = sub.add_parser("stop", help="stop the broker (clean shutdown, SIGKILL on timeout)")
-    _home_arg(stop)
-    stop.add_argument(
-        "--timeout", type=float, default=30, help="seconds before SIGKILL (default: 30)"
-    )
-    stop.set_defaults(func=_run(_cmd_stop))
-
-    status = sub.add_parser("status", help="print bootstrap and pid; exit 1 if not running")
-    _home_arg(status)
-    status.set_defaults(func=_run(_cmd_status))
