@@ -17,8 +17,8 @@ from typing import Any, Protocol
 from sendonce.settings import Settings
 
 
-class FailedRecord(Protocol):
-    """The record a lane gives up on (a consumed record)."""
+class TopicRecord(Protocol):
+    """A record as read from a topic: where it sits and what it holds."""
 
     @property
     def topic(self) -> str: ...
@@ -50,7 +50,7 @@ def record_bytes(key: bytes | None, value: bytes | None, headers: Iterable[Any])
 
 
 def dead_letter(
-    record: FailedRecord, reason: str, error_type: str, now_ms: int, settings: Settings
+    record: TopicRecord, reason: str, error_type: str, now_ms: int, settings: Settings
 ) -> dict[str, Any]:
     """A DeadLetter record: the original bytes, where they came from, and why.
 

@@ -33,7 +33,12 @@ from sendonce.schemas.codec import SchemaCodec
 from sendonce.schemas.errors import CodecError, WrongSchemaError
 from sendonce.settings import Settings, TopicNames
 from sendonce.streams import metrics
-from sendonce.streams.dead_letters import DEAD_LETTER_OVERHEAD_BYTES, dead_letter, record_bytes
+from sendonce.streams.dead_letters import (
+    DEAD_LETTER_OVERHEAD_BYTES,
+    TopicRecord,
+    dead_letter,
+    record_bytes,
+)
 from sendonce.streams.ledger import (
     CallProvider,
     CommandArrived,
@@ -155,19 +160,9 @@ def decode_record(value: bytes | None, codec: SchemaCodec, expect: str) -> dict[
         raise BadIntent("undecodable", str(exc)) from exc
 
 
-class SourceRecord(Protocol):
+class SourceRecord(TopicRecord, Protocol):
     """A record read from a lane's topic (consumed, or read back by an operator tool)."""
 
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def headers(self) -> tuple[tuple[str, bytes | None], ...]: ...
     @property
     def ref(self) -> IntentRef: ...
 
