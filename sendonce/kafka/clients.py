@@ -21,6 +21,31 @@ from typing import Any
 
 __all__ = ["consumer_config", "producer_config"]
 
+#: librdkafka lines that describe a retry it makes by itself on a healthy cluster, and
+#: that users should not take for a problem: a fresh broker answers an idempotent
+#: producer's first PID request with "Coordinator load in progress" while it loads
+#: its transaction state, and librdkafka asks again.
+EXPECTED_RETRIES = ("Coordinator load in progress",)
+
+
+class ExpectedRetryFilter(logging.Filter):
+    """Turns librdkafka's self-healing retry warnings into DEBUG lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and any(
+            text in record.getMessage() for text in EXPECTED_RETRIES
+        ):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _librdkafka_logger(name: str) -> logging.Logger:
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, ExpectedRetryFilter) for f in logger.filters):
+        logger.addFilter(ExpectedRetryFilter())
+    return logger
+
 
 def producer_config(
     bootstrap_servers: str,
@@ -44,7 +69,7 @@ def producer_config(
         "linger.ms": linger_ms,
     }
     if logger is not None:
-        config["logger"] = logging.getLogger(logger)
+        config["logger"] = _librdkafka_logger(logger)
     config.update(overrides or {})
     return config
 
@@ -70,6 +95,6 @@ def consumer_config(
         "auto.offset.reset": "earliest",
     }
     if logger is not None:
-        config["logger"] = logging.getLogger(logger)
+        config["logger"] = _librdkafka_logger(logger)
     config.update(overrides or {})
     return config

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from sendonce.kafka.clients import consumer_config, producer_config
 
 
@@ -29,3 +31,23 @@ def test_every_reader_has_a_group_of_its_own_that_never_commits() -> None:
     assert one["group.id"] != two["group.id"]
     assert one["enable.auto.commit"] is False
     assert one["auto.offset.reset"] == "earliest"
+
+
+def test_the_fresh_broker_pid_retry_is_not_shown_to_users(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Issue 24: "Coordinator load in progress" on a fresh broker is expected and retried
+    # by librdkafka; users saw it as a WARNING from `sendonce publish`.
+    config = producer_config("127.0.0.1:1", logger="sendonce.kafka.test-retries")
+    logger = config["logger"]
+    with caplog.at_level(logging.INFO, logger="sendonce.kafka.test-retries"):
+        logger.warning(
+            "GETPID [rdkafka#producer-1] [thrd:main]: Failed to acquire idempotence PID "
+            "from broker 127.0.0.1:1/1: Broker: Coordinator load in progress: retrying"
+        )
+        logger.warning("FAIL [rdkafka#producer-1]: Connect to 127.0.0.1:1 failed")
+    assert [r.getMessage()[:4] for r in caplog.records] == ["FAIL"]
+    with caplog.at_level(logging.DEBUG, logger="sendonce.kafka.test-retries"):
+        caplog.clear()
+        logger.warning("GETPID ...: Coordinator load in progress: retrying")
+    assert [r.levelname for r in caplog.records] == ["DEBUG"]
