@@ -35,7 +35,7 @@ from sendonce.settings import Settings
 from sendonce.streams import metrics
 from sendonce.streams.dead_letters import dead_letter
 from sendonce.streams.ledger import IntentRef
-from sendonce.streams.processor import ConsumedRecord, Sink, origin_header
+from sendonce.streams.processor import ConsumedRecord, Sink, origin_header, partition_for_key
 
 log = logging.getLogger("sendonce.webhooks")
 
@@ -224,7 +224,7 @@ class SightingProcessor:
             problem = self._problem(record)
             if problem is not None:
                 stats.dead_lettered += 1
-                await self._dead_letter(record, problem)
+                await self._dead_letter(record, *problem)
                 continue
             assert record.key is not None
             by_id.setdefault(record.key, []).append(record)
@@ -236,15 +236,24 @@ class SightingProcessor:
         for record in records:
             await self._handle(record, stats)
 
-    def _problem(self, record: ConsumedRecord) -> str | None:
+    def _problem(self, record: ConsumedRecord) -> tuple[str, str] | None:
+        """Why ``record`` cannot be handled, as (error type, reason), or None."""
         if record.key is None or record.value is None:
-            return "raw webhook record without key or value"
+            return "invalid_webhook", "raw webhook record without key or value"
         try:
             event = self.codec.decode(record.value, expect="WebhookEvent")
         except CodecError as exc:
-            return str(exc)
+            return "invalid_webhook", str(exc)
         if event["dedupe_id"].encode() != record.key:
-            return "record key is not the event's dedupe id"
+            return "invalid_webhook", "record key is not the event's dedupe id"
+        expected = partition_for_key(record.key, self.settings.partitions)
+        if record.partition != expected:
+            # Re-produced with another partitioner: its id would have two owners, and
+            # each would forward it once (as for intents, streams.processor).
+            return (
+                "misrouted",
+                f"record is on partition {record.partition}, its dedupe id belongs on {expected}",
+            )
         return None
 
     async def _handle(self, record: ConsumedRecord, stats: SightingStats) -> None:
@@ -290,11 +299,11 @@ class SightingProcessor:
             stats.reconciled += 1
             found = await self.lookup.contains(dedupe_id, record.partition, search.since_ms)
 
-    async def _dead_letter(self, record: ConsumedRecord, reason: str) -> None:
+    async def _dead_letter(self, record: ConsumedRecord, error_type: str, reason: str) -> None:
         log.warning(
             "dead-lettered webhook record %s[%d]@%d", record.topic, record.partition, record.offset
         )
-        letter = dead_letter(record, reason, "invalid_webhook", self._clock(), self.settings)
+        letter = dead_letter(record, reason, error_type, self._clock(), self.settings)
         metrics.DEAD_LETTERS.labels(letter["error_type"]).inc()
         value = self.codec.encode("DeadLetter", letter)
         await self.sink.produce(self.topics.dlq, letter["original_key"], value)

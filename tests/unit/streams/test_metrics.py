@@ -33,6 +33,7 @@ from sendonce.streams.ledger import LedgerStatus
 from sendonce.streams.processor import ConsumedRecord
 from sendonce.streams.testing import InMemoryPipeline, RecordingSink
 from sendonce.streams.webhooks import SightingProcessor
+from tests.unit.streams.test_webhooks import record as raw_webhook_record
 
 
 def value(name: str, **labels: str) -> float:
@@ -219,25 +220,8 @@ def test_a_found_lookup_closes_the_ambiguous_send() -> None:
 
 
 def webhook_record(dedupe_id: str, offset: int) -> ConsumedRecord:
-    value = default_codec().encode(
-        "WebhookEvent",
-        {
-            "dedupe_id": dedupe_id,
-            "source": "graph",
-            "kind": "NOTIFICATION",
-            "tenant_id": "t",
-            "subscription_id": "s",
-            "change_type": "created",
-            "resource": "users/x/messages/y",
-            "resource_id": "y",
-            "lifecycle_event": None,
-            "client_state_verified": True,
-            "received_at": 0,
-            "payload": "{}",
-            "headers": {},
-        },
-    )
-    return ConsumedRecord("email.webhooks.raw", 0, offset, dedupe_id.encode(), value)
+    """A raw webhook event on its id's partition (as the receiver produces it)."""
+    return raw_webhook_record(dedupe_id, offset)
 
 
 class Markers:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sendonce.schemas.codec import default_codec
 from sendonce.settings import Settings
 from sendonce.streams.ledger import IntentRef
-from sendonce.streams.processor import ConsumedRecord
+from sendonce.streams.processor import ConsumedRecord, partition_for_key
 from sendonce.streams.testing import RecordingSink
 from sendonce.streams.webhooks import (
     ForwardEvent,
@@ -79,7 +79,9 @@ def event(dedupe_id: str) -> bytes:
 
 
 def record(dedupe_id: str, offset: int, topic: str = "email.webhooks.raw") -> ConsumedRecord:
-    return ConsumedRecord(topic, 0, offset, dedupe_id.encode(), event(dedupe_id))
+    """A raw event on the partition Kafka's murmur2 partitioner picks for its id."""
+    partition = partition_for_key(dedupe_id.encode(), Settings().partitions)
+    return ConsumedRecord(topic, partition, offset, dedupe_id.encode(), event(dedupe_id))
 
 
 def processor(store: Bytes, sink: RecordingSink, now: list[int] | None = None) -> SightingProcessor:
@@ -123,9 +125,10 @@ def test_crash_after_forwarding_before_recording_it_does_not_forward_twice() -> 
         asyncio.run(processor(store, sink).process_batch([record("n1", 0)]))
     store.data.clear()  # the FORWARDED write is lost with the local state...
     store.crash_on_put = None
-    origin = IntentRef("email.webhooks.raw", 0, 0)
+    n1 = record("n1", 0)
+    origin = IntentRef("email.webhooks.raw", n1.partition, 0)
     marked = SightingMarker("n1", SightingStatus.MARKED, origin, int(time.time() * 1000))
-    store.data[(0, b"n1")] = marked.to_bytes()  # ...the changelog had only MARKED
+    store.data[(n1.partition, b"n1")] = marked.to_bytes()  # ...the changelog had only MARKED
     asyncio.run(processor(store, sink).process_batch([record("n1", 0)]))
     assert forwarded(sink) == [b"n1"]
 
@@ -147,6 +150,22 @@ def test_bad_raw_records_are_dead_lettered() -> None:
     wrong_key = ConsumedRecord("email.webhooks.raw", 0, 1, b"other", event("n1"))
     stats = asyncio.run(p.process_batch([bad, wrong_key, record("n2", 2)]))
     assert stats.dead_lettered == 2 and forwarded(sink) == [b"n2"]
+
+
+def test_a_raw_event_on_another_partition_than_its_id_is_dead_lettered_not_forwarded() -> None:
+    # Issue 16: re-produced with another partitioner, the same id would have two owners
+    # with two markers, and each would forward it once.
+    store, sink = Bytes(), RecordingSink()
+    p = processor(store, sink)
+    right = record("n1", 0)
+    moved = ConsumedRecord(
+        right.topic, (right.partition + 1) % Settings().partitions, 0, right.key, right.value
+    )
+    stats = asyncio.run(p.process_batch([right, moved]))
+    assert stats.dead_lettered == 1 and forwarded(sink) == [b"n1"]
+    [letter] = [default_codec().decode(v) for t, _, v in sink.produced if t.endswith("dlq")]
+    assert letter["error_type"] == "misrouted"
+    assert f"belongs on {right.partition}" in letter["reason"]
 
 
 @settings(max_examples=300, deadline=None)
