@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from sendonce.keys import complete_intent
+from sendonce.keys import complete_intent, idempotency_key_for
 from sendonce.ops.publish import IntentPublisher
 from tests.integration.harness import Pipeline, intent
 
@@ -158,6 +158,35 @@ def test_a_record_too_large_to_dead_letter_whole_does_not_stop_its_partition(
     assert sorted(r["idempotency_key"] for r in results) == sorted(keys)
     assert all(r["outcome"] == "SENT" for r in results)
     assert worker.alive()
+
+
+def test_poison_on_the_deferred_topic_is_dead_lettered_and_the_worker_goes_on(
+    pipeline: Pipeline,
+) -> None:
+    # Issue 16: a malformed sendonce-origin header on the deferred topic raised a
+    # ValueError that failed the deferred lane's batch (and the worker with it).
+    worker = pipeline.start_worker()
+    poisoned, good = intent(1), intent(2)
+    with pipeline.publisher() as publisher:
+        value = publisher.codec.encode("EmailIntent", complete_intent(poisoned))
+        key = idempotency_key_for(complete_intent(poisoned)).value.encode()
+    deferred = IntentPublisher(
+        pipeline.settings.bootstrap_servers, pipeline.settings.topics.intents_deferred
+    )
+    with deferred:
+        deferred.publish_raw(key, value, headers=[("sendonce-origin", b"not:an-origin")])
+    [good_key] = pipeline.publish([good])
+
+    records = pipeline.wait_results(2, timeout=120)
+
+    [dead] = [r.value for r in records if r.topic == pipeline.settings.topics.dlq]
+    assert dead["error_type"] == "misrouted"
+    assert "sendonce-origin" in dead["reason"]
+    assert dead["source_topic"] == pipeline.settings.topics.intents_deferred
+    [result] = [r.value for r in records if r.topic != pipeline.settings.topics.dlq]
+    assert (result["idempotency_key"], result["outcome"]) == (good_key, "SENT")
+    assert worker.alive()
+    assert "Restarting dead" not in worker.log()
 
 
 def test_same_key_with_a_different_body_is_a_conflict_and_sends_nothing(
