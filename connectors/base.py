@@ -20,7 +20,9 @@ it, and so do the ledger's entries and results and the trace's views above this 
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, fields
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -176,3 +178,18 @@ def estimated_wait_s(provider: EmailProvider, sender: str, ahead: int = 0) -> fl
     """
     method = getattr(provider, "estimated_wait_s", None)
     return float(method(sender, ahead)) if callable(method) else 0.0
+
+
+def send_permit(provider: EmailProvider, sender: str) -> AbstractAsyncContextManager[None]:
+    """Wait until a send from ``sender`` can start promptly; hold that right inside.
+
+    Optional capability: a provider with per-mailbox limits (Graph) defines
+    ``permit(sender)``; the worker takes it before it writes a key's PENDING entry
+    and sends inside it, so keys waiting on a saturated mailbox are not PENDING.
+    Other providers start every send at once.
+    """
+    method = getattr(provider, "permit", None)
+    if callable(method):
+        permit: AbstractAsyncContextManager[None] = method(sender)
+        return permit
+    return contextlib.nullcontext()

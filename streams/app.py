@@ -157,9 +157,9 @@ def build_worker_app(
         offsets.recovered("ledger")
         # After every recovery (rebalance) the set of owned partitions changed.
         for processor in processors:
-            found = processor.rebuild_reconcile_index(store.ambiguous_entries())
+            found = processor.rebuild_reconcile_index(store.open_entries())
             if found:
-                log.info("%d ambiguous sends awaiting reconciliation", found)
+                log.info("%d open sends (ambiguous or interrupted) awaiting a lookup", found)
 
     ledger = _bytes_table(app, settings, "ledger", on_recover=rebuild_reconcile_index)
     producer = DurableProducer(

@@ -15,7 +15,9 @@ The shell's obligations (see ``streams/worker.py``):
   only after the previous intent's effects for that key have finished.
 
 States: no entry -> PENDING -> SENT | FAILED | AMBIGUOUS; AMBIGUOUS -> SENT
-(reconciled) | PENDING (provably not sent, new attempt).
+(reconciled) | PENDING (provably not sent, new attempt). Every PENDING entry ends:
+its own drive settles it, or, when a crash or a rebalance interrupted that drive,
+the reconciler looks it up (:func:`lookup_due_at_ms`) and settles it from the answer.
 """
 
 from __future__ import annotations
@@ -328,11 +330,19 @@ class LookupFinished:
     attempt_id: str
     lookup: LookupResult
     now_ms: int
+    #: Whether the shell could read the origin intent's content. Without it (the
+    #: record is past retention) a lookup proving "never sent" cannot start a new
+    #: attempt: the entry is left AMBIGUOUS for an operator.
+    content_available: bool = True
 
 
 @dataclass(frozen=True)
 class ReconcileDue:
-    """The reconciler's clock: an AMBIGUOUS entry's next lookup may be due.
+    """The reconciler's clock: an open entry's next lookup may be due.
+
+    Open means AMBIGUOUS with a lookup scheduled, or PENDING that no coroutine of
+    this worker is driving (a crash or a rebalance interrupted its attempt after the
+    origin offset was committed, so no redelivery will come back for it).
 
     ``intent`` is the entry's origin intent (the shell re-reads it from Kafka),
     so results emitted from reconciliation belong to the record that caused
@@ -514,7 +524,7 @@ def decide(
     if isinstance(event, IntentArrived):
         return _on_intent(entry, event)
     if isinstance(event, ReconcileDue):
-        return _on_reconcile_due(entry, event)
+        return _on_reconcile_due(entry, event, reconcile)
     if isinstance(event, CommandArrived):
         return _on_command(entry, event)
     if entry is None or entry.attempt_id != event.attempt_id:
@@ -525,13 +535,27 @@ def decide(
     return _on_lookup_finished(entry, event, policy, reconcile)
 
 
-def _on_reconcile_due(entry: LedgerEntry | None, event: ReconcileDue) -> Decision:
-    if (
-        entry is None
-        or entry.status is not LedgerStatus.AMBIGUOUS
-        or entry.next_lookup_at_ms is None
-        or event.now_ms < entry.next_lookup_at_ms
-    ):
+def lookup_due_at_ms(entry: LedgerEntry, reconcile: ReconcilePolicy) -> int | None:
+    """When the reconciler should next look ``entry`` up at the provider, or ``None``.
+
+    AMBIGUOUS: its scheduled lookup (``None`` once flagged for review). PENDING: the
+    grace period after the attempt was written, since the provider's records lag its
+    acceptance; the shell only asks for PENDING entries it is not driving itself
+    (left behind by a crash or a rebalance), and their attempt may have reached the
+    provider, so they are looked up, never resent blind. Final states: never.
+    """
+    if entry.status is LedgerStatus.AMBIGUOUS:
+        return entry.next_lookup_at_ms
+    if entry.status is LedgerStatus.PENDING:
+        return entry.updated_at_ms + int(reconcile.grace_s * 1000)
+    return None
+
+
+def _on_reconcile_due(
+    entry: LedgerEntry | None, event: ReconcileDue, reconcile: ReconcilePolicy
+) -> Decision:
+    due = None if entry is None else lookup_due_at_ms(entry, reconcile)
+    if entry is None or due is None or event.now_ms < due:
         return Decision(entry)
     return Decision(entry, (Reconcile(entry.attempt_id),))
 
@@ -670,7 +694,7 @@ def _on_lookup_finished(
             review_required=False,
         )
         return _settled(sent, event.intent, event.now_ms)
-    if lookup.status is LookupStatus.NOT_FOUND_DEFINITIVE:
+    if lookup.status is LookupStatus.NOT_FOUND_DEFINITIVE and event.content_available:
         # The provider proves the attempt never landed: a new attempt cannot
         # duplicate it. It still counts against the budget, or a provider that
         # keeps timing out would be retried forever.

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -86,6 +87,18 @@ AMBIGUOUS_OPEN = Gauge(
     "sendonce_ambiguous_open",
     "AMBIGUOUS ledger entries in the partitions this worker owns, awaiting a lookup "
     "or flagged for review.",
+)
+SENDS_WAITING = Gauge(
+    "sendonce_sends_waiting",
+    "Sends this worker admitted that wait for their mailbox's permit (rate or "
+    "concurrency limits); their keys become PENDING only once it is granted.",
+    ["provider"],
+)
+OLDEST_OPEN_AGE = Gauge(
+    "sendonce_oldest_open_entry_age_seconds",
+    "Age, since its first attempt, of the oldest ledger entry in the partitions this "
+    "worker owns that is not final (PENDING or AMBIGUOUS); 0 when there is none. A "
+    "value that keeps growing is a key nobody settles: see `sendonce review list`.",
 )
 DEAD_LETTERS = Counter(
     "sendonce_dead_letters",
@@ -185,6 +198,48 @@ class GaugedKeys:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+
+class OpenEntries:
+    """The keys of one processor whose entries are not final, with their first attempt time.
+
+    Every tracker of the process feeds :data:`OLDEST_OPEN_AGE` when it is scraped, so
+    the gauge needs no updating as entries open and settle.
+    """
+
+    def __init__(self) -> None:
+        self._since_ms: dict[str, int] = {}
+        _OPEN_TRACKERS.add(self)
+
+    def add(self, key: str, since_ms: int) -> None:
+        """Track ``key``, open since ``since_ms``."""
+        self._since_ms[key] = since_ms
+
+    def discard(self, key: str) -> None:
+        """Stop tracking ``key`` (if tracked)."""
+        self._since_ms.pop(key, None)
+
+    def clear(self) -> None:
+        """Stop tracking every key."""
+        self._since_ms.clear()
+
+    def keys(self) -> set[str]:
+        """The keys tracked."""
+        return set(self._since_ms)
+
+    def oldest_age_s(self, now_ms: int) -> float:
+        """Seconds since the oldest tracked key's first attempt; 0 when none."""
+        if not self._since_ms:
+            return 0.0
+        return max(0.0, (now_ms - min(self._since_ms.values())) / 1000)
+
+
+_OPEN_TRACKERS: weakref.WeakSet[OpenEntries] = weakref.WeakSet()
+OLDEST_OPEN_AGE.set_function(
+    lambda: max(
+        (t.oldest_age_s(int(time.time() * 1000)) for t in list(_OPEN_TRACKERS)), default=0.0
+    )
+)
 
 
 def ledger_key_estimates(table: Any) -> dict[int, int]:

@@ -14,6 +14,7 @@ semaphore); every Persist is awaited before the next effect of that key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
@@ -23,7 +24,13 @@ from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
 
-from sendonce.connectors.base import EmailProvider, OutgoingEmail, SendStatus, estimated_wait_s
+from sendonce.connectors.base import (
+    EmailProvider,
+    OutgoingEmail,
+    SendStatus,
+    estimated_wait_s,
+    send_permit,
+)
 from sendonce.faults import AFTER_ACCEPT, AFTER_PENDING, AFTER_SENT, CrashPoints
 from sendonce.keys import (
     InvalidIntentError,
@@ -62,9 +69,10 @@ from sendonce.streams.ledger import (
     RetryPolicy,
     SendFinished,
     decide,
+    lookup_due_at_ms,
     message_id_for,
 )
-from sendonce.streams.store import LedgerStore
+from sendonce.streams.store import OPEN_STATUSES, LedgerStore
 
 log = logging.getLogger("sendonce.worker")
 
@@ -304,10 +312,13 @@ class IntentProcessor:
         self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
-        #: AMBIGUOUS keys awaiting a lookup: key -> (partition, due time in ms).
+        #: Open keys awaiting a lookup: key -> (partition, due time in ms). AMBIGUOUS
+        #: entries with a lookup scheduled, and PENDING entries found on recovery.
         self.reconcile_index: dict[str, tuple[int, int]] = {}
         #: Every AMBIGUOUS key of owned partitions (also those flagged for review).
         self.ambiguous_keys = metrics.GaugedKeys(metrics.AMBIGUOUS_OPEN)
+        #: Every key of owned partitions whose entry is not final (for the age gauge).
+        self.open_entries = metrics.OpenEntries()
         #: Inline sends admitted per sender and not finished (for deferral).
         self._admitted: dict[str, int] = {}
 
@@ -419,40 +430,56 @@ class IntentProcessor:
             decision: Decision = decide(entry, event, self.policy, self.reconcile_policy)
             entry = decision.entry
             decided_on, event = event, None
-            for effect in decision.effects:
-                if isinstance(effect, Persist):
-                    await self.store.put(effect.entry, partition)
-                    if effect.entry.status is LedgerStatus.SENT:
-                        self._crash.reached(AFTER_SENT)
-                    elif effect.entry.status is LedgerStatus.PENDING and any(
-                        isinstance(e, CallProvider) for e in decision.effects
-                    ):
-                        self._crash.reached(AFTER_PENDING)
-                elif isinstance(effect, Emit):
-                    await self._emit(effect.result, stats)
-                elif isinstance(effect, CallProvider):
-                    assert entry is not None
-                    if effect.delay_s > 0:
-                        metrics.retry_waited(self.provider.name, decided_on, effect.delay_s)
-                        await self._sleep(effect.delay_s)
-                    stats.provider_calls += 1
-                    outcome = await self._call(item, entry)
-                    if outcome.status is SendStatus.ACCEPTED:
-                        self._crash.reached(AFTER_ACCEPT)
-                    event = SendFinished(item.facts, effect.attempt_id, outcome, self._clock())
-                elif isinstance(effect, Refuse):
-                    log.warning(
-                        "operator command %s refused: %s", effect.command.command_id, effect.reason
-                    )
-                    stats.commands_refused += 1
-                elif isinstance(effect, Reconcile):
-                    assert entry is not None
-                    with metrics.timed(metrics.LOOKUP_LATENCY, self.provider.name) as found:
-                        lookup = await self.provider.lookup(
-                            key, self._message_id(item), item.facts.sender
+            call = next((e for e in decision.effects if isinstance(e, CallProvider)), None)
+            async with contextlib.AsyncExitStack() as permit:
+                if call is not None and call.delay_s <= 0:
+                    # The send's permit before its PENDING write: a key waits for a
+                    # saturated mailbox without being PENDING, so a crash leaves at
+                    # most the sends that could start to look up, not a backlog.
+                    await self._take_send_permit(permit, item)
+                for effect in decision.effects:
+                    if isinstance(effect, Persist):
+                        await self.store.put(effect.entry, partition)
+                        if effect.entry.status is LedgerStatus.SENT:
+                            self._crash.reached(AFTER_SENT)
+                        elif effect.entry.status is LedgerStatus.PENDING and call is not None:
+                            self._crash.reached(AFTER_PENDING)
+                    elif isinstance(effect, Emit):
+                        await self._emit(effect.result, stats)
+                    elif isinstance(effect, CallProvider):
+                        assert entry is not None
+                        if effect.delay_s > 0:
+                            # A retry's backoff; the entry is PENDING already (the
+                            # previous attempt's), the permit is taken after the wait.
+                            metrics.retry_waited(self.provider.name, decided_on, effect.delay_s)
+                            await self._sleep(effect.delay_s)
+                            await self._take_send_permit(permit, item)
+                        stats.provider_calls += 1
+                        outcome = await self._call(item, entry)
+                        if outcome.status is SendStatus.ACCEPTED:
+                            self._crash.reached(AFTER_ACCEPT)
+                        event = SendFinished(item.facts, effect.attempt_id, outcome, self._clock())
+                    elif isinstance(effect, Refuse):
+                        log.warning(
+                            "operator command %s refused: %s",
+                            effect.command.command_id,
+                            effect.reason,
                         )
-                        found(lookup.status.value)
-                    event = LookupFinished(item.facts, effect.attempt_id, lookup, self._clock())
+                        stats.commands_refused += 1
+                    elif isinstance(effect, Reconcile):
+                        assert entry is not None
+                        with metrics.timed(metrics.LOOKUP_LATENCY, self.provider.name) as found:
+                            lookup = await self.provider.lookup(
+                                key, self._message_id(item), item.facts.sender
+                            )
+                            found(lookup.status.value)
+                        event = LookupFinished(
+                            item.facts,
+                            effect.attempt_id,
+                            lookup,
+                            self._clock(),
+                            content_available=item.record.value is not None,
+                        )
         # Only a drive that ran to the end takes a key off the reconcile index:
         # one that failed between persisting an outcome and emitting its result
         # leaves the key there, and the next tick emits the result (same id).
@@ -533,21 +560,26 @@ class IntentProcessor:
         self, command: OperatorCommand, entry: LedgerEntry | None, partition: int
     ) -> _Accepted:
         """The origin's facts from the entry itself, when its record cannot be read."""
-        if entry is None:
-            origin = IntentRef(self.topics.intents, partition, -1)
-            facts = IntentFacts(command.key, "", "", "", "", origin)
-        else:
-            origin = entry.origin
-            facts = IntentFacts(
-                key=entry.key,
-                tenant_id=entry.tenant_id,
-                source_event_id=entry.source_event_id,
-                action_type=entry.action_type,
-                content_fingerprint=entry.content_fingerprint,
-                ref=origin,
-                sender=entry.sender,
-            )
+        if entry is not None:
+            return self._placeholder_for(entry, partition)
+        origin = IntentRef(self.topics.intents, partition, -1)
+        facts = IntentFacts(command.key, "", "", "", "", origin)
         record = ConsumedRecord(origin.topic, partition, origin.offset, command.key.encode(), None)
+        return _Accepted(record, {}, facts)
+
+    def _placeholder_for(self, entry: LedgerEntry, partition: int) -> _Accepted:
+        """An item carrying ``entry``'s own facts and no content (its origin is gone)."""
+        origin = entry.origin
+        facts = IntentFacts(
+            key=entry.key,
+            tenant_id=entry.tenant_id,
+            source_event_id=entry.source_event_id,
+            action_type=entry.action_type,
+            content_fingerprint=entry.content_fingerprint,
+            ref=origin,
+            sender=entry.sender,
+        )
+        record = ConsumedRecord(origin.topic, partition, origin.offset, entry.key.encode(), None)
         return _Accepted(record, {}, facts)
 
     # -- reconciliation ---------------------------------------------------
@@ -557,19 +589,39 @@ class IntentProcessor:
             self.ambiguous_keys.add(entry.key)
         else:
             self.ambiguous_keys.discard(entry.key)
-        if entry.status is LedgerStatus.AMBIGUOUS and entry.next_lookup_at_ms is not None:
-            self.reconcile_index[entry.key] = (partition, entry.next_lookup_at_ms)
+        if entry.status in OPEN_STATUSES:
+            self.open_entries.add(entry.key, entry.created_at_ms)
+        else:
+            self.open_entries.discard(entry.key)
+        due = lookup_due_at_ms(entry, self.reconcile_policy)
+        if due is not None:
+            self.reconcile_index[entry.key] = (partition, due)
         else:
             self.reconcile_index.pop(entry.key, None)
 
     def rebuild_reconcile_index(self, entries: Iterable[tuple[int, LedgerEntry]]) -> int:
-        """Replace the index with the AMBIGUOUS entries of owned partitions (after a rebalance)."""
+        """Replace the index with the open entries of owned partitions (after a rebalance).
+
+        PENDING entries are indexed too: one this worker is driving is skipped by the
+        reconciler while its key is locked (its drive re-indexes it when it ends); any
+        other was interrupted by a crash or a rebalance, and is looked up once its
+        grace period passed. Returns how many keys await a lookup.
+        """
         self.reconcile_index.clear()
         self.ambiguous_keys.clear()
+        self.open_entries.clear()
         for partition, entry in entries:
             if self._owns(partition):
                 self._index(entry, partition)
         return len(self.reconcile_index)
+
+    def open_keys(self) -> set[str]:
+        """Keys of owned partitions whose entries are not final (PENDING or AMBIGUOUS)."""
+        return self.open_entries.keys()
+
+    def oldest_open_age_s(self, now_ms: int) -> float:
+        """Seconds since the first attempt of the oldest open key; 0 when none."""
+        return self.open_entries.oldest_age_s(now_ms)
 
     async def reconcile_due(self) -> BatchStats:
         """Look up every AMBIGUOUS entry whose lookup is due, through the ledger."""
@@ -591,23 +643,33 @@ class IntentProcessor:
 
     async def _reconcile_one(self, key: str, partition: int, stats: BatchStats) -> None:
         assert self._fetcher is not None
+        if self._lock_for(key).locked():
+            # Driven by a coroutine of this worker right now (an intent, the deferred
+            # lane, a command): that drive re-indexes the key when it ends.
+            return
         entry = self.store.get(key, partition)
-        if entry is None or entry.status is LedgerStatus.PENDING:
+        if entry is None:
             self.reconcile_index.pop(key, None)
             self.ambiguous_keys.discard(key)
+            self.open_entries.discard(key)
             return
         record = await self._fetcher.fetch(entry.origin)
-        if record is None:
-            log.warning("origin of an ambiguous key is gone (retention); left for review")
-            self.reconcile_index.pop(key, None)
-            return
         if not self._owns(partition):
             # The fetch took a while; the partition may have moved meanwhile.
             return
-        item = self._accept(record)
+        if record is None:
+            if entry.status is not LedgerStatus.PENDING:
+                log.warning("origin of an ambiguous key is gone (retention); left for review")
+                self.reconcile_index.pop(key, None)
+                return
+            # An interrupted attempt whose intent is past retention: the lookup needs
+            # only the entry's own facts; without content no new attempt can follow.
+            item = self._placeholder_for(entry, partition)
+        else:
+            item = self._accept(record)
         stats.records += 1
         first: Event = ReconcileDue(item.facts, self._clock())
-        if entry.status is not LedgerStatus.AMBIGUOUS:
+        if entry.status not in OPEN_STATUSES:
             # Settled by an earlier tick that failed before emitting the result:
             # the origin record's result is emitted again (deterministic id).
             first = IntentArrived(item.facts, self._clock(), self.settings.worker_id)
@@ -631,11 +693,20 @@ class IntentProcessor:
             headers=tuple(sorted((intent.get("headers") or {}).items())),
             message_id=self._message_id(item),
         )
-        async with self._send_slots:
-            with metrics.timed(metrics.PROVIDER_LATENCY, self.provider.name) as outcome_class:
-                outcome = await self.provider.send(email)
-                outcome_class(outcome.status.value)
-            return outcome
+        with metrics.timed(metrics.PROVIDER_LATENCY, self.provider.name) as outcome_class:
+            outcome = await self.provider.send(email)
+            outcome_class(outcome.status.value)
+        return outcome
+
+    async def _take_send_permit(self, permit: contextlib.AsyncExitStack, item: _Accepted) -> None:
+        """The mailbox's permit, then one of the worker's send slots, held until ``permit`` ends.
+
+        Mailbox first: a send waiting for a saturated mailbox must not hold a slot
+        that sends from other mailboxes could use.
+        """
+        with metrics.SENDS_WAITING.labels(self.provider.name).track_inprogress():
+            await permit.enter_async_context(send_permit(self.provider, item.facts.sender))
+        await permit.enter_async_context(self._send_slots)
 
     def _message_id(self, item: _Accepted) -> str:
         return message_id_for(item.facts.key, item.facts.sender)

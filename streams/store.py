@@ -15,6 +15,9 @@ from rocksdict import WriteBatch
 
 from sendonce.streams.ledger import LedgerEntry, LedgerStatus, status_marker
 
+#: The states a key does not end in: the reconciler drives them on.
+OPEN_STATUSES = (LedgerStatus.PENDING, LedgerStatus.AMBIGUOUS)
+
 
 class LedgerStore(Protocol):
     """Per-partition key -> entry storage with durable writes."""
@@ -27,8 +30,8 @@ class LedgerStore(Protocol):
         """Store ``entry``; returns once it is durable."""
         ...
 
-    def ambiguous_entries(self) -> Iterator[tuple[int, LedgerEntry]]:
-        """Every AMBIGUOUS entry held for an active partition, with its partition."""
+    def open_entries(self) -> Iterator[tuple[int, LedgerEntry]]:
+        """Every PENDING or AMBIGUOUS entry held for an active partition, with its partition."""
         ...
 
 
@@ -48,10 +51,10 @@ class MemoryLedgerStore:
         self.entries[(partition, entry.key)] = entry
         self.writes.append((partition, entry))
 
-    def ambiguous_entries(self) -> Iterator[tuple[int, LedgerEntry]]:
-        """Every AMBIGUOUS entry, with its partition."""
+    def open_entries(self) -> Iterator[tuple[int, LedgerEntry]]:
+        """Every PENDING or AMBIGUOUS entry, with its partition."""
         for (partition, _), entry in self.entries.items():
-            if entry.status is LedgerStatus.AMBIGUOUS:
+            if entry.status in OPEN_STATUSES:
                 yield partition, entry
 
 
@@ -151,14 +154,14 @@ class FaustLedgerStore:
         """Write the changelog record, await the broker's ack, then the local copy."""
         await self._bytes.put(entry.key.encode(), entry.to_bytes(), partition)
 
-    def ambiguous_entries(self) -> Iterator[tuple[int, LedgerEntry]]:
-        """Scan the active partitions' RocksDB for AMBIGUOUS entries.
+    def open_entries(self) -> Iterator[tuple[int, LedgerEntry]]:
+        """Scan the active partitions' RocksDB for PENDING and AMBIGUOUS entries.
 
         Runs after each recovery (rebalance). Values are filtered as bytes
         before decoding, so the scan costs a RocksDB iteration, not a JSON
         decode per key.
         """
-        marker = status_marker(LedgerStatus.AMBIGUOUS)
+        markers = [status_marker(status) for status in OPEN_STATUSES]
         for partition, value in self._bytes.values_by_partition():
-            if marker in value:
+            if any(marker in value for marker in markers):
                 yield partition, LedgerEntry.from_bytes(value)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -158,6 +159,14 @@ class GraphProvider:
         may not have reached the throttle yet.
         """
         return self.throttle.estimated_wait(sender, sending=True, ahead=ahead)
+
+    def permit(self, sender: str) -> AbstractAsyncContextManager[None]:
+        """Wait until a send from ``sender`` may start now; hold its mailbox slot inside.
+
+        The worker writes the key's PENDING entry inside this block, then calls
+        :meth:`send`, whose requests use the held slot and send permit.
+        """
+        return self.throttle.hold(sender)
 
     # -- sending ----------------------------------------------------------
 

@@ -14,6 +14,12 @@ slot, then a slot; once the slot is held, the rate permissions are checked again
 time, while this one queued for the slot). If they no longer hold, the slot is
 given back before sleeping, so a sleeping task never blocks a runnable one.
 
+A send can also take its permit *before* its requests (:meth:`MailboxThrottle.hold`):
+the worker writes a key's PENDING entry only once the mailbox lets the send start, so a
+saturated mailbox's backlog waits without being PENDING (a crash then leaves at most
+the mailbox's concurrency of attempts to look up, not the whole backlog). Requests made
+inside a hold, in the same task, use its slot and its send permit.
+
 Time is injected (``clock`` for monotonic seconds, ``sleep`` to wait), so tests run
 on a fake clock and never really sleep.
 """
@@ -27,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 #: Graph's concurrency limit per app and mailbox.
@@ -78,6 +85,12 @@ class _Mailbox:
     max_in_flight: int = 0
     total_requests: int = 0
     total_sends: int = 0
+
+
+#: The (throttle, mailbox) pairs whose permit the current task holds (see ``hold``).
+_HELD: ContextVar[frozenset[tuple[int, str]]] = ContextVar(
+    "sendonce_mailbox_permits", default=frozenset()
+)
 
 
 def _sliding_delay(stamps: deque[float], limit: int, window: float, now: float) -> float:
@@ -172,9 +185,37 @@ class MailboxThrottle:
         """Wait until a request for ``mailbox`` may start; hold a slot while inside."""
         return self._request(mailbox, sending)
 
+    def hold(self, mailbox: str) -> AbstractAsyncContextManager[None]:
+        """Wait until a send from ``mailbox`` may start; keep its slot and permit while inside.
+
+        Counts the send against the per-minute cap when granted. ``request`` blocks
+        for ``mailbox`` made inside, in the same task (the send's own requests), start
+        at once on the held slot; they still count against the request budget.
+        """
+        return self._hold(mailbox)
+
+    @contextlib.asynccontextmanager
+    async def _hold(self, mailbox: str) -> AsyncIterator[None]:
+        state = self._state(mailbox)
+        await self._acquire(state, True, counts_request=False)
+        token = _HELD.set(_HELD.get() | {(id(self), mailbox.lower())})
+        try:
+            yield
+        finally:
+            _HELD.reset(token)
+            state.in_flight -= 1
+            state.semaphore.release()
+
     @contextlib.asynccontextmanager
     async def _request(self, mailbox: str, sending: bool) -> AsyncIterator[None]:
         state = self._state(mailbox)
+        if (id(self), mailbox.lower()) in _HELD.get():
+            # Inside this task's hold: its slot and send permit are this request's.
+            if self.requests_per_window is not None:
+                state.requests.append(self._clock())
+            state.total_requests += 1
+            yield
+            return
         await self._acquire(state, sending)
         try:
             yield
@@ -200,14 +241,16 @@ class MailboxThrottle:
                 delay = max(delay, over * _MINUTE_S / self.sends_per_minute)
         return delay
 
-    async def _acquire(self, state: _Mailbox, sending: bool) -> None:
+    async def _acquire(
+        self, state: _Mailbox, sending: bool, *, counts_request: bool = True
+    ) -> None:
         state.queued[sending] += 1
         try:
-            await self._acquire_queued(state, sending)
+            await self._acquire_queued(state, sending, counts_request)
         finally:
             state.queued[sending] -= 1
 
-    async def _acquire_queued(self, state: _Mailbox, sending: bool) -> None:
+    async def _acquire_queued(self, state: _Mailbox, sending: bool, counts_request: bool) -> None:
         arrived = self._clock()
         gate = state.gates[sending]
         # Queued behind another waiter of this mailbox counts as a wait too.
@@ -236,14 +279,14 @@ class MailboxThrottle:
                     continue
                 # Record at the moment the request starts, with no await since the
                 # check, so no other task can slip in between.
-                if self.requests_per_window is not None:
+                if counts_request and self.requests_per_window is not None:
                     state.requests.append(now)
                 if sending and self.sends_per_minute is not None:
                     state.sends.append(now)
                 break
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
-        state.total_requests += 1
+        state.total_requests += int(counts_request)
         state.total_sends += int(sending)
         if waited or now > arrived:
             state.waits += 1

@@ -105,6 +105,12 @@ def refusal_for(entry: LedgerEntry | None, key: str) -> str | None:
     """Why ``key`` cannot be resolved now, or ``None`` when it can."""
     if entry is None:
         return f"{key}: the ledger has no entry for this key; nothing to resolve"
+    if entry.status is LedgerStatus.PENDING:
+        return (
+            f"{key} is PENDING: an attempt is in progress, or a crash interrupted it and "
+            "the worker that owns the key looks it up at the provider once the reconcile "
+            "grace period has passed; resolve it if it then turns AMBIGUOUS"
+        )
     if entry.status is not LedgerStatus.AMBIGUOUS:
         return (
             f"{key} is {entry.status.value}, not AMBIGUOUS: only ambiguous sends can be "

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 
 import pytest
 
 from sendonce.emulator import GraphEmulator
-from tests.integration.harness import Pipeline, intent
+from tests.integration.harness import Pipeline, free_port, intent, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +128,46 @@ def test_a_graceful_stop_mid_batch_finishes_the_sends_in_flight(
     assert {r.value["outcome"] for r in records} == {"SENT"}
     for key in keys:
         assert len(emulator.deliveries(key=key)) == 1
+
+
+def test_a_kill_while_a_mailbox_is_saturated_leaves_no_backlog_of_ambiguous_sends(
+    pipeline: Pipeline, emulator: GraphEmulator
+) -> None:
+    # Issue 16, item 2: keys waiting for a saturated mailbox are not PENDING. The
+    # worker sends the mailbox's per-minute cap, moves the rest to the deferred lane,
+    # and is SIGKILLed while that backlog waits for the mailbox's permit. Its
+    # successor finds at most the mailbox's concurrency of interrupted attempts
+    # (here none: the cap was reached, so no send could start), not the backlog.
+    port = free_port()
+    env = {
+        **graph_env(emulator),
+        "SENDONCE_GRAPH_SENDS_PER_MINUTE": "6",
+        "SENDONCE_DEFER_AFTER_S": "2",
+    }
+    first = pipeline.start_worker(**env, SENDONCE_METRICS_PORT=str(port))
+    refs = pipeline.publish([intent(n, sender=SENDER) for n in range(30)])
+
+    def waiting() -> float:
+        try:
+            samples = scrape(f"http://127.0.0.1:{port}")
+        except OSError:
+            return 0.0  # not serving yet
+        return samples.get(("sendonce_sends_waiting", (("provider", "graph"),)), 0.0)
+
+    deadline = time.monotonic() + 90
+    while not (len(emulator.deliveries()) == 6 and waiting() >= 20):
+        assert time.monotonic() < deadline, f"the backlog never queued: {waiting()}"
+        assert first.alive(), first.log()
+        pipeline.watcher.poll(timeout=0.2)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait_exit(30)
+
+    # No cap now: every remaining intent can go out at once.
+    pipeline.start_worker(**{**env, "SENDONCE_GRAPH_SENDS_PER_MINUTE": "0"})
+    records = pipeline.wait_results(30, timeout=180)
+    outcomes = [str(r.value["outcome"]) for r in records]
+    assert {str(r.value["idempotency_key"]) for r in records} == set(refs)
+    assert outcomes.count("AMBIGUOUS") <= 4, outcomes  # Graph's concurrency per mailbox
+    for key in set(refs):
+        assert len(emulator.deliveries(key=key)) <= 1, key
+    assert len(emulator.deliveries()) == 30 - outcomes.count("AMBIGUOUS")

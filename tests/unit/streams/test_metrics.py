@@ -186,15 +186,15 @@ def test_open_ambiguous_sends_are_a_gauge_and_lookups_are_timed() -> None:
     assert not p.processor.reconcile_index  # flagged for review: no lookup due...
     assert all(e.review_required for e in p.store.entries.values())
     # ...but still open, and still counted after a rebuild (a rebalance).
-    assert p.processor.rebuild_reconcile_index(p.store.ambiguous_entries()) == 0
+    assert p.processor.rebuild_reconcile_index(p.store.open_entries()) == 0
     assert readings.deltas()[0] == 2
 
     # A rebuild on a worker that owns none of them counts none.
     p.processor._owns = lambda partition: False
-    p.processor.rebuild_reconcile_index(p.store.ambiguous_entries())
+    p.processor.rebuild_reconcile_index(p.store.open_entries())
     assert readings.deltas()[0] == 0
     p.processor._owns = lambda partition: True
-    p.processor.rebuild_reconcile_index(p.store.ambiguous_entries())
+    p.processor.rebuild_reconcile_index(p.store.open_entries())
     assert readings.deltas()[0] == 2
     assert all(e.status is LedgerStatus.AMBIGUOUS for e in p.store.entries.values())
 

@@ -141,7 +141,7 @@ def _entry(key: str, status: LedgerStatus) -> LedgerEntry:
     )
 
 
-def test_the_ambiguous_scan_reads_active_partitions_only_and_names_them(tmp_path: Path) -> None:
+def test_the_open_scan_reads_active_partitions_only_and_names_them(tmp_path: Path) -> None:
     table = FakeTable(tmp_path)
     ledger = FaustLedgerStore(table, table.writer)
     entries = {
@@ -149,9 +149,11 @@ def test_the_ambiguous_scan_reads_active_partitions_only_and_names_them(tmp_path
         ("t:b", 1): LedgerStatus.SENT,
         ("t:c", 2): LedgerStatus.AMBIGUOUS,
         ("t:d", 3): LedgerStatus.AMBIGUOUS,  # a partition no longer assigned
+        ("t:e", 2): LedgerStatus.PENDING,  # an attempt a crash interrupted
+        ("t:f", 2): LedgerStatus.FAILED,
     }
     for (key, partition), status in entries.items():
         asyncio.run(ledger.put(_entry(key, status), partition))
     table.data.app.assignor.actives = {TP("ledger-changelog", 1), TP("ledger-changelog", 2)}
-    found = sorted((p, e.key) for p, e in ledger.ambiguous_entries())
-    assert found == [(1, "t:a"), (2, "t:c")]
+    found = sorted((p, e.key) for p, e in ledger.open_entries())
+    assert found == [(1, "t:a"), (2, "t:c"), (2, "t:e")]
