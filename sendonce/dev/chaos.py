@@ -15,7 +15,19 @@ or a dead letter and checks the invariants:
 * no idempotency key delivered more than once by the emulator (deliveries the emulator
   itself duplicated, flagged ``transport_duplicate``, are counted apart);
 * no intent record without a result or dead letter (``lost``);
+* no key left PENDING in the ledger (``stranded``): every key's latest state is final
+  or AMBIGUOUS, which ``sendonce review list`` shows an operator;
+* every poison record on an internal topic (a deferred intent with a malformed
+  ``sendonce-origin`` header, an undecodable operator command) is dead-lettered, and
+  the deferred one is never sent;
 * every AMBIGUOUS key was reconciled to SENT or is listed as open.
+
+Beyond the kills and provider faults, the workload mixes in garbage and oversize
+records on the intents topic and the poison records above, and the run sometimes
+plays an operator: AMBIGUOUS keys the emulator never delivered are resolved with
+``review resolve --as resend``. Half the seeds run the workers with the reconcile
+deadline policy ``resend``. Resends started after the origin offset was committed are
+exactly the attempts a crash can strand.
 
 The seed reproduces the workload and the schedule; the exact interleaving of worker
 threads, the broker and the emulator's draws does not repeat, so a failing seed shows
@@ -63,6 +75,13 @@ RECONCILE_DEADLINE_S = 20.0
 CRASH_WAIT_S = 45.0
 # A crash point armed for the N-th occurrence, N drawn from 1..this.
 CRASH_MAX_OCCURRENCE = 4
+# The workers' record limit (SENDONCE_MAX_RECORD_BYTES), low enough that an oversize
+# record for them is still one the broker and the publisher accept.
+MAX_RECORD_BYTES = 300_000
+# An operator resends an AMBIGUOUS key only this long after its result, and only when
+# the emulator has no delivery for it: every send in flight has landed by then (the
+# longest fault hangs twice the read timeout).
+RESEND_AFTER_S = 4 * READ_TIMEOUT_S
 
 
 def _stderr(message: str) -> None:
@@ -88,8 +107,15 @@ class ChaosReport:
     delivered_twice: int = 0
     transport_duplicates: int = 0
     lost: int = 0
+    stranded: int = 0
     ambiguous_open: int = 0
     reconciled: int = 0
+    # Poison records published on internal topics, and those found dead-lettered.
+    poison: int = 0
+    poison_dead_lettered: int = 0
+    poison_delivered: int = 0
+    operator_resends: int = 0
+    deadline_policy: str = "review"
     # Details beyond the summary line.
     outcomes: dict[str, int] = field(default_factory=dict)
     dead_letters: int = 0
@@ -105,13 +131,20 @@ class ChaosReport:
     delivered_twice_keys: list[str] = field(default_factory=list)
     lost_records: list[tuple[str, int, int]] = field(default_factory=list)
     open_ambiguous_keys: list[str] = field(default_factory=list)
+    stranded_keys: list[str] = field(default_factory=list)
     root: str = ""
     elapsed_s: float = 0.0
 
     @property
     def ok(self) -> bool:
-        """The guarantee held: nothing delivered twice, nothing lost."""
-        return self.delivered_twice == 0 and self.lost == 0
+        """The guarantee held: nothing delivered twice, nothing lost, nothing stranded."""
+        return (
+            self.delivered_twice == 0
+            and self.lost == 0
+            and self.stranded == 0
+            and self.poison_dead_lettered == self.poison
+            and self.poison_delivered == 0
+        )
 
     def summary(self) -> str:
         """The one summary line the issue asks for."""
@@ -120,6 +153,7 @@ class ChaosReport:
             f"rebalances={self.rebalances} broker_restarts={self.broker_restarts} "
             f"delivered_twice={self.delivered_twice} "
             f"transport_duplicates={self.transport_duplicates} lost={self.lost} "
+            f"stranded={self.stranded} poison={self.poison_dead_lettered}/{self.poison} "
             f"ambiguous_open={self.ambiguous_open} reconciled={self.reconciled} "
             f"seed={self.seed}"
         )
@@ -137,6 +171,8 @@ class ChaosReport:
             f"keyless_deliveries={self.keyless_deliveries} "
             f"sent_without_delivery={self.sent_without_delivery} "
             f"delivered_but_open={self.delivered_but_open} "
+            f"operator_resends={self.operator_resends} deadline_policy={self.deadline_policy} "
+            f"poison_delivered={self.poison_delivered} "
             f"result_id_mismatches={self.result_id_mismatches} drained={self.drained} "
             f"elapsed_s={self.elapsed_s:.0f} root={self.root}"
         )
@@ -147,9 +183,14 @@ class ChaosReport:
 
 @dataclass
 class PlannedRecord:
-    """One record to publish: a valid intent (``intent``) or garbage bytes (``raw``)."""
+    """One record to publish: a valid intent (``intent``) or garbage bytes (``raw``).
 
-    kind: str  # fresh | repeat | supplied | reuse | bad
+    ``poison-deferred`` (an intent for the deferred topic with a malformed origin
+    header) and ``poison-command`` (garbage for the operator commands topic) go to
+    internal topics; every other kind to the intents topic.
+    """
+
+    kind: str  # fresh | repeat | supplied | reuse | bad | oversize | poison-*
     intent: dict[str, Any] | None = None
     raw: bytes | None = None
 
@@ -186,9 +227,11 @@ def plan_workload(n: int, seed: int, bursts: int) -> list[list[PlannedRecord]]:
     bad = max(2, n // 200)
     pairs = max(2, n // 150)
     repeats = max(1, int(n * 0.35))
-    fresh = max(1, n - bad - 2 * pairs - repeats)
+    # Oversize and poison records: a few per run, whatever its size.
+    rare = max(1, min(5, n // 500))
+    fresh = max(1, n - bad - 2 * pairs - repeats - 3 * rare)
     kinds = ["fresh"] * fresh + ["repeat"] * repeats + ["supplied", "reuse"] * pairs
-    kinds += ["bad"] * bad
+    kinds += ["bad"] * bad + ["oversize", "poison-deferred", "poison-command"] * rare
     kinds = kinds[:n] if len(kinds) > n else kinds
     rng.shuffle(kinds)
     size = max(1, -(-len(kinds) // bursts))
@@ -204,6 +247,19 @@ def plan_workload(n: int, seed: int, bursts: int) -> list[list[PlannedRecord]]:
             if kind == "bad":
                 raw = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
                 burst.append(PlannedRecord("bad", raw=raw))
+                continue
+            if kind == "oversize":
+                length = MAX_RECORD_BYTES + rng.randrange(1, 20_000)
+                burst.append(PlannedRecord("oversize", raw=rng.randbytes(length)))
+                continue
+            if kind == "poison-command":
+                raw = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+                burst.append(PlannedRecord(kind, raw=raw))
+                continue
+            if kind == "poison-deferred":
+                poison = _fresh_intent(rng, seed, counter)
+                poison["source_event_id"] += "-poison"
+                burst.append(PlannedRecord(kind, intent=poison))
                 continue
             if kind == "reuse" and supplied:
                 original = supplied.pop(rng.randrange(len(supplied)))
@@ -299,7 +355,9 @@ class ChaosWorker:
 class Cluster:
     """The broker, the emulator and the worker processes of one run."""
 
-    def __init__(self, root: Path, seed: int, progress: Progress) -> None:
+    def __init__(
+        self, root: Path, seed: int, progress: Progress, deadline_policy: str = "review"
+    ) -> None:
         from sendonce.dev.kafka import LocalKafka
         from sendonce.emulator import GraphEmulator
         from sendonce.kafka.topics import create_topics
@@ -307,6 +365,7 @@ class Cluster:
 
         self.root = root
         self.progress = progress
+        self.deadline_policy = deadline_policy
         self.kafka = LocalKafka(root / "kafka", heap="1g")
         # Generous: the first run on a machine may resolve the broker jars.
         self.bootstrap = self.kafka.start(timeout=180)
@@ -347,7 +406,9 @@ class Cluster:
                 "SENDONCE_RECONCILE_GRACE_S": "1",
                 "SENDONCE_RECONCILE_INTERVAL_S": "1",
                 "SENDONCE_RECONCILE_DEADLINE_S": str(RECONCILE_DEADLINE_S),
+                "SENDONCE_RECONCILE_ON_DEADLINE": self.deadline_policy,
                 "SENDONCE_RECONCILE_TICK_S": "0.5",
+                "SENDONCE_MAX_RECORD_BYTES": str(MAX_RECORD_BYTES),
                 # Always set, so a SENDONCE_CRASH_AT in the harness's own
                 # environment cannot arm every worker.
                 "SENDONCE_CRASH_AT": worker.crash_at,
@@ -534,10 +595,13 @@ def run_chaos(
     keep: bool = False,
     progress: Progress = _stderr,
     crash_points: bool = True,
+    deadline_policy: str | None = None,
 ) -> ChaosReport:
     """Run one seeded torture run against the real system and check it.
 
     ``crash_points=False`` makes every kill a plain SIGKILL at a random moment.
+    ``deadline_policy`` (``review`` or ``resend``) is the workers'
+    ``SENDONCE_RECONCILE_ON_DEADLINE``; by default the seed picks one.
     """
     started = time.monotonic()
     own_root = root is None
@@ -554,19 +618,29 @@ def run_chaos(
         if e.action in ("kill", "crash", "add", "remove", "broker")
     ]
     progress(f"chaos: schedule {'; '.join(timetable)}")
-    report = ChaosReport(seed=seed, root=str(root))
-    cluster = Cluster(root, seed, progress)
+    if deadline_policy is None:
+        # Its own stream: the workload and the schedule stay as the seed made them.
+        deadline_policy = random.Random(f"policy-{seed}").choice(("review", "resend"))
+    progress(f"chaos: reconcile deadline policy {deadline_policy}")
+    report = ChaosReport(seed=seed, root=str(root), deadline_policy=deadline_policy)
+    cluster = Cluster(root, seed, progress, deadline_policy)
     try:
         for _ in range(workers):
             cluster.add_worker()
-        _execute(cluster, plan, events, rng, report)
+        internal = _InternalTopics(cluster, report)
+        operator = _Operator(cluster, report, seed)
+        _execute(cluster, plan, events, rng, report, internal, operator)
         cluster.emulator.clear_faults()
         # Settle any armed worker that already died at its point, so it is counted.
         cluster.check_workers()
         for w in cluster.workers:
             if not w.removed and not w.alive():
                 cluster.start(w)
-        _check(cluster, plan, report, drain_timeout)
+        try:
+            _check(cluster, plan, report, drain_timeout, internal, operator)
+        finally:
+            operator.close()
+            internal.close()
     finally:
         report.unexpected_worker_exits = cluster.unexpected_exits
         report.crash_points = dict(cluster.crash_points_fired)
@@ -588,12 +662,142 @@ def _wait_until(cluster: Cluster, at: float, t0: float) -> None:
         time.sleep(min(left, 0.5))
 
 
+class _InternalTopics:
+    """Publishes the poison records of the workload on the worker's internal topics."""
+
+    def __init__(self, cluster: Cluster, report: ChaosReport) -> None:
+        from confluent_kafka import Producer
+
+        from sendonce.kafka.clients import producer_config
+        from sendonce.schemas.codec import default_codec
+
+        self.settings = cluster.settings
+        self.report = report
+        self.codec = default_codec()
+        self.producer = Producer(producer_config(cluster.bootstrap))
+        #: Where each poison record landed, and the keys of the deferred ones.
+        self.coords: set[tuple[str, int, int]] = set()
+        self.deferred_keys: set[str] = set()
+        self.errors: list[str] = []
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.errors.append(str(err))
+        else:
+            self.coords.add((str(msg.topic()), int(msg.partition()), int(msg.offset())))
+
+    def publish(self, record: PlannedRecord) -> None:
+        from sendonce.keys import complete_intent, idempotency_key_for
+        from sendonce.streams.processor import ORIGIN_HEADER, partition_for_key
+
+        topics = self.settings.topics
+        if record.kind == "poison-deferred":
+            assert record.intent is not None
+            full = complete_intent(record.intent)
+            key = idempotency_key_for(full).value
+            self.deferred_keys.add(key)
+            # A valid intent on its key's partition whose lineage header is not
+            # ``topic:partition:offset``: dead-lettered as misrouted, never sent.
+            self.producer.produce(
+                topics.intents_deferred,
+                key=key.encode(),
+                value=self.codec.encode("EmailIntent", full),
+                partition=partition_for_key(key.encode(), self.settings.partitions),
+                headers=[(ORIGIN_HEADER, b"not a topic:partition:offset")],
+                on_delivery=self._delivered,
+            )
+        else:
+            key = f"poison-{self.report.intents}"
+            self.producer.produce(
+                topics.commands,
+                key=key.encode(),
+                value=record.raw,
+                partition=partition_for_key(key.encode(), self.settings.partitions),
+                on_delivery=self._delivered,
+            )
+        self.report.poison += 1
+
+    def flush(self) -> None:
+        left = self.producer.flush(120)
+        if left or self.errors:
+            raise RuntimeError(f"poison records not acknowledged: {left} left, {self.errors[:1]}")
+
+    def close(self) -> None:
+        # Released before the broker stops: an idle producer would log its refused
+        # reconnects on stderr until garbage-collected.
+        self.flush()
+        del self.producer
+
+
+class _Operator:
+    """Resolves AMBIGUOUS keys the emulator never delivered with ``resend``, as a person
+    would after checking with the recipient."""
+
+    def __init__(self, cluster: Cluster, report: ChaosReport, seed: int) -> None:
+        from sendonce.ops.results import ResultWatcher
+
+        self.rng = random.Random(f"operator-{seed}")
+        self.next_act = 0.0
+        self.cluster = cluster
+        self.report = report
+        topics = cluster.settings.topics
+        self.watcher = ResultWatcher(
+            cluster.bootstrap, [topics.results_sent, topics.results_ambiguous]
+        )
+        self.seen = 0
+        self.ambiguous_since: dict[str, float] = {}
+        self.sent: set[str] = set()
+        self.resent: set[str] = set()
+
+    def act(self, at_most: int = 3) -> None:
+        """Resend up to ``at_most`` AMBIGUOUS keys that are old enough and undelivered."""
+        from sendonce.ops.review import resolve
+
+        now = time.monotonic()
+        if now < self.next_act:
+            return
+        self.next_act = now + 2.0
+        self.watcher.poll(timeout=0.2)
+        for r in self.watcher.records[self.seen :]:
+            key = str(r.value.get("idempotency_key"))
+            if r.value.get("outcome") == "AMBIGUOUS":
+                self.ambiguous_since.setdefault(key, now)
+            elif r.value.get("outcome") == "SENT":
+                self.sent.add(key)
+        self.seen = len(self.watcher.records)
+        due = sorted(
+            key
+            for key, since in self.ambiguous_since.items()
+            if key not in self.sent and key not in self.resent and now - since >= RESEND_AFTER_S
+        )
+        for key in self.rng.sample(due, min(at_most, len(due))):
+            if self.cluster.emulator.deliveries(key=key):
+                continue  # it did go out: an operator would mark it sent, not resend
+            self.resent.add(key)
+            outcome = resolve(
+                self.cluster.settings,
+                key,
+                "resend",
+                "chaos: the recipient never got it",
+                "chaos@harness",
+                wait_s=0,
+            )
+            if outcome.published:
+                self.report.operator_resends += 1
+                self.cluster.progress(f"operator: resend {key}")
+
+    def close(self) -> None:
+        self.watcher.close()
+
+
 def _execute(
     cluster: Cluster,
     plan: list[list[PlannedRecord]],
     events: list[_Event],
     rng: random.Random,
     report: ChaosReport,
+    internal: _InternalTopics,
+    operator: _Operator,
 ) -> None:
     from sendonce.ops.publish import IntentPublisher
 
@@ -608,17 +812,21 @@ def _execute(
                 faults = burst_faults(rng)
                 cluster.emulator.set_faults(faults)
                 for record in plan[event.arg]:
-                    if record.intent is not None:
+                    if record.kind.startswith("poison-"):
+                        internal.publish(record)
+                    elif record.intent is not None:
                         publisher.publish(record.intent)
                     else:
                         publisher.publish_raw(f"garbage-{report.intents}".encode(), record.raw)
                     report.intents += 1
                 publisher.flush(120)
+                internal.flush()
                 progress_line = (
                     f"burst {event.arg + 1}/{len(plan)}: {len(plan[event.arg])} records, "
                     f"faults={[f['kind'] for f in faults]}"
                 )
                 cluster.progress(progress_line)
+                operator.act()
             elif event.action == "kill" and live:
                 # Spare armed workers where possible: killing one forfeits its crash point.
                 victim = rng.choice([w for w in live if not w.crash_at] or live)
@@ -669,6 +877,7 @@ def _execute(
                 report.broker_restarts += 1
                 cluster.progress("broker back")
         publisher.flush(120)
+        internal.flush()
     finally:
         with contextlib.suppress(Exception):
             publisher.close()
@@ -707,8 +916,24 @@ def _ambiguous_state(records: list[dict[str, Any]]) -> tuple[set[str], set[str],
     return ambiguous, sent, reconciled
 
 
+def _pending_keys(cluster: Cluster) -> list[str]:
+    """Keys whose latest ledger entry is PENDING, from the changelog (what a new owner
+    would recover)."""
+    from sendonce.ops.history import TopicReader, ledger_entries
+    from sendonce.streams.ledger import LedgerStatus
+
+    with TopicReader(cluster.bootstrap) as reader:
+        entries = ledger_entries(reader, cluster.settings, status=LedgerStatus.PENDING)
+    return sorted(entries)
+
+
 def _check(
-    cluster: Cluster, plan: list[list[PlannedRecord]], report: ChaosReport, drain_timeout: float
+    cluster: Cluster,
+    plan: list[list[PlannedRecord]],
+    report: ChaosReport,
+    drain_timeout: float,
+    internal: _InternalTopics,
+    operator: _Operator,
 ) -> None:
     from sendonce.ops.results import ResultWatcher, read_topics
 
@@ -736,14 +961,22 @@ def _check(
                 report.drained = True
                 break
             cluster.check_workers()
+            # The operator keeps working through the drain: resends are attempts too.
+            operator.act()
             if time.monotonic() - last_report > 10:
                 last_report = time.monotonic()
                 cluster.progress(f"draining: {len(missing)} of {len(expected)} records open")
-        # Settle: give ambiguous sends the reconcile deadline to be found or flagged.
+        # Settle: give ambiguous sends the reconcile deadline to be found or flagged,
+        # and interrupted attempts (PENDING) their lookup.
         settle = time.monotonic() + RECONCILE_DEADLINE_S + 15
+        next_ledger_read = 0.0
+        pending: list[str] = []
         while report.drained and time.monotonic() < settle:
+            if time.monotonic() >= next_ledger_read:
+                pending = _pending_keys(cluster)
+                next_ledger_read = time.monotonic() + 3
             ambiguous, sent, _ = _ambiguous_state([r.value for r in watcher.records])
-            if not ambiguous - sent:
+            if not ambiguous - sent and not pending:
                 break
             watcher.poll()
             cluster.check_workers()
@@ -761,6 +994,11 @@ def _check(
     lost = sorted(expected - covered)
     report.lost = len(lost)
     report.lost_records = lost[:50]
+    # Not final and not listed for review (``review list`` shows AMBIGUOUS entries).
+    stranded = _pending_keys(cluster)
+    report.stranded = len(stranded)
+    report.stranded_keys = stranded[:50]
+    report.poison_dead_lettered = len(internal.coords & covered)
 
     by_id: dict[str, dict[str, Any]] = {}
     outcomes: Counter[str] = Counter()
@@ -779,7 +1017,9 @@ def _check(
     report.outcomes = dict(outcomes)
     report.conflicts = outcomes.get("CONFLICT", 0)
     report.expected_conflicts = sum(r.kind == "reuse" for b in plan for r in b)
-    report.expected_dead_letters = sum(r.kind == "bad" for b in plan for r in b)
+    report.expected_dead_letters = sum(
+        r.kind in ("bad", "oversize") or r.kind.startswith("poison-") for b in plan for r in b
+    )
     report.dead_letters = len(
         {c for v in records if "result_id" not in v and (c := _coords_of(v)) is not None}
     )
@@ -796,6 +1036,7 @@ def _check(
             report.keyless_deliveries += 1
             continue
         per_key[str(d["idempotency_key"])] += 1
+    report.poison_delivered = len(internal.deferred_keys & set(per_key))
     twice = sorted(k for k, n in per_key.items() if n > 1)
     report.delivered_twice = len(twice)
     report.delivered_twice_keys = twice[:50]
@@ -818,6 +1059,8 @@ def _iter_lines(report: ChaosReport) -> Iterator[str]:
         yield f"delivered twice: {report.delivered_twice_keys}"
     if report.lost_records:
         yield f"lost (topic, partition, offset): {report.lost_records}"
+    if report.stranded_keys:
+        yield f"stranded (PENDING, not listed for review): {report.stranded_keys[:10]}"
     if report.open_ambiguous_keys:
         yield f"ambiguous open (review): {report.open_ambiguous_keys[:10]}"
 
@@ -833,7 +1076,8 @@ def add_cli(subparsers: Subparsers) -> None:
         description=(
             "Run the real system (own local broker, Graph emulator, worker processes) "
             "under a seeded schedule of SIGKILLs, rebalances, broker restarts and provider "
-            "faults, then check: no key delivered twice, no intent lost. Prints one "
+            "faults, then check: no key delivered twice, no intent lost, no key left "
+            "PENDING, every poison record dead-lettered. Prints one "
             "summary line; exits 1 when the guarantee broke."
         ),
     )
@@ -857,6 +1101,12 @@ def add_cli(subparsers: Subparsers) -> None:
         action="store_false",
         help="plain SIGKILLs only (default: kills also restart workers with SENDONCE_CRASH_AT)",
     )
+    p.add_argument(
+        "--deadline-policy",
+        choices=("review", "resend"),
+        default=None,
+        help="the workers' SENDONCE_RECONCILE_ON_DEADLINE (default: the seed picks one)",
+    )
     p.set_defaults(func=_cmd_chaos)
 
 
@@ -874,6 +1124,7 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
         root=args.root,
         keep=args.keep,
         crash_points=args.crash_points,
+        deadline_policy=args.deadline_policy,
     )
     for line in _iter_lines(report):
         print(line, flush=True)

@@ -31,6 +31,8 @@ def test_workload_plan_is_seeded_and_has_the_promised_mix() -> None:
     assert kinds.count("repeat") >= 0.3 * 600
     assert kinds.count("reuse") >= 2
     assert kinds.count("bad") >= 2
+    for rare in ("oversize", "poison-deferred", "poison-command"):
+        assert kinds.count(rare) >= 1, rare
 
 
 def _assert_guarantee(report: ChaosReport) -> None:
@@ -38,6 +40,9 @@ def _assert_guarantee(report: ChaosReport) -> None:
     print(report.details())
     assert report.delivered_twice == 0, (report.summary(), report.delivered_twice_keys)
     assert report.lost == 0, (report.summary(), report.lost_records)
+    assert report.stranded == 0, (report.summary(), report.stranded_keys)
+    assert report.poison_dead_lettered == report.poison, report.summary()
+    assert report.poison_delivered == 0, report.summary()
     assert report.drained, report.details()
 
 

@@ -171,3 +171,37 @@ def test_a_kill_while_a_mailbox_is_saturated_leaves_no_backlog_of_ambiguous_send
     for key in set(refs):
         assert len(emulator.deliveries(key=key)) <= 1, key
     assert len(emulator.deliveries()) == 30 - outcomes.count("AMBIGUOUS")
+
+
+def test_a_deadline_resend_interrupted_after_its_pending_write_still_ends(
+    pipeline: Pipeline, emulator: GraphEmulator
+) -> None:
+    # Issue 16, item 1: the reconciler's deadline resend runs long after the intent's
+    # offset was committed, so no redelivery comes back for it. The worker dies right
+    # after that attempt's PENDING write; its successor recovers the partition, looks
+    # the key up (the provider has nothing: AMBIGUOUS again, never a blind send), and
+    # the next deadline resend sends it once. Before: PENDING forever, no result.
+    lost = "lost@acme.example"
+    emulator.add_fault(
+        {"kind": "timeout", "mailbox": lost, "operations": ["send"], "count": 1, "deliver": False}
+    )
+    env = {
+        **graph_env(emulator),
+        "SENDONCE_RECONCILE_DEADLINE_S": "3",
+        "SENDONCE_RECONCILE_ON_DEADLINE": "resend",
+    }
+    # The first PENDING is the original attempt, the second the deadline resend.
+    first = pipeline.start_worker(**env, SENDONCE_CRASH_AT="after-pending:2")
+    [key] = pipeline.publish([intent(1, sender=lost)])
+    assert first.wait_exit(120) == -signal.SIGKILL, first.log()
+    assert "crash point after-pending reached (occurrence 2)" in first.log()
+    assert emulator.deliveries(key=key) == []
+
+    pipeline.start_worker(**env)
+    deadline = time.monotonic() + 120
+    while "SENT" not in [str(r.value["outcome"]) for r in pipeline.watcher.records]:
+        assert time.monotonic() < deadline, [r.value["outcome"] for r in pipeline.watcher.records]
+        pipeline.watcher.poll(timeout=0.5)
+    outcomes = [str(r.value["outcome"]) for r in pipeline.watcher.records]
+    assert outcomes[0] == "AMBIGUOUS" and outcomes[-1] == "SENT", outcomes
+    assert len(emulator.deliveries(key=key)) == 1
