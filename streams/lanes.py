@@ -16,7 +16,13 @@ see :mod:`sendonce.streams.offsets` for why Faust must not). Its contract:
   before table writes stop and the frontiers are forgotten; the next assignment starts
   from what the group committed;
 * a :class:`~sendonce.streams.offsets.HoleMender` timer processes records Faust never
-  delivered.
+  delivered: a partition's holes below its highest finished offset once its frontier
+  is stuck for :data:`MEND_STALL_S`, even while the lane is busy, and everything up to
+  the partition's end once the lane is idle as long too. The records of admitted
+  batches count as running (``Lane.enter``) until their batch ends, so the mender
+  never takes them for holes; and the mender's batch shares no key with a running
+  batch, while a batch starting meanwhile on one of its keys waits for it
+  (``Lane.mending``).
 
 It is apart from :mod:`sendonce.streams.app` (which assembles the app, its tables and
 agents) because this is where Faust's consumer, its rebalance callbacks and the pure
@@ -43,8 +49,9 @@ from sendonce.streams.store import PartitionNotOwnedError
 
 log = logging.getLogger("sendonce.worker")
 
-# How often the hole mender looks, and how long a frontier must be stuck (with its
-# lane idle) before records beyond it count as dropped rather than still on their way.
+# How often the hole mender looks, and how long a frontier must be stuck before the
+# offsets it waits for count as dropped rather than still on their way: below the
+# highest finished offset whatever the lane does, beyond it once the lane is idle too.
 MEND_TICK_S = 2.0
 MEND_STALL_S = 10.0
 # A rebalance waits this long at most for a lane's batch in flight to finish.
@@ -130,7 +137,7 @@ class SourceOffsets:
                 keys = frozenset(r.key for r in records)
                 earlier = [task for task, held in running if not held.isdisjoint(keys)]
                 # No await between the admission check and this: see Lane.enter.
-                lane.enter()
+                lane.enter(records)
                 task = asyncio.ensure_future(self._batch(lane, records, earlier, report))
                 running.append((task, keys))
                 await _reap(running, block=len(running) >= depth)
@@ -155,6 +162,7 @@ class SourceOffsets:
         try:
             if earlier:
                 await asyncio.wait(earlier)
+            await lane.after_mending(records)
             stats = await lane.process(records)
             metrics.BATCH_RECORDS.labels(lane.name).observe(len(records))
             await self.finished(records)
@@ -174,7 +182,7 @@ class SourceOffsets:
             await self._app.crash(exc)
             raise
         finally:
-            lane.leave()
+            lane.leave(records)
 
     def writable(self, topic: str, partition: int) -> bool:
         """Whether table writes for ``partition`` are allowed: owned and recovered.

@@ -183,6 +183,66 @@ def test_a_failing_batch_stops_the_lane_at_once_and_cancels_the_others() -> None
     assert sorted(cancelled) == [0, 2]
 
 
+def test_a_running_batchs_records_are_in_flight_not_holes_until_it_ends() -> None:
+    # Issue 16, item 5: the hole mender mends while the lane is busy, so it must tell
+    # a record still in a running batch from one Faust never delivered.
+    lane = Lane("intents", TOPIC, lambda records: asyncio.sleep(0))
+    seen: list[frozenset[int]] = []
+
+    async def process(records: list[ConsumedRecord]) -> None:
+        seen.append(lane.running_offsets(0))
+        await asyncio.sleep(0)
+
+    offsets = source_offsets(2)
+    offsets.finished = _finished  # type: ignore[method-assign]
+    lane.process = process
+
+    async def consume() -> None:
+        await offsets.run(
+            FakeStream([batch(("a", 0), ("b", 1)), batch(("c", 2))]), lane, lambda stats: None
+        )
+
+    asyncio.run(asyncio.wait_for(consume(), timeout=10))
+    assert seen[0] >= {0, 1} and 2 in seen[1]
+    assert lane.running_offsets(0) == frozenset() and lane.in_flight == 0
+
+
+def test_a_batch_sharing_a_key_with_records_being_mended_waits_for_them() -> None:
+    lane = Lane("intents", TOPIC, lambda records: asyncio.sleep(0))
+    log: list[str] = []
+    release = asyncio.Event()
+
+    async def process(records: list[ConsumedRecord]) -> None:
+        log.append(f"batch {[r.offset for r in records]}")
+
+    offsets = source_offsets(2)
+    offsets.finished = _finished  # type: ignore[method-assign]
+    lane.process = process
+
+    async def scenario() -> None:
+        mended = [ConsumedRecord(TOPIC, 0, 3, b"a", b"v")]
+
+        async def mend() -> None:
+            async with lane.mending(mended):
+                await release.wait()
+                log.append("mended [3]")
+
+        task = asyncio.ensure_future(mend())
+        await asyncio.sleep(0)
+        stream = FakeStream([batch(("b", 4)), batch(("a", 5))])
+        consumer = asyncio.ensure_future(offsets.run(stream, lane, lambda stats: None))
+        while "batch [4]" not in log:
+            await asyncio.sleep(0)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert log == ["batch [4]"], "offset 5 shares key a with the records being mended"
+        release.set()
+        await asyncio.wait_for(asyncio.gather(task, consumer), timeout=10)
+
+    asyncio.run(scenario())
+    assert log == ["batch [4]", "mended [3]", "batch [5]"]
+
+
 class QuietStream(FakeStream):
     """Delivers its batches, then waits for records that never come."""
 
