@@ -79,6 +79,51 @@ def test_same_key_different_body_is_a_conflict_and_sends_nothing(outbox: OutboxP
     assert conflict["error_code"] == "key_conflict"
 
 
+def test_same_key_template_with_another_subject_is_a_conflict(outbox: OutboxProvider) -> None:
+    # The template renders the body; the subject is sent as given, so it is content.
+    template = {"text_body": None, "template_id": "receipt-v1", "template_params": {"n": "1"}}
+    first = intent(1, **template)
+    second = intent(1, **template, subject="Your account is closed")
+    assert idempotency_key_for(second) == idempotency_key_for(first)
+    p = InMemoryPipeline(outbox)
+    run(p.run([p.intent_record(first)]))
+    run(p.run([p.intent_record(second)]))
+    assert len(eml_files(outbox)) == 1
+    assert [r["outcome"] for r in p.results()] == ["SENT", "CONFLICT"]
+
+
+class AcceptingRecorder:
+    """Accepts every email and keeps what it was given."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.sent: list[OutgoingEmail] = []
+
+    async def send(self, outgoing: OutgoingEmail) -> SendOutcome:
+        self.sent.append(outgoing)
+        return SendOutcome(SendStatus.ACCEPTED, self.name, provider_message_id="m1")
+
+    async def lookup(self, idempotency_key: str, message_id: str, sender: str) -> LookupResult:
+        raise AssertionError("no lookup expected")
+
+    async def close(self) -> None:
+        return None
+
+
+def test_two_spellings_of_one_idn_domain_are_one_email() -> None:
+    provider = AcceptingRecorder()
+    first = intent(1, sender="orders@xn--bcher-kva.example", to=["bob@b\u00fccher.example"])
+    second = intent(1, sender="orders@b\u00fccher.example", to=["Bob@XN--BCHER-KVA.example"])
+    p = InMemoryPipeline(provider)
+    run(p.run([p.intent_record(first)]))
+    run(p.run([p.intent_record(second)]))
+    assert [r["outcome"] for r in p.results()] == ["SENT", "DUPLICATE"]
+    # The provider gets the sender mailbox as the producer spelled it (version 1's form).
+    (sent,) = provider.sent
+    assert sent.sender == "orders@xn--bcher-kva.example"
+
+
 def test_bad_records_go_to_the_dlq_with_original_bytes_and_good_ones_still_resolve(
     outbox: OutboxProvider,
 ) -> None:
