@@ -697,6 +697,10 @@ class IntentIdentity:
     fingerprint: str
     #: The sender's mailbox as the provider gets it (``mailbox_address``).
     sender: str
+    #: This intent's fingerprint under version 1 of the key algorithm, where it
+    #: differs (a template intent with a subject or HTML body, which version 1 left
+    #: out): a ledger entry written before the upgrade holds that one.
+    earlier_fingerprints: tuple[str, ...] = ()
 
 
 def identify_intent(
@@ -722,18 +726,23 @@ def identify_intent(
             digest,
         )
         key = IdempotencyKey(value, tenant, False)
+    visible: dict[str, Any] = {
+        "sender": intent["sender"],
+        "to": _str_list(intent, "to", required=True),
+        "cc": _str_list(intent, "cc"),
+        "bcc": _str_list(intent, "bcc"),
+        "action_type": intent["action_type"],
+        "content_digest": digest,
+        "headers": _str_map(intent, "headers"),
+    }
     fingerprint = content_fingerprint(
-        sender=intent["sender"],
-        to=_str_list(intent, "to", required=True),
-        cc=_str_list(intent, "cc"),
-        bcc=_str_list(intent, "bcc"),
-        action_type=intent["action_type"],
-        content_digest=digest,
-        headers=_str_map(intent, "headers"),
-        subject=intent["subject"],
-        html_body=intent.get("html_body"),
+        **visible, subject=intent["subject"], html_body=intent.get("html_body")
     )
-    return IntentIdentity(key, fingerprint, mailbox_address(intent["sender"], field="sender"))
+    earlier: tuple[str, ...] = ()
+    if digest.startswith("tmpl:") and (intent["subject"] or intent.get("html_body")):
+        earlier = (content_fingerprint(**visible),)
+    sender = mailbox_address(intent["sender"], field="sender")
+    return IntentIdentity(key, fingerprint, sender, earlier)
 
 
 def _validated_content_digest(intent: Mapping[str, Any], max_body_bytes: int) -> str:

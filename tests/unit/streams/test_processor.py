@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,12 @@ from sendonce.connectors.base import (
     SendStatus,
 )
 from sendonce.connectors.outbox import OutboxProvider
-from sendonce.keys import complete_intent, idempotency_key_for
+from sendonce.keys import (
+    complete_intent,
+    content_digest,
+    content_fingerprint,
+    idempotency_key_for,
+)
 from sendonce.streams.processor import ConsumedRecord
 from sendonce.streams.testing import InMemoryPipeline, RecordingSink
 
@@ -90,6 +96,50 @@ def test_same_key_template_with_another_subject_is_a_conflict(outbox: OutboxProv
     run(p.run([p.intent_record(second)]))
     assert len(eml_files(outbox)) == 1
     assert [r["outcome"] for r in p.results()] == ["SENT", "CONFLICT"]
+
+
+def test_a_template_entry_written_under_key_version_1_still_recognises_its_repeat(
+    outbox: OutboxProvider,
+) -> None:
+    # An entry recorded before version 2 holds a fingerprint without the subject: a
+    # replay of that same intent after the upgrade is a DUPLICATE, not a CONFLICT.
+    template = {"text_body": None, "template_id": "receipt-v1", "template_params": {"n": "1"}}
+    first = intent(1, **template)
+    p = InMemoryPipeline(outbox)
+    run(p.run([p.intent_record(first)]))
+    [(partition, key)] = list(p.store.entries)
+    entry = p.store.entries[(partition, key)]
+    full = complete_intent(first, now_ms=0)
+    v1 = content_fingerprint(
+        sender=full["sender"],
+        to=full["to"],
+        cc=full["cc"] or [],
+        bcc=full["bcc"] or [],
+        action_type=full["action_type"],
+        content_digest=_template_digest(full),
+        headers=full["headers"] or {},
+    )
+    assert v1 != entry.content_fingerprint
+    p.store.entries[(partition, key)] = dataclasses.replace(entry, content_fingerprint=v1)
+    run(p.run([p.intent_record(first)]))
+    assert [r["outcome"] for r in p.results()] == ["SENT", "DUPLICATE"]
+    # Under version 1 another subject was a DUPLICATE too; a version 2 entry refuses it.
+    run(p.run([p.intent_record(intent(1, **template, subject="Another"))]))
+    assert [r["outcome"] for r in p.results()][-1] == "DUPLICATE"
+    p2 = InMemoryPipeline(outbox)
+    run(p2.run([p2.intent_record(first)]))
+    run(p2.run([p2.intent_record(intent(1, **template, subject="Another"))]))
+    assert [r["outcome"] for r in p2.results()] == ["SENT", "CONFLICT"]
+
+
+def _template_digest(full: dict[str, Any]) -> str:
+    return content_digest(
+        subject=full["subject"],
+        text_body=full["text_body"],
+        html_body=full["html_body"],
+        template_id=full["template_id"],
+        template_params=full["template_params"],
+    )
 
 
 class AcceptingRecorder:
