@@ -280,11 +280,23 @@ class SourceOffsets:
         app.on_partitions_revoked.connect(on_revoked)
         app.on_partitions_assigned.connect(on_assigned)
 
+        failing = False
+
         async def mend_tick() -> None:
+            nonlocal failing
             try:
                 await mender.tick()
             except Exception as exc:
-                log.warning("mending dropped records failed, retrying: %s", type(exc).__name__)
+                # Said once per run of failures: a broker that is away fails every tick.
+                log.log(
+                    logging.DEBUG if failing else logging.WARNING,
+                    "mending dropped records failed, retrying every %.0fs: %s",
+                    MEND_TICK_S,
+                    type(exc).__name__,
+                )
+                failing = True
+                return
+            failing = False
 
         app.timer(interval=MEND_TICK_S, name="sendonce.mend")(mend_tick)
 
