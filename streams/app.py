@@ -342,13 +342,18 @@ def _log_rebalances(app: faust.App, offsets: SourceOffsets) -> None:
 
 
 def _partitions(tps: Iterable[TP], topics: Iterable[str]) -> str:
-    """``topic 0-3,7 (5); ...`` for each of ``topics`` (the lanes' sources)."""
+    """``0-3,7 (5) of topic, topic; ...``: the partitions of each of ``topics`` (the
+    lanes' sources); co-partitioned topics with the same partitions share a group."""
     by_topic: dict[str, list[int]] = {topic: [] for topic in topics}
     for tp in tps:
         if tp.topic in by_topic:
             by_topic[tp.topic].append(tp.partition)
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for topic, ps in by_topic.items():
+        groups.setdefault(tuple(sorted(ps)), []).append(topic)
     return "; ".join(
-        f"{topic} {_ranges(sorted(ps)) or '-'} ({len(ps)})" for topic, ps in by_topic.items()
+        f"{_ranges(list(ps)) or 'none'} ({len(ps)}) of {', '.join(names)}"
+        for ps, names in groups.items()
     )
 
 

@@ -106,7 +106,13 @@ class SourceOffsets:
         """
         if not self.ready():
             if records:
-                log.info("dropped %d records delivered during a rebalance", len(records))
+                # While stopping, every batch Faust still hands over is dropped: one
+                # "stopping" line says it, not one line per batch.
+                log.log(
+                    logging.DEBUG if self._stopping else logging.INFO,
+                    "dropped %d records delivered during a rebalance or the stop",
+                    len(records),
+                )
             return []
         owned = self._assigned()
         return [r for r in records if TP(r.topic, r.partition) in owned]

@@ -54,8 +54,10 @@ def test_closing_the_consumer_while_a_fetch_backs_off_does_not_raise() -> None:
 
 
 def test_partition_lines_name_the_lanes_topics_with_ranges_and_counts() -> None:
-    tps = {TP("in", p) for p in (0, 1, 2, 5, 7, 8)} | {TP("changelog", 0)}
-    assert _partitions(tps, ["in", "deferred"]) == "in 0-2,5,7-8 (6); deferred - (0)"
+    tps = {TP(t, p) for p in (0, 1, 2, 5, 7, 8) for t in ("in", "cmd")} | {TP("changelog", 0)}
+    assert _partitions(tps, ["in", "deferred", "cmd"]) == (
+        "0-2,5,7-8 (6) of in, cmd; none (0) of deferred"
+    )
 
 
 def test_a_stop_that_outlives_its_bound_ends_the_process_with_exit_code_1() -> None:
