@@ -24,6 +24,9 @@ class SettingsError(ValueError):
 
 #: The smallest record limit that still holds a DeadLetter with a useful prefix.
 MIN_RECORD_BYTES = 64 * 1024
+#: What a revocation leaves of the rebalance timeout after its wait for the batches in
+#: flight: abandoning the ones still running, Faust's own revocation work, the rejoin.
+REVOKE_MARGIN_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -249,6 +252,17 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "SENDONCE_SESSION_TIMEOUT_S",
         "Consumer group session timeout: how long a dead worker keeps its partitions.",
     ),
+    "rebalance_timeout_s": (
+        "SENDONCE_REBALANCE_TIMEOUT_S",
+        "Consumer group rebalance timeout: how long the group waits for a worker to give "
+        "up its partitions and rejoin before it moves on without it.",
+    ),
+    "revoke_wait_s": (
+        "SENDONCE_REVOKE_WAIT_S",
+        "Longest a rebalance waits for the batches in flight; those still running then "
+        "are abandoned (no send starts after it). At most the rebalance timeout "
+        f"minus {REVOKE_MARGIN_S:.0f} s.",
+    ),
     "rocksdb_block_cache_mb": (
         "SENDONCE_ROCKSDB_BLOCK_CACHE_MB",
         "RocksDB block cache (MiB) shared by every table partition of the worker; "
@@ -382,6 +396,8 @@ class Settings:
     reconcile_tick_s: float = 1.0
     standby_replicas: int = 1
     session_timeout_s: float = 30.0
+    rebalance_timeout_s: float = 60.0
+    revoke_wait_s: float = 45.0
     rocksdb_block_cache_mb: int = 64
     rocksdb_write_buffer_mb: int = 4
     rocksdb_max_write_buffers: int = 2
@@ -492,6 +508,14 @@ class Settings:
             )
         if not self.bootstrap_servers.strip():
             raise SettingsError("SENDONCE_BOOTSTRAP_SERVERS is empty")
+        if not 0 < self.revoke_wait_s <= self.rebalance_timeout_s - REVOKE_MARGIN_S:
+            # Past the rebalance timeout the group moves on without this worker while
+            # its batches still run: a send could start after the partition moved.
+            raise SettingsError(
+                f"SENDONCE_REVOKE_WAIT_S={self.revoke_wait_s} must be above 0 and at most "
+                f"SENDONCE_REBALANCE_TIMEOUT_S ({self.rebalance_timeout_s}) minus "
+                f"{REVOKE_MARGIN_S:.0f} s"
+            )
 
     def _validate_graph(self) -> None:
         if not self.graph_tenant_id or not self.graph_client_id:
