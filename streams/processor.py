@@ -9,6 +9,12 @@ Per batch, records are split into *waves* so that each key appears at most once
 per wave: a key's second intent is decided only after its first one settled.
 Within a wave, keys are driven concurrently (provider calls bounded by a
 semaphore); every Persist is awaited before the next effect of that key.
+
+A batch is all or nothing for its sends once a key fails: the first failure (a
+partition that moved, :class:`~streams.store.PartitionNotOwnedError`, or the broker
+failing) cancels the wave's other keys, so none that still waits (for a mailbox
+permit, a retry's backoff) reaches the provider afterwards; and every provider call
+checks, right before it starts, that its partition is still owned and writable.
 """
 
 from __future__ import annotations
@@ -72,7 +78,7 @@ from sendonce.streams.ledger import (
     lookup_due_at_ms,
     message_id_for,
 )
-from sendonce.streams.store import OPEN_STATUSES, LedgerStore
+from sendonce.streams.store import OPEN_STATUSES, LedgerStore, PartitionNotOwnedError
 
 log = logging.getLogger("sendonce.worker")
 
@@ -335,7 +341,7 @@ class IntentProcessor:
                 stats.dead_lettered += 1
                 dead.append(self._dead_letter(record, bad))
         for wave in _waves(accepted):
-            await asyncio.gather(*(self._drive(item, stats) for item in wave))
+            await _all_or_none(self._drive(item, stats) for item in wave)
         await asyncio.gather(*dead)
         return stats
 
@@ -455,6 +461,7 @@ class IntentProcessor:
                             metrics.retry_waited(self.provider.name, decided_on, effect.delay_s)
                             await self._sleep(effect.delay_s)
                             await self._take_send_permit(permit, item)
+                        self._check_owned(partition)
                         stats.provider_calls += 1
                         outcome = await self._call(item, entry)
                         if outcome.status is SendStatus.ACCEPTED:
@@ -676,6 +683,16 @@ class IntentProcessor:
             first = IntentArrived(item.facts, self._clock(), self.settings.worker_id)
         await self._drive(item, stats, first)
 
+    def _check_owned(self, partition: int) -> None:
+        """Raise :class:`PartitionNotOwnedError` unless ``partition`` is still ours.
+
+        Checked right before a provider call, after every wait: the PENDING entry was
+        written while the partition was ours, but a rebalance may have moved it
+        since; the entry is left for its next owner to look up, never sent from here.
+        """
+        if not (self._owns(partition) and self.store.writable(partition)):
+            raise PartitionNotOwnedError(f"partition {partition} moved before the send")
+
     async def _call(self, item: _Accepted, entry: LedgerEntry) -> Any:
         intent = item.intent
         email = OutgoingEmail(
@@ -724,6 +741,38 @@ class IntentProcessor:
         value = self.codec.encode("EmailResult", result.to_avro())
         await self.sink.produce(topic, result.idempotency_key.encode(), value)
         metrics.INTENTS.labels(result.outcome.value).inc()
+
+
+async def _all_or_none(drives: Iterable[Awaitable[None]]) -> None:
+    """Run ``drives`` concurrently; the first to fail cancels the others, then raises.
+
+    Unlike ``asyncio.gather``, which leaves the siblings of a failed awaitable
+    running, so a key waiting for its permit would still send after the batch
+    was abandoned. The failure is raised as itself (not an exception group), so the
+    lane still tells a moved partition from a broken broker.
+    """
+    tasks = [asyncio.ensure_future(drive) for drive in drives]
+    if not tasks:
+        return
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        raise
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    for task in tasks:
+        if task in done and not task.cancelled():
+            error = task.exception()
+            if error is not None:
+                raise error
+    # Only a sibling cancelled by someone else can still hold an error here.
+    for task in tasks:
+        task.result()
 
 
 def _waves(items: Sequence[_Accepted]) -> list[list[_Accepted]]:
