@@ -209,6 +209,12 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "First retry delay; doubles per attempt (capped by the max delay).",
     ),
     "retry_max_delay_s": ("SENDONCE_RETRY_MAX_DELAY_S", "Upper bound of one retry delay."),
+    "retry_inline_max_s": (
+        "SENDONCE_RETRY_INLINE_MAX_S",
+        "Longest retry wait (backoff or the provider's Retry-After) slept inside an "
+        "intents batch; a longer one moves the intent to the deferred lane. Below "
+        "SENDONCE_REVOKE_WAIT_S.",
+    ),
     "max_body_bytes": (
         "SENDONCE_MAX_BODY_BYTES",
         "Largest accepted body (text + html); larger intents are refused by the publisher "
@@ -386,6 +392,7 @@ class Settings:
     retry_max_attempts: int = 5
     retry_base_delay_s: float = 0.5
     retry_max_delay_s: float = 30.0
+    retry_inline_max_s: float = 5.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     reconcile_grace_s: float = 30.0
@@ -515,6 +522,11 @@ class Settings:
                 f"SENDONCE_REVOKE_WAIT_S={self.revoke_wait_s} must be above 0 and at most "
                 f"SENDONCE_REBALANCE_TIMEOUT_S ({self.rebalance_timeout_s}) minus "
                 f"{REVOKE_MARGIN_S:.0f} s"
+            )
+        if not 0 <= self.retry_inline_max_s < self.revoke_wait_s:
+            raise SettingsError(
+                f"SENDONCE_RETRY_INLINE_MAX_S={self.retry_inline_max_s} must be at least 0 "
+                f"and below SENDONCE_REVOKE_WAIT_S ({self.revoke_wait_s})"
             )
 
     def _validate_graph(self) -> None:

@@ -74,6 +74,7 @@ from sendonce.streams.ledger import (
     ResultRecord,
     RetryPolicy,
     SendFinished,
+    WaitForRetry,
     decide,
     lookup_due_at_ms,
     message_id_for,
@@ -396,7 +397,7 @@ class IntentProcessor:
                 return
             self._admitted[sender] = self._admitted.get(sender, 0) + 1
             try:
-                await self._drive_locked(item, stats, first, entry)
+                await self._drive_locked(item, stats, first, entry, capped=deferrable)
             finally:
                 left = self._admitted[sender] - 1
                 if left:
@@ -425,9 +426,21 @@ class IntentProcessor:
         stats.deferred += 1
 
     async def _drive_locked(
-        self, item: _Accepted, stats: BatchStats, first: Event | None, entry: LedgerEntry | None
+        self,
+        item: _Accepted,
+        stats: BatchStats,
+        first: Event | None,
+        entry: LedgerEntry | None,
+        *,
+        capped: bool = False,
     ) -> None:
-        """Drive one key from ``entry`` (read under the key's lock) until no effect is left."""
+        """Drive one key from ``entry`` (read under the key's lock) until no effect is left.
+
+        ``capped``: an intents-lane record that may move to the deferred lane; a retry
+        wait longer than ``retry_inline_max_s`` moves it there instead of holding the
+        batch (and a rebalance waiting for the batch). Elsewhere (the deferred lane,
+        the reconciler, operator commands) the wait happens in line.
+        """
         partition = item.record.partition
         key = item.facts.key
         event: Event | None = first or IntentArrived(
@@ -439,7 +452,7 @@ class IntentProcessor:
             decided_on, event = event, None
             call = next((e for e in decision.effects if isinstance(e, CallProvider)), None)
             async with contextlib.AsyncExitStack() as permit:
-                if call is not None and call.delay_s <= 0:
+                if call is not None:
                     # The send's permit before its PENDING write: a key waits for a
                     # saturated mailbox without being PENDING, so a crash leaves at
                     # most the sends that could start to look up, not a backlog.
@@ -455,18 +468,27 @@ class IntentProcessor:
                         await self._emit(effect.result, stats)
                     elif isinstance(effect, CallProvider):
                         assert entry is not None
-                        if effect.delay_s > 0:
-                            # A retry's backoff; the entry is PENDING already (the
-                            # previous attempt's), the permit is taken after the wait.
-                            metrics.retry_waited(self.provider.name, decided_on, effect.delay_s)
-                            await self._sleep(effect.delay_s)
-                            await self._take_send_permit(permit, item)
                         self._check_owned(partition)
                         stats.provider_calls += 1
                         outcome = await self._call(item, entry)
                         if outcome.status is SendStatus.ACCEPTED:
                             self._crash.reached(AFTER_ACCEPT)
                         event = SendFinished(item.facts, effect.attempt_id, outcome, self._clock())
+                    elif isinstance(effect, WaitForRetry):
+                        # The refused attempt is recorded, the next one not written
+                        # yet: an interrupted wait leaves a key provably not sent.
+                        wait_s = max(0.0, (effect.until_ms - self._clock()) / 1000)
+                        if capped and wait_s > self.settings.retry_inline_max_s:
+                            await self._defer(item, stats)
+                            continue
+                        metrics.retry_waited(self.provider.name, decided_on, wait_s)
+                        await self._sleep(wait_s)
+                        # Decided again as of the due time at least: the wait is over.
+                        event = IntentArrived(
+                            item.facts,
+                            max(self._clock(), effect.until_ms),
+                            self.settings.worker_id,
+                        )
                     elif isinstance(effect, Refuse):
                         log.warning(
                             "operator command %s refused: %s",
@@ -676,7 +698,7 @@ class IntentProcessor:
         else:
             item = self._accept(record)
         stats.records += 1
-        first: Event = ReconcileDue(item.facts, self._clock())
+        first: Event = ReconcileDue(item.facts, self._clock(), content_available=record is not None)
         if entry.status not in OPEN_STATUSES:
             # Settled by an earlier tick that failed before emitting the result:
             # the origin record's result is emitted again (deterministic id).

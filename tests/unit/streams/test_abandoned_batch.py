@@ -110,11 +110,13 @@ def test_a_key_whose_partition_moved_cancels_the_sends_still_waiting_in_its_batc
     assert p.store.writes == []  # the waiting key never wrote its PENDING entry either
 
 
-class MovesDuringBackoff(MemoryLedgerStore):
-    """Loses every partition when :meth:`move` is called (a rebalance completed)."""
+class MovesAfterWrite(MemoryLedgerStore):
+    """Loses its partitions right after a given write was acknowledged (a rebalance
+    completing while the broker acknowledged it), or on :meth:`move`."""
 
-    def __init__(self) -> None:
+    def __init__(self, after_write: int | None = None) -> None:
         super().__init__()
+        self.after_write = after_write
         self.moved = False
 
     def move(self) -> None:
@@ -127,22 +129,37 @@ class MovesDuringBackoff(MemoryLedgerStore):
         if self.moved:
             raise PartitionNotOwnedError(f"partition {partition} is not owned")
         await super().put(entry, partition)
+        if len(self.writes) == self.after_write:
+            self.move()
 
 
-def test_a_retry_after_its_backoff_checks_that_the_partition_is_still_writable() -> None:
+def test_a_send_checks_that_its_partition_is_still_writable_right_before_it_starts() -> None:
+    provider = GatedMailbox()
+    provider.opened.set()
+    p = InMemoryPipeline(provider, settings=Settings(partitions=1, defer_after_s=0.0))
+    store = MovesAfterWrite(after_write=1)  # the PENDING entry is written, then it moves
+    p.store = p.processor.store = store
+    with pytest.raises(PartitionNotOwnedError):
+        asyncio.run(p.run([p.intent_record(intent(1, FAST))]))
+    assert provider.sent == []
+    [(_, pending)] = store.writes
+    assert pending.status.value == "PENDING"  # for the next owner to look up
+
+
+def test_a_partition_moving_during_a_retry_wait_leaves_the_key_provably_not_sent() -> None:
     provider = GatedMailbox(first=SendStatus.NOT_SENT_RETRYABLE)
     provider.opened.set()
     p = InMemoryPipeline(provider, settings=Settings(partitions=1, defer_after_s=0.0))
-    store = MovesDuringBackoff()
+    store = MovesAfterWrite()
     p.store = p.processor.store = store
 
     async def backoff(delay_s: float) -> None:
-        # The partition moves while the retry waits (its PENDING entry is written).
-        store.move()
+        store.move()  # the partition moves while the retry waits
 
     p.processor._sleep = backoff
     with pytest.raises(PartitionNotOwnedError):
         asyncio.run(p.run([p.intent_record(intent(1, FAST))]))
     assert len(provider.sent) == 1  # the first attempt only; the retry never started
-    [*_, last] = store.writes
-    assert last[1].status.value == "PENDING" and last[1].attempt_count == 2
+    [*_, (_, last)] = store.writes
+    # No attempt 2 was written: the next owner resumes the wait, it looks nothing up.
+    assert last.attempt_count == 1 and last.retry_at_ms is not None
