@@ -24,6 +24,9 @@ class SettingsError(ValueError):
 
 #: The smallest record limit that still holds a DeadLetter with a useful prefix.
 MIN_RECORD_BYTES = 64 * 1024
+#: What a revocation leaves of the rebalance timeout after its wait for the batches in
+#: flight: abandoning the ones still running, Faust's own revocation work, the rejoin.
+REVOKE_MARGIN_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,12 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "First retry delay; doubles per attempt (capped by the max delay).",
     ),
     "retry_max_delay_s": ("SENDONCE_RETRY_MAX_DELAY_S", "Upper bound of one retry delay."),
+    "retry_inline_max_s": (
+        "SENDONCE_RETRY_INLINE_MAX_S",
+        "Longest retry wait (backoff or the provider's Retry-After) slept inside an "
+        "intents batch; a longer one moves the intent to the deferred lane. Below "
+        "SENDONCE_REVOKE_WAIT_S.",
+    ),
     "max_body_bytes": (
         "SENDONCE_MAX_BODY_BYTES",
         "Largest accepted body (text + html); larger intents are refused by the publisher "
@@ -248,6 +257,17 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "session_timeout_s": (
         "SENDONCE_SESSION_TIMEOUT_S",
         "Consumer group session timeout: how long a dead worker keeps its partitions.",
+    ),
+    "rebalance_timeout_s": (
+        "SENDONCE_REBALANCE_TIMEOUT_S",
+        "Consumer group rebalance timeout: how long the group waits for a worker to give "
+        "up its partitions and rejoin before it moves on without it.",
+    ),
+    "revoke_wait_s": (
+        "SENDONCE_REVOKE_WAIT_S",
+        "Longest a rebalance waits for the batches in flight; those still running then "
+        "are abandoned (no send starts after it). At most the rebalance timeout "
+        f"minus {REVOKE_MARGIN_S:.0f} s.",
     ),
     "rocksdb_block_cache_mb": (
         "SENDONCE_ROCKSDB_BLOCK_CACHE_MB",
@@ -372,6 +392,7 @@ class Settings:
     retry_max_attempts: int = 5
     retry_base_delay_s: float = 0.5
     retry_max_delay_s: float = 30.0
+    retry_inline_max_s: float = 5.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     reconcile_grace_s: float = 30.0
@@ -382,6 +403,8 @@ class Settings:
     reconcile_tick_s: float = 1.0
     standby_replicas: int = 1
     session_timeout_s: float = 30.0
+    rebalance_timeout_s: float = 60.0
+    revoke_wait_s: float = 45.0
     rocksdb_block_cache_mb: int = 64
     rocksdb_write_buffer_mb: int = 4
     rocksdb_max_write_buffers: int = 2
@@ -492,6 +515,19 @@ class Settings:
             )
         if not self.bootstrap_servers.strip():
             raise SettingsError("SENDONCE_BOOTSTRAP_SERVERS is empty")
+        if not 0 < self.revoke_wait_s <= self.rebalance_timeout_s - REVOKE_MARGIN_S:
+            # Past the rebalance timeout the group moves on without this worker while
+            # its batches still run: a send could start after the partition moved.
+            raise SettingsError(
+                f"SENDONCE_REVOKE_WAIT_S={self.revoke_wait_s} must be above 0 and at most "
+                f"SENDONCE_REBALANCE_TIMEOUT_S ({self.rebalance_timeout_s}) minus "
+                f"{REVOKE_MARGIN_S:.0f} s"
+            )
+        if not 0 <= self.retry_inline_max_s < self.revoke_wait_s:
+            raise SettingsError(
+                f"SENDONCE_RETRY_INLINE_MAX_S={self.retry_inline_max_s} must be at least 0 "
+                f"and below SENDONCE_REVOKE_WAIT_S ({self.revoke_wait_s})"
+            )
 
     def _validate_graph(self) -> None:
         if not self.graph_tenant_id or not self.graph_client_id:

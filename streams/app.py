@@ -184,6 +184,8 @@ def build_worker_app(
         table_standby_replicas=settings.standby_replicas,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        # Explicit, since the revoke wait for batches in flight is validated below it.
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
         processing_guarantee="at_least_once",
         web_enabled=False,
         # Its recovery catches new table partitions up in bulk (streams.restore).

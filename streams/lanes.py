@@ -12,9 +12,13 @@ see :mod:`sendonce.streams.offsets` for why Faust must not). Its contract:
   a running one waits for it, and a batch's offsets reach
   :class:`~sendonce.streams.offsets.LaneOffsets` (which commits the frontier through the
   group member's consumer) only after every effect of the batch is durable;
-* on revocation it waits for each lane's batches in flight (up to :data:`REVOKE_WAIT_S`)
-  before table writes stop and the frontiers are forgotten; the next assignment starts
-  from what the group committed;
+* on revocation it waits for the lanes' batches in flight, up to ``revoke_wait_s``
+  (validated below the group's ``rebalance_timeout_s``, which the app hands Faust),
+  then abandons the batches still running (cancelled: no send of theirs starts after
+  it, nothing of them is committed) before table writes stop and the frontiers are
+  forgotten; the next assignment starts from what the group committed. Past the
+  rebalance timeout the group would move on without this worker while its batches
+  still pass their local ownership checks;
 * a :class:`~sendonce.streams.offsets.HoleMender` timer processes records Faust never
   delivered: a partition's holes below its highest finished offset once its frontier
   is stuck for :data:`MEND_STALL_S`, even while the lane is busy, and everything up to
@@ -54,8 +58,11 @@ log = logging.getLogger("sendonce.worker")
 # highest finished offset whatever the lane does, beyond it once the lane is idle too.
 MEND_TICK_S = 2.0
 MEND_STALL_S = 10.0
-# A rebalance waits this long at most for a lane's batch in flight to finish.
-REVOKE_WAIT_S = 120.0
+# A stopping worker waits this long at most for a lane's batch in flight to finish
+# (a rebalance waits settings.revoke_wait_s, bounded by the group's rebalance timeout).
+DRAIN_WAIT_S = 120.0
+# How long the abandoned batches get to unwind once cancelled (their finally blocks).
+ABANDON_WAIT_S = 5.0
 
 
 class SourceOffsets:
@@ -79,6 +86,9 @@ class SourceOffsets:
         self._actives: frozenset[TP] | None = None
         #: Set when the worker stops: no new batch starts (see :meth:`drain`).
         self._stopping = False
+        #: The lanes' admitted batches running now, and those a revocation abandoned.
+        self._batches: set[asyncio.Task[Any]] = set()
+        self._abandoned: set[asyncio.Task[Any]] = set()
 
     def lane(self, name: str, topic: str, process: Any) -> Lane:
         """Register a lane (one agent over ``topic``)."""
@@ -145,6 +155,8 @@ class SourceOffsets:
                 # No await between the admission check and this: see Lane.enter.
                 lane.enter(records)
                 task = asyncio.ensure_future(self._batch(lane, records, earlier, report))
+                self._batches.add(task)
+                task.add_done_callback(self._batches.discard)
                 running.append((task, keys))
                 await _reap(running, block=len(running) >= depth)
             while running:
@@ -178,7 +190,13 @@ class SourceOffsets:
             # nothing of it is committed, and its new owner reads it again.
             log.info("%s: batch abandoned, a partition moved to another worker", lane.name)
         except asyncio.CancelledError:
-            raise
+            task = asyncio.current_task()
+            if task not in self._abandoned:
+                raise
+            # Cancelled by a revocation that could not wait longer: like a moved
+            # partition, nothing of it is committed and the next owner reads it again.
+            self._abandoned.discard(task)
+            log.warning("%s: batch abandoned, the rebalance could not wait longer", lane.name)
         except Exception as exc:
             # Bad input never gets here (it is dead-lettered); this is the
             # broker or the disk failing. Stop the worker without committing the
@@ -233,13 +251,15 @@ class SourceOffsets:
     async def revoked(self) -> None:
         """Partitions are being revoked: let the batches in flight finish, then stop.
 
-        Faust waits for acked messages only; ours are not, so wait for each lane's
-        batch in flight here. Otherwise the next owner could process a key while this
-        worker is still between its PENDING write and its send.
+        Faust waits for acked messages only; ours are not, so wait for the lanes'
+        batches in flight here. Otherwise the next owner could process a key while this
+        worker is still between its PENDING write and its send. The wait is bounded
+        below the group's rebalance timeout: the batches still running then are
+        cancelled, so none of their sends starts once the group moved on.
         """
-        for lane in self._lanes:
-            if not await lane.wait_idle(REVOKE_WAIT_S):
-                log.warning("%s: batch still running after %.0fs", lane.name, REVOKE_WAIT_S)
+        wait_s = self._settings.revoke_wait_s
+        if not await self._all_idle(wait_s):
+            await self._abandon(wait_s)
         # From here until the tables are recovered for the next assignment,
         # nothing writes to them (see FaustTableBytes).
         for name in self._tables:
@@ -264,8 +284,40 @@ class SourceOffsets:
                 log.info(
                     "%s: stopping, waiting for %d batches in flight", lane.name, lane.in_flight
                 )
-            if not await lane.wait_idle(REVOKE_WAIT_S):
-                log.warning("%s: batch still running after %.0fs", lane.name, REVOKE_WAIT_S)
+            if not await lane.wait_idle(DRAIN_WAIT_S):
+                log.warning("%s: batch still running after %.0fs", lane.name, DRAIN_WAIT_S)
+
+    async def _all_idle(self, timeout: float) -> bool:
+        """Wait until no lane runs a batch; False if ``timeout`` seconds passed first.
+
+        One deadline for all lanes: the rebalance timeout bounds the whole revocation.
+        """
+        waits = [asyncio.ensure_future(lane.wait_idle(timeout)) for lane in self._lanes]
+        return all(await asyncio.gather(*waits)) if waits else True
+
+    async def _abandon(self, waited_s: float) -> None:
+        """Cancel the admitted batches still running after the revoke wait.
+
+        A batch cancelled between its PENDING write and the provider's answer leaves
+        an entry the next owner looks up (it never sends blind); one cancelled before
+        its PENDING write leaves nothing. Mended batches are not cancelled here: the
+        writes and sends they would make after this fail the ownership checks
+        (tables not writable until recovered again).
+        """
+        running = [task for task in self._batches if not task.done()]
+        for lane in self._lanes:
+            if lane.in_flight:
+                log.warning(
+                    "%s: %d batches still running after %.0fs of rebalance, abandoning them",
+                    lane.name,
+                    lane.in_flight,
+                    waited_s,
+                )
+        for task in running:
+            self._abandoned.add(task)
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=ABANDON_WAIT_S)
 
     def assigned(self) -> None:
         """Partitions were assigned: a new generation starts from what the group committed."""

@@ -18,6 +18,16 @@ States: no entry -> PENDING -> SENT | FAILED | AMBIGUOUS; AMBIGUOUS -> SENT
 (reconciled) | PENDING (provably not sent, new attempt). Every PENDING entry ends:
 its own drive settles it, or, when a crash or a rebalance interrupted that drive,
 the reconciler looks it up (:func:`lookup_due_at_ms`) and settles it from the answer.
+
+A retry that must wait (a backoff, the provider's Retry-After) waits *before* its
+attempt is written: the entry stays PENDING with the refused attempt finished and
+``retry_at_ms`` set (:func:`retry_waiting`), and :class:`WaitForRetry` tells the shell
+to decide again once it is due. Such an entry has no attempt in flight, so nothing
+about it is looked up: whoever drives the key next (the same drive after its wait,
+a redelivered intent, the deferred lane, the reconciler once it is due) starts the
+next attempt when the time comes. A wait cut short by a crash or a rebalance thus
+leaves a key provably not sent, not a PENDING attempt that never reached the
+provider and could only be looked up.
 """
 
 from __future__ import annotations
@@ -197,6 +207,9 @@ class LedgerEntry(ProviderEvidence):
     lookups: int = 0
     #: Reconciliation gave up under the ``review`` policy: an operator decides.
     review_required: bool = False
+    #: PENDING entries whose last attempt provably never reached the provider: when
+    #: the next attempt is due (see :func:`retry_waiting`); no attempt is in flight.
+    retry_at_ms: int | None = None
     #: Operator commands applied to (or refused for) this entry, oldest first.
     audit: tuple[AuditRecord, ...] = ()
     #: Fields a newer version wrote that this one does not know (a rollback after an
@@ -207,11 +220,17 @@ class LedgerEntry(ProviderEvidence):
         """Serialise for the table and its changelog (compact JSON).
 
         The same bytes as ``json.dumps(asdict(entry), sort_keys=True)`` with the status
-        as its value, built without ``asdict``: its recursive deep copy was the largest
-        single cost of a ledger write in the worker's profile.
+        as its value and an unset ``retry_at_ms`` left out, built without ``asdict``:
+        its recursive deep copy was the largest single cost of a ledger write in the
+        worker's profile.
         """
         data = dict(self.__dict__)
         data.update(data.pop("unknown_fields"))
+        if data["retry_at_ms"] is None:
+            # Only an entry waiting for its retry carries it: every other entry keeps
+            # the bytes it had before the field existed (and an older version reads
+            # a waiting entry as PENDING, with the field kept aside).
+            del data["retry_at_ms"]
         data["status"] = self.status.value
         data["origin"] = dict(self.origin.__dict__)
         data["attempts"] = [
@@ -354,6 +373,8 @@ class ReconcileDue:
 
     intent: IntentFacts
     now_ms: int
+    #: Whether the shell could read the origin intent's content (a retry due needs it).
+    content_available: bool = True
 
 
 #: What an operator may decide about an AMBIGUOUS entry.
@@ -408,11 +429,22 @@ class Persist:
 
 @dataclass(frozen=True)
 class CallProvider:
-    """Send attempt ``attempt_id`` (number ``number``) after ``delay_s`` seconds."""
+    """Send attempt ``attempt_id`` (number ``number``) now."""
 
     attempt_id: str
     number: int
-    delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class WaitForRetry:
+    """The next attempt is due at ``until_ms``: wait, then decide again.
+
+    Nothing is in flight meanwhile; the shell may wait in line, move the intent to
+    a lane where waiting is cheap, or leave the key to the reconciler, which starts
+    the attempt once it is due.
+    """
+
+    until_ms: int
 
 
 @dataclass(frozen=True)
@@ -437,7 +469,7 @@ class Refuse:
     reason: str
 
 
-Effect = Persist | CallProvider | Reconcile | Emit | Refuse
+Effect = Persist | CallProvider | Reconcile | Emit | Refuse | WaitForRetry
 
 
 @dataclass(frozen=True)
@@ -530,8 +562,9 @@ def decide(
         return _on_reconcile_due(entry, event, reconcile)
     if isinstance(event, CommandArrived):
         return _on_command(entry, event)
-    if entry is None or entry.attempt_id != event.attempt_id:
-        # A late answer for an attempt the ledger has moved past: nothing to do.
+    if entry is None or entry.attempt_id != event.attempt_id or retry_waiting(entry):
+        # A late answer for an attempt the ledger has moved past (or already
+        # recorded as refused): nothing to do.
         return Decision(entry)
     if isinstance(event, SendFinished):
         return _on_send_finished(entry, event, policy, reconcile)
@@ -550,8 +583,19 @@ def lookup_due_at_ms(entry: LedgerEntry, reconcile: ReconcilePolicy) -> int | No
     if entry.status is LedgerStatus.AMBIGUOUS:
         return entry.next_lookup_at_ms
     if entry.status is LedgerStatus.PENDING:
+        if entry.retry_at_ms is not None:
+            # Not a lookup: the next attempt, once due (see retry_waiting).
+            return entry.retry_at_ms
         return entry.updated_at_ms + int(reconcile.grace_s * 1000)
     return None
+
+
+def retry_waiting(entry: LedgerEntry | None) -> bool:
+    """Whether ``entry`` waits for its next attempt: its last one provably never
+    reached the provider, and no attempt is in flight (nothing to look up)."""
+    return (
+        entry is not None and entry.status is LedgerStatus.PENDING and entry.retry_at_ms is not None
+    )
 
 
 def _on_reconcile_due(
@@ -560,6 +604,19 @@ def _on_reconcile_due(
     due = None if entry is None else lookup_due_at_ms(entry, reconcile)
     if entry is None or due is None or event.now_ms < due:
         return Decision(entry)
+    if retry_waiting(entry):
+        if event.content_available:
+            return _new_attempt(entry, event.intent, event.now_ms)
+        # Past retention before its retry: provably never sent, and never will be.
+        failed = replace(
+            entry,
+            status=LedgerStatus.FAILED,
+            updated_at_ms=event.now_ms,
+            retry_at_ms=None,
+            error_code="retry_impossible",
+            error_message="not sent; the intent record was gone before its retry was due",
+        )
+        return _settled(failed, event.intent, event.now_ms)
     return Decision(entry, (Reconcile(entry.attempt_id),))
 
 
@@ -590,6 +647,12 @@ def _on_intent(entry: LedgerEntry | None, event: IntentArrived) -> Decision:
         and entry.content_fingerprint not in intent.earlier_fingerprints
     ):
         return Decision(entry, (Emit(_conflict(entry, intent, event.now_ms, event.worker)),))
+
+    if retry_waiting(entry):
+        assert entry.retry_at_ms is not None
+        if event.now_ms >= entry.retry_at_ms:
+            return _new_attempt(entry, intent, event.now_ms)
+        return Decision(entry, (WaitForRetry(entry.retry_at_ms),))
 
     if entry.status is LedgerStatus.PENDING:
         # Only a crashed attempt leaves PENDING behind (the shell finishes each
@@ -639,7 +702,7 @@ def _on_send_finished(
             )
             return _settled(failed, event.intent, event.now_ms)
         delay = policy.delay_for(entry.attempt_count, outcome.retry_after_s)
-        return _new_attempt(base, event.intent, event.now_ms, delay)
+        return _retry(base, event.intent, event.now_ms, delay)
     # AMBIGUOUS: record it durably with its lookup schedule and report it; the
     # reconciler looks it up after the grace period (a provider's Sent Items
     # lag behind its acceptance) and never resends blind.
@@ -711,9 +774,7 @@ def _on_lookup_finished(
                 "retry_budget_exhausted",
                 f"not sent after {entry.attempt_count} attempts, each proven undelivered",
             )
-        return _new_attempt(
-            base, event.intent, event.now_ms, policy.delay_for(entry.attempt_count, None)
-        )
+        return _retry(base, event.intent, event.now_ms, policy.delay_for(entry.attempt_count, None))
     if entry.status is LedgerStatus.PENDING:
         # A crashed attempt the provider cannot vouch for (yet): ambiguous, and
         # reported as such, with lookups scheduled.
@@ -732,7 +793,7 @@ def _on_lookup_finished(
     deadline = entry.lookup_deadline_ms
     if deadline is not None and event.now_ms >= deadline:
         if reconcile.on_deadline == "resend" and entry.attempt_count < policy.max_attempts:
-            return _new_attempt(base, event.intent, event.now_ms, 0.0)
+            return _new_attempt(base, event.intent, event.now_ms)
         review = replace(base, next_lookup_at_ms=None, review_required=True)
         return Decision(review, (Persist(review),))
     later = replace(
@@ -751,7 +812,7 @@ def _on_command(entry: LedgerEntry | None, event: CommandArrived) -> Decision:
         # Delivered again (a crash before its offset was committed). Applied once;
         # a resend that crashed after its PENDING write is a crashed attempt like
         # any other: look it up, never send blind.
-        if entry.status is LedgerStatus.PENDING:
+        if entry.status is LedgerStatus.PENDING and not retry_waiting(entry):
             return Decision(entry, (Reconcile(entry.attempt_id),))
         return Decision(entry)
 
@@ -809,7 +870,6 @@ def _on_command(entry: LedgerEntry | None, event: CommandArrived) -> Decision:
         replace(resolved, audit=audit("applied", f"resend approved: attempt {number}")),
         event.intent,
         event.now_ms,
-        0.0,
     )
 
 
@@ -825,7 +885,25 @@ def _fail(base: LedgerEntry, event: LookupFinished, code: str, message: str) -> 
     return _settled(failed, event.intent, event.now_ms)
 
 
-def _new_attempt(base: LedgerEntry, intent: IntentFacts, now_ms: int, delay_s: float) -> Decision:
+def _retry(base: LedgerEntry, intent: IntentFacts, now_ms: int, delay_s: float) -> Decision:
+    """The next attempt after an attempt provably never sent: now, or once ``delay_s``
+    passed. A wait is recorded first, the attempt is written only when it is due."""
+    if delay_s <= 0:
+        return _new_attempt(base, intent, now_ms)
+    retry_at_ms = now_ms + int(delay_s * 1000)
+    waiting = replace(
+        base,
+        status=LedgerStatus.PENDING,
+        updated_at_ms=now_ms,
+        retry_at_ms=retry_at_ms,
+        next_lookup_at_ms=None,
+        lookup_deadline_ms=None,
+        review_required=False,
+    )
+    return Decision(waiting, (Persist(waiting), WaitForRetry(retry_at_ms)))
+
+
+def _new_attempt(base: LedgerEntry, intent: IntentFacts, now_ms: int) -> Decision:
     number = base.attempt_count + 1
     attempt_id = attempt_id_for(base.key, number)
     pending = replace(
@@ -838,8 +916,9 @@ def _new_attempt(base: LedgerEntry, intent: IntentFacts, now_ms: int, delay_s: f
         next_lookup_at_ms=None,
         lookup_deadline_ms=None,
         review_required=False,
+        retry_at_ms=None,
     )
-    return Decision(pending, (Persist(pending), CallProvider(attempt_id, number, delay_s)))
+    return Decision(pending, (Persist(pending), CallProvider(attempt_id, number)))
 
 
 def _finish_attempt(

@@ -9,6 +9,12 @@ Per batch, records are split into *waves* so that each key appears at most once
 per wave: a key's second intent is decided only after its first one settled.
 Within a wave, keys are driven concurrently (provider calls bounded by a
 semaphore); every Persist is awaited before the next effect of that key.
+
+A batch is all or nothing for its sends once a key fails: the first failure (a
+partition that moved, :class:`~streams.store.PartitionNotOwnedError`, or the broker
+failing) cancels the wave's other keys, so none that still waits (for a mailbox
+permit, a retry's backoff) reaches the provider afterwards; and every provider call
+checks, right before it starts, that its partition is still owned and writable.
 """
 
 from __future__ import annotations
@@ -68,11 +74,12 @@ from sendonce.streams.ledger import (
     ResultRecord,
     RetryPolicy,
     SendFinished,
+    WaitForRetry,
     decide,
     lookup_due_at_ms,
     message_id_for,
 )
-from sendonce.streams.store import OPEN_STATUSES, LedgerStore
+from sendonce.streams.store import OPEN_STATUSES, LedgerStore, PartitionNotOwnedError
 
 log = logging.getLogger("sendonce.worker")
 
@@ -335,7 +342,7 @@ class IntentProcessor:
                 stats.dead_lettered += 1
                 dead.append(self._dead_letter(record, bad))
         for wave in _waves(accepted):
-            await asyncio.gather(*(self._drive(item, stats) for item in wave))
+            await _all_or_none(self._drive(item, stats) for item in wave)
         await asyncio.gather(*dead)
         return stats
 
@@ -390,7 +397,7 @@ class IntentProcessor:
                 return
             self._admitted[sender] = self._admitted.get(sender, 0) + 1
             try:
-                await self._drive_locked(item, stats, first, entry)
+                await self._drive_locked(item, stats, first, entry, capped=deferrable)
             finally:
                 left = self._admitted[sender] - 1
                 if left:
@@ -419,9 +426,21 @@ class IntentProcessor:
         stats.deferred += 1
 
     async def _drive_locked(
-        self, item: _Accepted, stats: BatchStats, first: Event | None, entry: LedgerEntry | None
+        self,
+        item: _Accepted,
+        stats: BatchStats,
+        first: Event | None,
+        entry: LedgerEntry | None,
+        *,
+        capped: bool = False,
     ) -> None:
-        """Drive one key from ``entry`` (read under the key's lock) until no effect is left."""
+        """Drive one key from ``entry`` (read under the key's lock) until no effect is left.
+
+        ``capped``: an intents-lane record that may move to the deferred lane; a retry
+        wait longer than ``retry_inline_max_s`` moves it there instead of holding the
+        batch (and a rebalance waiting for the batch). Elsewhere (the deferred lane,
+        the reconciler, operator commands) the wait happens in line.
+        """
         partition = item.record.partition
         key = item.facts.key
         event: Event | None = first or IntentArrived(
@@ -433,7 +452,7 @@ class IntentProcessor:
             decided_on, event = event, None
             call = next((e for e in decision.effects if isinstance(e, CallProvider)), None)
             async with contextlib.AsyncExitStack() as permit:
-                if call is not None and call.delay_s <= 0:
+                if call is not None:
                     # The send's permit before its PENDING write: a key waits for a
                     # saturated mailbox without being PENDING, so a crash leaves at
                     # most the sends that could start to look up, not a backlog.
@@ -449,17 +468,27 @@ class IntentProcessor:
                         await self._emit(effect.result, stats)
                     elif isinstance(effect, CallProvider):
                         assert entry is not None
-                        if effect.delay_s > 0:
-                            # A retry's backoff; the entry is PENDING already (the
-                            # previous attempt's), the permit is taken after the wait.
-                            metrics.retry_waited(self.provider.name, decided_on, effect.delay_s)
-                            await self._sleep(effect.delay_s)
-                            await self._take_send_permit(permit, item)
+                        self._check_owned(partition)
                         stats.provider_calls += 1
                         outcome = await self._call(item, entry)
                         if outcome.status is SendStatus.ACCEPTED:
                             self._crash.reached(AFTER_ACCEPT)
                         event = SendFinished(item.facts, effect.attempt_id, outcome, self._clock())
+                    elif isinstance(effect, WaitForRetry):
+                        # The refused attempt is recorded, the next one not written
+                        # yet: an interrupted wait leaves a key provably not sent.
+                        wait_s = max(0.0, (effect.until_ms - self._clock()) / 1000)
+                        if capped and wait_s > self.settings.retry_inline_max_s:
+                            await self._defer(item, stats)
+                            continue
+                        metrics.retry_waited(self.provider.name, decided_on, wait_s)
+                        await self._sleep(wait_s)
+                        # Decided again as of the due time at least: the wait is over.
+                        event = IntentArrived(
+                            item.facts,
+                            max(self._clock(), effect.until_ms),
+                            self.settings.worker_id,
+                        )
                     elif isinstance(effect, Refuse):
                         log.warning(
                             "operator command %s refused: %s",
@@ -669,12 +698,22 @@ class IntentProcessor:
         else:
             item = self._accept(record)
         stats.records += 1
-        first: Event = ReconcileDue(item.facts, self._clock())
+        first: Event = ReconcileDue(item.facts, self._clock(), content_available=record is not None)
         if entry.status not in OPEN_STATUSES:
             # Settled by an earlier tick that failed before emitting the result:
             # the origin record's result is emitted again (deterministic id).
             first = IntentArrived(item.facts, self._clock(), self.settings.worker_id)
         await self._drive(item, stats, first)
+
+    def _check_owned(self, partition: int) -> None:
+        """Raise :class:`PartitionNotOwnedError` unless ``partition`` is still ours.
+
+        Checked right before a provider call, after every wait: the PENDING entry was
+        written while the partition was ours, but a rebalance may have moved it
+        since; the entry is left for its next owner to look up, never sent from here.
+        """
+        if not (self._owns(partition) and self.store.writable(partition)):
+            raise PartitionNotOwnedError(f"partition {partition} moved before the send")
 
     async def _call(self, item: _Accepted, entry: LedgerEntry) -> Any:
         intent = item.intent
@@ -724,6 +763,38 @@ class IntentProcessor:
         value = self.codec.encode("EmailResult", result.to_avro())
         await self.sink.produce(topic, result.idempotency_key.encode(), value)
         metrics.INTENTS.labels(result.outcome.value).inc()
+
+
+async def _all_or_none(drives: Iterable[Awaitable[None]]) -> None:
+    """Run ``drives`` concurrently; the first to fail cancels the others, then raises.
+
+    Unlike ``asyncio.gather``, which leaves the siblings of a failed awaitable
+    running, so a key waiting for its permit would still send after the batch
+    was abandoned. The failure is raised as itself (not an exception group), so the
+    lane still tells a moved partition from a broken broker.
+    """
+    tasks = [asyncio.ensure_future(drive) for drive in drives]
+    if not tasks:
+        return
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        raise
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    for task in tasks:
+        if task in done and not task.cancelled():
+            error = task.exception()
+            if error is not None:
+                raise error
+    # Only a sibling cancelled by someone else can still hold an error here.
+    for task in tasks:
+        task.result()
 
 
 def _waves(items: Sequence[_Accepted]) -> list[list[_Accepted]]:

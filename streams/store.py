@@ -30,6 +30,14 @@ class LedgerStore(Protocol):
         """Store ``entry``; returns once it is durable."""
         ...
 
+    def writable(self, partition: int) -> bool:
+        """Whether ``put`` for ``partition`` is allowed now (owned, recovered).
+
+        A provider call checks it right before it starts: a key that waited (for a
+        mailbox permit, a retry's backoff) must not send once its partition moved.
+        """
+        ...
+
     def open_entries(self) -> Iterator[tuple[int, LedgerEntry]]:
         """Every PENDING or AMBIGUOUS entry held for an active partition, with its partition."""
         ...
@@ -50,6 +58,10 @@ class MemoryLedgerStore:
         """Store ``entry`` (immediately durable: it is memory)."""
         self.entries[(partition, entry.key)] = entry
         self.writes.append((partition, entry))
+
+    def writable(self, partition: int) -> bool:
+        """Always: this store owns every partition."""
+        return True
 
     def open_entries(self) -> Iterator[tuple[int, LedgerEntry]]:
         """Every PENDING or AMBIGUOUS entry, with its partition."""
@@ -117,8 +129,12 @@ class FaustTableBytes:
         batch.put(store.offset_key, str(offset).encode())
         store._db_for_partition(partition).write(batch)
 
+    def writable(self, partition: int) -> bool:
+        """Whether writes to ``partition`` are allowed now."""
+        return self._owns is None or self._owns(partition)
+
     def _check(self, partition: int) -> None:
-        if self._owns is not None and not self._owns(partition):
+        if not self.writable(partition):
             raise PartitionNotOwnedError(f"partition {partition} is not owned by this worker")
 
     def values_by_partition(self) -> Iterator[tuple[int, bytes]]:
@@ -153,6 +169,10 @@ class FaustLedgerStore:
     async def put(self, entry: LedgerEntry, partition: int) -> None:
         """Write the changelog record, await the broker's ack, then the local copy."""
         await self._bytes.put(entry.key.encode(), entry.to_bytes(), partition)
+
+    def writable(self, partition: int) -> bool:
+        """Whether writes to ``partition`` are allowed now (owned and recovered)."""
+        return self._bytes.writable(partition)
 
     def open_entries(self) -> Iterator[tuple[int, LedgerEntry]]:
         """Scan the active partitions' RocksDB for PENDING and AMBIGUOUS entries.

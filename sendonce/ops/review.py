@@ -27,7 +27,13 @@ from sendonce.kafka.clients import producer_config
 from sendonce.ops.history import HistoryError, TopicReader, ledger_entries, ledger_entry
 from sendonce.schemas.codec import SchemaCodec
 from sendonce.settings import Settings
-from sendonce.streams.ledger import RESOLUTIONS, AuditRecord, LedgerEntry, LedgerStatus
+from sendonce.streams.ledger import (
+    RESOLUTIONS,
+    AuditRecord,
+    LedgerEntry,
+    LedgerStatus,
+    retry_waiting,
+)
 from sendonce.streams.processor import encode_command, partition_for_key
 
 __all__ = [
@@ -105,6 +111,12 @@ def refusal_for(entry: LedgerEntry | None, key: str) -> str | None:
     """Why ``key`` cannot be resolved now, or ``None`` when it can."""
     if entry is None:
         return f"{key}: the ledger has no entry for this key; nothing to resolve"
+    if retry_waiting(entry):
+        return (
+            f"{key} is PENDING, waiting for a retry: its last attempt provably never "
+            "reached the provider; the worker that owns the key sends the next attempt "
+            "once it is due"
+        )
     if entry.status is LedgerStatus.PENDING:
         return (
             f"{key} is PENDING: an attempt is in progress, or a crash interrupted it and "

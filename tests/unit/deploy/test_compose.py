@@ -25,7 +25,7 @@ import yaml  # type: ignore[import-untyped]
 from sendonce.cli.main import build_parser
 from sendonce.kafka.topics import topic_specs
 from sendonce.settings import Settings
-from sendonce.streams.lanes import REVOKE_WAIT_S
+from sendonce.streams.lanes import DRAIN_WAIT_S
 from tests.unit.deploy.common import (
     REPO,
     image_settings_env,
@@ -411,7 +411,7 @@ def test_topic_creation_matches_the_workers(config: dict[str, Any]) -> None:
 def test_workers_stop_after_the_batch_in_flight(config: dict[str, Any]) -> None:
     for name, service in workers(config).items():
         grace = seconds(str(service.get("stop_grace_period", "10s")))
-        assert grace > REVOKE_WAIT_S, f"{name}: {grace}s < REVOKE_WAIT_S={REVOKE_WAIT_S}"
+        assert grace > DRAIN_WAIT_S, f"{name}: {grace}s < DRAIN_WAIT_S={DRAIN_WAIT_S}"
 
 
 def test_profiles(config: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ import yaml  # type: ignore[import-untyped]
 
 from sendonce.kafka.topics import topic_specs
 from sendonce.settings import Settings
-from sendonce.streams.lanes import REVOKE_WAIT_S
+from sendonce.streams.lanes import DRAIN_WAIT_S
 from tests.unit.deploy.common import (
     REPO,
     dockerfile_instructions,
@@ -238,7 +238,7 @@ def test_worker_statefulset() -> None:
     assert port_number(container, svc_port["targetPort"]) == settings.metrics_port
 
     # Stopping lets the rebalance finish the batch in flight.
-    assert pod["terminationGracePeriodSeconds"] > REVOKE_WAIT_S
+    assert pod["terminationGracePeriodSeconds"] > DRAIN_WAIT_S
 
     # The disruption budget.
     pdbs = [

@@ -47,6 +47,12 @@ def test_from_env_converts_types() -> None:
         ("SENDONCE_PARTITIONS", "0", "at least 1"),
         ("SENDONCE_PROVIDER", "carrier-pigeon", "not a known provider"),
         ("SENDONCE_LOG_LEVEL", "loud", "not a log level"),
+        # The revoke wait must end well inside the group's rebalance timeout (60 s).
+        ("SENDONCE_REVOKE_WAIT_S", "55", "SENDONCE_REBALANCE_TIMEOUT_S"),
+        ("SENDONCE_REBALANCE_TIMEOUT_S", "40", "SENDONCE_REVOKE_WAIT_S"),
+        ("SENDONCE_REVOKE_WAIT_S", "0", "above 0"),
+        # A retry wait slept in a batch must end before a rebalance stops waiting.
+        ("SENDONCE_RETRY_INLINE_MAX_S", "45", "below SENDONCE_REVOKE_WAIT_S"),
     ],
 )
 def test_bad_values_are_clear_errors(var: str, value: str, message: str) -> None:

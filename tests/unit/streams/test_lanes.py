@@ -328,9 +328,9 @@ class RebalancingApp(FakeApp):
         self.consumer = GroupConsumer()
 
 
-def owner_of(*partitions: int) -> tuple[SourceOffsets, RebalancingApp]:
+def owner_of(*partitions: int, **overrides: Any) -> tuple[SourceOffsets, RebalancingApp]:
     app = RebalancingApp(*partitions)
-    settings = Settings(bootstrap_servers="127.0.0.1:1", fetch_max_wait_ms=50)
+    settings = Settings(bootstrap_servers="127.0.0.1:1", fetch_max_wait_ms=50, **overrides)
     offsets = SourceOffsets(app, settings, reader=StartsAtZero())  # type: ignore[arg-type]
     offsets.table("ledger")
     offsets.recovered("ledger")
@@ -392,3 +392,36 @@ def test_a_new_assignment_is_read_again_and_starts_from_what_the_group_committed
     offsets.assigned()
     assert offsets.owned(TOPIC) == [1]
     assert offsets.offsets.snapshot() == {}
+
+
+def test_a_revocation_waits_a_bounded_time_then_abandons_the_batches_still_running() -> None:
+    # The group waits SENDONCE_REBALANCE_TIMEOUT_S for this worker to give up its
+    # partitions; a batch still running after the revoke wait must not send later.
+    offsets, app = owner_of(0, revoke_wait_s=0.2, rebalance_timeout_s=10.2)
+    offsets.finished = _finished  # type: ignore[method-assign]
+    started, permit = asyncio.Event(), asyncio.Event()
+    sent: list[int] = []
+
+    async def process(records: list[ConsumedRecord]) -> None:
+        started.set()
+        await permit.wait()  # a send waiting for its mailbox's permit
+        sent.append(records[0].offset)
+
+    lane = offsets.lane("intents", TOPIC, process)
+
+    async def scenario() -> list[Any]:
+        reported: list[Any] = []
+        stream = FakeStream([batch(("a", 0))])
+        consuming = asyncio.ensure_future(offsets.run(stream, lane, reported.append))
+        await started.wait()
+        app.rebalancing = True
+        await asyncio.wait_for(offsets.revoked(), timeout=5)
+        assert lane.in_flight == 0
+        permit.set()  # the permit comes after the partition moved
+        await asyncio.wait_for(consuming, timeout=5)  # the lane goes on, no crash
+        return reported
+
+    assert asyncio.run(scenario()) == []  # abandoned: neither reported nor committed
+    assert sent == []
+    assert not offsets.writable(TOPIC, 0)
+    assert app.consumer.commits == []

@@ -39,10 +39,14 @@ from sendonce.streams.ledger import (
     ResultRecord,
     RetryPolicy,
     SendFinished,
+    WaitForRetry,
     decide,
+    retry_waiting,
 )
 
 POLICY = RetryPolicy(max_attempts=3, base_delay_s=0.0, max_delay_s=0.0)
+#: Retries that wait (a backoff, a Retry-After): the wait is recorded before the attempt.
+WAITING_POLICY = RetryPolicy(max_attempts=3, base_delay_s=1.0, max_delay_s=30.0)
 
 
 class Crash(Exception):
@@ -87,6 +91,7 @@ class Simulator:
     provider: ProviderModel
     crash_at_steps: set[int]
     reconcile: ReconcilePolicy = field(default_factory=ReconcilePolicy)
+    policy: RetryPolicy = POLICY
     durable: dict[str, LedgerEntry] = field(default_factory=dict)
     results: list[ResultRecord] = field(default_factory=list)
     step: int = 0
@@ -104,7 +109,7 @@ class Simulator:
         entry = self.durable.get(intent.key)
         event: Event | None = first or IntentArrived(intent, now_ms=self.now_ms, worker="w")
         while event is not None:
-            decision: Decision = decide(entry, event, POLICY, self.reconcile)
+            decision: Decision = decide(entry, event, self.policy, self.reconcile)
             entry, event = decision.entry, None
             for effect in decision.effects:
                 self._maybe_crash()
@@ -119,6 +124,10 @@ class Simulator:
                 elif isinstance(effect, Reconcile):
                     lookup = self.provider.lookup(intent.key)
                     event = LookupFinished(intent, effect.attempt_id, lookup, self.now_ms)
+                elif isinstance(effect, WaitForRetry):
+                    # The shell waits (a crash may cut it short), then decides again.
+                    self.now_ms = max(self.now_ms, effect.until_ms)
+                    event = IntentArrived(intent, now_ms=self.now_ms, worker="w")
 
     def run(self, log: list[IntentFacts], advances: list[int] | None = None) -> None:
         """Process the log (restarting from the last commit after a crash), then reconcile."""
@@ -135,7 +144,8 @@ class Simulator:
             due = [
                 e
                 for e in self.durable.values()
-                if e.status is LedgerStatus.AMBIGUOUS and e.next_lookup_at_ms is not None
+                if (e.status is LedgerStatus.AMBIGUOUS and e.next_lookup_at_ms is not None)
+                or retry_waiting(e)
             ]
             if not due:
                 break
@@ -192,6 +202,43 @@ def test_invariants_hold_under_crashes_and_replays(
     provider = ProviderModel(script, definitive)
     sim = Simulator(provider, crash_steps, ReconcilePolicy(on_deadline=on_deadline))
     sim.run(log, advances)
+    _assert_invariants(sim, provider, log, on_deadline)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    log=intent_logs(),
+    script=st.lists(answers, min_size=1, max_size=6),
+    definitive=st.booleans(),
+    crash_steps=st.sets(st.integers(1, 60), max_size=6),
+    advances=st.lists(st.integers(1, 4_000_000), min_size=1, max_size=12),
+    on_deadline=st.sampled_from(["review", "resend"]),
+)
+def test_invariants_hold_when_retries_wait_and_crashes_cut_the_waits_short(
+    log: list[IntentFacts],
+    script: list[str],
+    definitive: bool,
+    crash_steps: set[int],
+    advances: list[int],
+    on_deadline: str,
+) -> None:
+    provider = ProviderModel(script, definitive)
+    reconcile = ReconcilePolicy(on_deadline=on_deadline)
+    sim = Simulator(provider, crash_steps, reconcile, policy=WAITING_POLICY)
+    sim.run(log, advances)
+    _assert_invariants(sim, provider, log, on_deadline)
+    # A key waiting for its retry has no attempt in flight: its refused attempt is
+    # finished, and it is never looked up.
+    for e in sim.durable.values():
+        if retry_waiting(e):
+            assert e.attempts[-1].status == SendStatus.NOT_SENT_RETRYABLE.value or (
+                e.attempts[-1].kind == "lookup"
+            )
+
+
+def _assert_invariants(
+    sim: Simulator, provider: ProviderModel, log: list[IntentFacts], on_deadline: str
+) -> None:
 
     # 1. At most one accepted message per key, whatever crashed where; only the
     #    opt-in resend policy may trade a duplicate for delivery.
@@ -333,9 +380,12 @@ def test_entry_round_trips_through_bytes() -> None:
 
 def _reference_bytes(entry: LedgerEntry) -> bytes:
     """The serialisation to_bytes must keep: the dataclass tree as sorted compact JSON
-    (fields a newer version wrote, kept in ``unknown_fields``, stand beside the others)."""
+    (fields a newer version wrote, kept in ``unknown_fields``, stand beside the others;
+    an unset ``retry_at_ms`` is left out, so entries that never waited keep their bytes)."""
     data = dataclasses.asdict(entry)
     data.update(data.pop("unknown_fields"))
+    if data["retry_at_ms"] is None:
+        del data["retry_at_ms"]
     data["status"] = entry.status.value
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
