@@ -36,6 +36,7 @@ from sendonce.schemas.codec import SchemaCodec
 from sendonce.schemas.registry import codec_for_settings, resolving
 from sendonce.settings import Settings
 from sendonce.streams import metrics
+from sendonce.streams.fencing import LedgerFence
 from sendonce.streams.fetcher import KafkaForwardedLookup, KafkaRecordFetcher
 from sendonce.streams.lanes import SourceOffsets
 from sendonce.streams.offsets import Lane
@@ -95,6 +96,9 @@ class _DrainingApp(faust.App):  # type: ignore[misc]
     """
 
     drain: Callable[[], Awaitable[None]] | None = None
+    #: Broker-enforced ownership of the ledger's partitions (streams.fencing); the
+    #: recovery (streams.restore) takes partitions over through it before restoring.
+    ledger_fence: LedgerFence | None = None
 
     async def on_stop(self) -> None:
         if self.drain is not None:
@@ -170,7 +174,18 @@ def build_worker_app(
         # included): librdkafka must accept what that bound lets through.
         extra={"message.max.bytes": max(settings.max_record_bytes, 1_000_000)},
     )
-    store = FaustLedgerStore(ledger, producer, owns=lambda p: offsets.writable(intents_topic, p))
+    # Ledger writes go through per-partition transactional producers: a worker the
+    # group evicted (paused, cut off) can never commit one (streams.fencing).
+    fence = LedgerFence(
+        settings.bootstrap_servers,
+        settings.app_id,
+        topic=settings.ledger_changelog_topic,
+        client_id=f"{settings.app_id}-{settings.worker_id}",
+        linger_ms=settings.producer_linger_ms,
+        extra={"message.max.bytes": max(settings.max_record_bytes, 1_000_000)},
+    )
+    app.ledger_fence = fence
+    store = FaustLedgerStore(ledger, fence, owns=lambda p: offsets.writable(intents_topic, p))
     provider_ = provider or provider_from_settings(settings)
     fetcher = KafkaRecordFetcher(settings.bootstrap_servers)
     processor = IntentProcessor(
@@ -229,6 +244,7 @@ def build_worker_app(
 
     @app.on_before_shutdown.connect
     async def close_producer(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await fence.close()
         await asyncio.to_thread(producer.close)
 
     services = _add_metrics(app, settings, offsets, ledger)
