@@ -135,8 +135,8 @@ class RestoreFigures:
 # streams resumed. Faust logs "Restore complete!" only when it read records itself.
 _EVENTS = {
     "bulk_restore": "bulk restore started",
-    "restoring": "Restoring state from changelog topics",
-    "ready": "Worker ready",
+    "restoring": "restoring state from changelog topics",
+    "ready": "sendonce.worker: ready",
 }
 
 

@@ -147,8 +147,9 @@ def start_worker(
 # --------------------------------------------------------------------- Faust log
 
 
-# Faust's log lines start with "[2025-01-31 12:00:00,123]" (local time).
-_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
+# A worker's text lines start with "2025-01-31 12:00:00,123" (local time; Faust's own
+# format, which bracketed it, is accepted too).
+_STAMP = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\b")
 
 
 def log_event_times(log_path: Path, needles: Mapping[str, str]) -> dict[str, float]:

@@ -216,7 +216,7 @@ def render_eml(outgoing: OutgoingEmail, now: float) -> bytes:
         text = f"[template {outgoing.template_id}]\n{params}\n"
     if text is not None:
         msg.set_content(text)
-    if outgoing.html_body is not None:
+    if outgoing.html_body:  # an empty one is none, as for Graph and the fingerprint
         if text is None:
             msg.set_content(outgoing.html_body, subtype="html")
         else:

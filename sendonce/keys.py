@@ -6,6 +6,12 @@ key. The exact algorithm is specified in ``schemas/README.md`` ("The idempotency
 that producers in other languages can compute it; ``tests/data/key_vectors.json`` holds
 test vectors. Changing anything here that changes a key is a breaking change: bump
 ``KEY_VERSION`` and keep the old derivation readable.
+
+Version 2 makes one intended email one key: the spellings of one domain (``bücher.example``,
+``xn--bcher-kva.example``, fullwidth letters: UTS-46 equivalents) normalise to one form,
+and a template intent's subject and HTML body, which reach the recipient, are in the
+fingerprint. An intent that was canonical under version 1 keeps its key byte for byte
+(the hashed ``"v"`` stays 1), so existing ledgers and other-language producers go on.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ __all__ = [
     "InvalidAddressError",
     "InvalidIntentError",
     "OversizeIntentError",
+    "canonical_domain",
     "canonical_json",
     "content_digest",
     "content_fingerprint",
@@ -39,6 +46,7 @@ __all__ = [
     "fingerprint_for",
     "idempotency_key_for",
     "identify_intent",
+    "mailbox_address",
     "mask_address",
     "normalize_action_type",
     "normalize_address",
@@ -48,8 +56,11 @@ __all__ = [
     "validate_tenant_id",
 ]
 
-KEY_VERSION = 1
-"""Version of the derivation, hashed into every derived key as ``"v"``."""
+KEY_VERSION = 2
+"""Version of the algorithm in ``schemas/README.md`` ("The idempotency key")."""
+_HASHED_KEY_VERSION = 1
+"""The ``"v"`` hashed into every derived key. Version 2 changed only the keys of
+addresses that version 1 split, so it hashes the same ``1`` as version 1."""
 
 MAX_RECIPIENTS = 500
 MAX_SUBJECT_CHARS = 998
@@ -261,12 +272,30 @@ def _check_domain(domain: str, masked: _Masked, field: str) -> None:
         raise InvalidAddressError(masked, "domain is not a valid IDNA name", field) from None
 
 
+def mailbox_address(addr: str, *, field: str = "address") -> str:
+    """Return the mailbox a provider gets for ``addr`` or raise ``InvalidAddressError``.
+
+    Version 1's normalisation: trims, takes the address out of a ``Display Name
+    <address>`` form, NFC-normalises and lowercases it, then validates it (see
+    ``schemas/README.md`` for the exact rules). The domain stays as the producer spelled
+    it (``xn--bcher-kva.example`` is not turned into ``bücher.example``): the mailbox a
+    sender is looked up under and the Message-ID's domain do not move with version 2.
+    ``field`` names the intent field in the error message.
+    """
+    if not isinstance(addr, str):
+        raise InvalidAddressError(
+            "<not a string>", f"expected a string, got {type(addr).__name__}", field
+        )
+    return _mailbox_address(addr, field)
+
+
 def normalize_address(addr: str, *, field: str = "address") -> str:
     """Return the canonical form of an email address or raise ``InvalidAddressError``.
 
-    Trims, takes the address out of a ``Display Name <address>`` form, NFC-normalises and
-    lowercases it, then validates it (see ``schemas/README.md`` for the exact rules).
-    ``field`` names the intent field in the error message.
+    ``mailbox_address`` with the domain in its one UTS-46 form (``canonical_domain``):
+    every spelling of one mailbox gives the same result, which is what the key, the
+    fingerprint and recipient hashes use. It accepts and rejects exactly what
+    ``mailbox_address`` does. ``field`` names the intent field in the error message.
     """
     if not isinstance(addr, str):
         raise InvalidAddressError(
@@ -276,10 +305,10 @@ def normalize_address(addr: str, *, field: str = "address") -> str:
 
 
 # Every intent normalises its sender and recipients several times (validation, key,
-# fingerprint) and senders repeat across intents; the function is pure, and errors are
-# not cached (lru_cache does not keep exceptions).
+# fingerprint) and senders repeat across intents; the functions are pure, and errors
+# are not cached (lru_cache does not keep exceptions).
 @functools.lru_cache(maxsize=16384)
-def _normalize_address(addr: str, field: str) -> str:
+def _mailbox_address(addr: str, field: str) -> str:
     masked = _Masked(addr)
     text = _extract_address(addr.strip(), masked, field)
     masked = _Masked(text)
@@ -296,6 +325,54 @@ def _normalize_address(addr: str, field: str) -> str:
     _check_local_part(local, masked, field)
     _check_domain(domain, masked, field)
     return address
+
+
+@functools.lru_cache(maxsize=16384)
+def _normalize_address(addr: str, field: str) -> str:
+    mailbox = _mailbox_address(addr, field)
+    local, _, domain = mailbox.partition("@")
+    canonical = canonical_domain(domain)
+    if canonical == domain:
+        return mailbox
+    address = f"{local}@{canonical}"
+    # The mapped form must itself be a valid address (UTS-46 can lengthen a domain:
+    # the ligature U+FB03 is "ffi"), so that normalising is idempotent; else version 1's form.
+    return address if len(address) <= 254 else mailbox
+
+
+def canonical_domain(domain: str) -> str:
+    """The one spelling of a valid (version 1) domain: UTS-46 ToUnicode, else as given.
+
+    ``xn--bcher-kva.example``, fullwidth ``ｂüｃｈｅｒ.example`` and ``bücher.example`` all
+    give ``bücher.example``. A domain of ASCII labels none of which starts with ``xn--``
+    is returned as is (UTS-46 would not change it), and so is a domain UTS-46
+    processing refuses (``xn--zz.example``, hyphens in the third and fourth place of a
+    label next to a non-ASCII one, a disallowed code point): version 1's spelling, as
+    the key had it before.
+    """
+    if domain.isascii() and not any(label.startswith("xn--") for label in domain.split(".")):
+        return domain  # the common case, unchanged by UTS-46: no table lookups
+    return _uts46_domain(domain)
+
+
+@functools.lru_cache(maxsize=4096)
+def _uts46_domain(domain: str) -> str:
+    # Imported here, as the only third-party module of the foundation: sendonce.keys
+    # imports without dependencies (tests/unit/test_packaging.py), and only domains
+    # with non-ASCII characters or xn-- labels need the UTS-46 tables.
+    import idna
+
+    try:
+        # Nontransitional (ß stays ß), UseSTD3ASCIIRules, IDNA2008 label checks
+        # (CheckHyphens, CheckBidi, CheckJoiners) and A-labels decoded.
+        mapped = idna.decode(domain, strict=True, uts46=True, std3_rules=True)
+    except UnicodeError:  # idna.IDNAError is one
+        return domain
+    try:
+        _check_domain(mapped, _Masked(mapped), "address")
+    except InvalidAddressError:
+        return domain
+    return mapped
 
 
 def validate_tenant_id(tenant_id: object) -> str:
@@ -357,7 +434,9 @@ def content_digest(
 ) -> str:
     """Digest of what the email says: ``tmpl:<sha256>`` or ``body:<sha256>``.
 
-    With a template the subject and bodies do not take part (the template renders them).
+    With a template the subject and bodies do not take part, nor therefore in the key:
+    the template renders the text, and the subject and an HTML body, which are sent as
+    given, count in the fingerprint (``content_fingerprint``).
     """
     if template_id is not None:
         if template_id == "":
@@ -388,7 +467,7 @@ def derive_key(
     if not recipient_set:
         raise InvalidIntentError("to", "an intent needs at least one recipient")
     key_input = {
-        "v": KEY_VERSION,
+        "v": _HASHED_KEY_VERSION,
         "tenant": tenant,
         "source_event_id": _check_source_event_id(source_event_id),
         "action_type": normalize_action_type(action_type),
@@ -433,14 +512,19 @@ def content_fingerprint(
     action_type: str,
     content_digest: str,
     headers: Mapping[str, str],
+    subject: str = "",
+    html_body: str | None = None,
 ) -> str:
     """SHA-256 hex over everything the recipients would see for a key.
 
     The ledger compares it when a key comes back: same key with a different fingerprint
     is a CONFLICT (e.g. the same recipients moved from to to cc, another sender, other
-    headers), never a silent send or a silent drop.
+    headers, a template sent under another subject), never a silent send or a silent
+    drop. ``subject`` and ``html_body`` count for a template digest only (a body digest
+    already holds them); the template renders the text, and both are sent as given. An
+    empty one is left out, so such a fingerprint is the same as under version 1.
     """
-    fingerprint_input = {
+    fingerprint_input: dict[str, Any] = {
         "sender": normalize_address(sender, field="sender"),
         "to": _address_list(to, "to"),
         "cc": _address_list(cc, "cc"),
@@ -449,6 +533,11 @@ def content_fingerprint(
         "content": content_digest,
         "headers": dict(headers),
     }
+    if content_digest.startswith("tmpl:"):
+        if subject:
+            fingerprint_input["subject"] = subject
+        if html_body:
+            fingerprint_input["html"] = html_body
     return _hash_fields(fingerprint_input, "headers")
 
 
@@ -577,6 +666,8 @@ def fingerprint_for(intent: Mapping[str, Any]) -> str:
         action_type=_required_str(intent, "action_type"),
         content_digest=_intent_content_digest(intent),
         headers=_str_map(intent, "headers"),
+        subject=_required_str(intent, "subject"),
+        html_body=_optional_str(intent, "html_body"),
     )
 
 
@@ -604,8 +695,12 @@ class IntentIdentity:
 
     key: IdempotencyKey
     fingerprint: str
-    #: The normalised sender address.
+    #: The sender's mailbox as the provider gets it (``mailbox_address``).
     sender: str
+    #: This intent's fingerprint under version 1 of the key algorithm, where it
+    #: differs (a template intent with a subject or HTML body, which version 1 left
+    #: out): a ledger entry written before the upgrade holds that one.
+    earlier_fingerprints: tuple[str, ...] = ()
 
 
 def identify_intent(
@@ -631,16 +726,23 @@ def identify_intent(
             digest,
         )
         key = IdempotencyKey(value, tenant, False)
+    visible: dict[str, Any] = {
+        "sender": intent["sender"],
+        "to": _str_list(intent, "to", required=True),
+        "cc": _str_list(intent, "cc"),
+        "bcc": _str_list(intent, "bcc"),
+        "action_type": intent["action_type"],
+        "content_digest": digest,
+        "headers": _str_map(intent, "headers"),
+    }
     fingerprint = content_fingerprint(
-        sender=intent["sender"],
-        to=_str_list(intent, "to", required=True),
-        cc=_str_list(intent, "cc"),
-        bcc=_str_list(intent, "bcc"),
-        action_type=intent["action_type"],
-        content_digest=digest,
-        headers=_str_map(intent, "headers"),
+        **visible, subject=intent["subject"], html_body=intent.get("html_body")
     )
-    return IntentIdentity(key, fingerprint, normalize_address(intent["sender"], field="sender"))
+    earlier: tuple[str, ...] = ()
+    if digest.startswith("tmpl:") and (intent["subject"] or intent.get("html_body")):
+        earlier = (content_fingerprint(**visible),)
+    sender = mailbox_address(intent["sender"], field="sender")
+    return IntentIdentity(key, fingerprint, sender, earlier)
 
 
 def _validated_content_digest(intent: Mapping[str, Any], max_body_bytes: int) -> str:

@@ -106,7 +106,8 @@ def _default_worker_id() -> str:
 SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "bootstrap_servers": (
         "SENDONCE_BOOTSTRAP_SERVERS",
-        "Kafka bootstrap servers, comma separated.",
+        "Kafka bootstrap servers, comma separated. Unset: the commands use the local "
+        "broker `sendonce dev kafka start` recorded, if it runs (and say so).",
     ),
     "app_id": (
         "SENDONCE_APP_ID",

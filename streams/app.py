@@ -13,15 +13,25 @@ every effect is durable to :class:`~streams.offsets.LaneOffsets` (committed per
 partition up to the first unfinished offset), waits for the batches in flight when
 partitions are revoked, and runs a :class:`~streams.offsets.HoleMender` for records
 Faust dropped. This module only assembles the app, its tables and agents.
+
+What a worker says is its own (``sendonce.worker``): started, partitions assigned and
+revoked, ready, stopping, stopped, and errors; the libraries' lines are DEBUG lines
+(:func:`sendonce.logs.worker_logging_config`). SIGTERM stops a worker within
+:data:`STOP_BOUND_S` of the batches in flight finishing, even when the broker is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import logging.config
+import os
 import sys
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import faust
@@ -46,6 +56,13 @@ from sendonce.streams.store import FaustLedgerStore, FaustTableBytes
 from sendonce.streams.webhooks import SightingProcessor, WebhookFault
 
 log = logging.getLogger("sendonce.worker")
+
+#: Seconds a worker takes at most to stop once its batches in flight are done (those
+#: get up to :data:`~sendonce.streams.lanes.REVOKE_WAIT_S`), broker gone or not: the
+#: durable producer's flush (:data:`PRODUCER_CLOSE_S`) and a few seconds for Faust to
+#: close its consumer, producer and tables.
+PRODUCER_CLOSE_S = 10.0
+STOP_BOUND_S = PRODUCER_CLOSE_S + 10.0
 
 _RAW: dict[str, Any] = {
     "key_type": bytes,
@@ -99,19 +116,59 @@ class _DrainingApp(faust.App):  # type: ignore[misc]
     #: Broker-enforced ownership of the ledger's partitions (streams.fencing); the
     #: recovery (streams.restore) takes partitions over through it before restoring.
     ledger_fence: LedgerFence | None = None
+    #: The topics whose partitions the worker's assignment lines name (the lanes').
+    reported_topics: Callable[[], Iterable[str]] = tuple
+    #: Set by :func:`run_worker`: the process exits this many seconds after the
+    #: batches in flight finished, whatever the rest of the stop still waits for.
+    stop_bound_s: float | None = None
 
     async def on_stop(self) -> None:
+        log.info("stopping")
         if self.drain is not None:
             await self.drain()
+        if self.stop_bound_s is not None:
+            _exit_after(self.stop_bound_s)
         await super().on_stop()
+
+    def on_rebalance_end(self) -> None:
+        super().on_rebalance_end()
+        # Faust calls this once the tables are recovered and the streams resumed.
+        log.info("ready: %s", _partitions(self.assignor.assigned_actives(), self.reported_topics()))
+
+
+def _exit_after(seconds: float) -> None:
+    """End the process in ``seconds`` unless it has ended by then (exit code 1).
+
+    The last resort behind :data:`STOP_BOUND_S`: each part of the stop that waits on
+    the broker has a bound of its own, but a client library may still wait for one
+    that is gone (as aiokafka's consumer did, 60 s). Everything durable was written
+    before this point; the partitions' next owner reads what was not committed.
+    """
+
+    def give_up() -> None:
+        log.error("stop not finished %.0f s after the batches in flight; exiting now", seconds)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True  # a process that stopped in time exits without waiting for it
+    timer.start()
 
 
 def build_worker_app(
     settings: Settings,
     provider: EmailProvider | None = None,
     codec: SchemaCodec | None = None,
+    *,
+    stop_bound_s: float | None = None,
 ) -> WorkerApp:
-    """Assemble the Faust application for ``settings``."""
+    """Assemble the Faust application for ``settings``.
+
+    ``stop_bound_s``: once stopping, the process exits this long after its batches in
+    flight finished, whatever else still waits (see :func:`_exit_after`); a process
+    that runs the app for something else (a test, a tool) leaves it None.
+    """
     # Registry ids are resolved here, before the loop runs (schemas/registry.py).
     codec = codec or codec_for_settings(settings, fetch_on_decode=False)
     app = _DrainingApp(
@@ -148,8 +205,11 @@ def build_worker_app(
     commands = app.topic(settings.topics.commands, partitions=settings.partitions, **_SOURCE)
     intents_topic = settings.topics.intents
 
+    app.stop_bound_s = stop_bound_s
     offsets = SourceOffsets(app, settings)
     app.drain = offsets.drain
+    app.reported_topics = offsets.topics
+    _log_rebalances(app, offsets)
 
     def owns(partition: int) -> bool:
         return offsets.owns(intents_topic, partition)
@@ -169,6 +229,8 @@ def build_worker_app(
     producer = DurableProducer(
         settings.bootstrap_servers,
         client_id=f"{settings.app_id}-{settings.worker_id}",
+        # librdkafka's own lines reach the worker's log filter, not stderr directly.
+        logger="sendonce.kafka.producer",
         linger_ms=settings.producer_linger_ms,
         # The limit every record the worker writes is bounded by (dead letters
         # included): librdkafka must accept what that bound lets through.
@@ -193,7 +255,10 @@ def build_worker_app(
     )
     processors.append(processor)
 
+    reconcile_failing = False
+
     async def reconcile_tick() -> None:
+        nonlocal reconcile_failing
         if not offsets.ready():
             # Mid-rebalance or recovering: the keys may be moving to another worker.
             return
@@ -202,9 +267,16 @@ def build_worker_app(
         except Exception as exc:
             # Nothing the reconciler does is acked anywhere: keys whose drive
             # failed (a broker restart, say) stay indexed and the next tick
-            # retries them. Crashing the worker would gain nothing.
-            log.warning("reconciliation tick failed, retrying: %s", type(exc).__name__)
+            # retries them. Crashing the worker would gain nothing. Said once
+            # per run of failures: a broker that is away fails every tick.
+            log.log(
+                logging.DEBUG if reconcile_failing else logging.WARNING,
+                "reconciliation tick failed, retrying each tick: %s",
+                type(exc).__name__,
+            )
+            reconcile_failing = True
             return
+        reconcile_failing = False
         if stats.records:
             log.info("reconciled %d ambiguous sends: %s", stats.records, stats.outcomes)
 
@@ -245,7 +317,9 @@ def build_worker_app(
     @app.on_before_shutdown.connect
     async def close_producer(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         await fence.close()
-        await asyncio.to_thread(producer.close)
+        unsent = await asyncio.to_thread(producer.close, PRODUCER_CLOSE_S)
+        if unsent:
+            log.warning("%d records not acknowledged by the broker at stop", unsent)
 
     services = _add_metrics(app, settings, offsets, ledger)
     offsets.install()
@@ -267,6 +341,47 @@ def _bytes_table(
         on_recover=on_recover,
         **options,
     )
+
+
+def _log_rebalances(app: faust.App, offsets: SourceOffsets) -> None:
+    """The worker's own lines for the partitions it gets and gives up."""
+
+    # Faust sends each signal with the set of partitions as its one argument.
+    @app.on_partitions_assigned.connect
+    async def assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        log.info("partitions assigned: %s", _partitions(args[0], offsets.topics()))
+
+    @app.on_partitions_revoked.connect
+    async def revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        if args[0]:
+            log.info("partitions revoked: %s", _partitions(args[0], offsets.topics()))
+
+
+def _partitions(tps: Iterable[TP], topics: Iterable[str]) -> str:
+    """``0-3,7 (5) of topic, topic; ...``: the partitions of each of ``topics`` (the
+    lanes' sources); co-partitioned topics with the same partitions share a group."""
+    by_topic: dict[str, list[int]] = {topic: [] for topic in topics}
+    for tp in tps:
+        if tp.topic in by_topic:
+            by_topic[tp.topic].append(tp.partition)
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for topic, ps in by_topic.items():
+        groups.setdefault(tuple(sorted(ps)), []).append(topic)
+    return "; ".join(
+        f"{_ranges(list(ps)) or 'none'} ({len(ps)}) of {', '.join(names)}"
+        for ps, names in groups.items()
+    )
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``0-2,5``."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
 
 
 def _report_commands(stats: Any) -> None:
@@ -437,18 +552,73 @@ def run_worker(settings: Settings) -> int:
         print(f"sendonce worker: {exc}", file=sys.stderr)
         return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Configured here rather than by mode's Worker (override_logging=False), so the
+    # lines before the app starts go through the same filter.
+    logging.config.dictConfig(worker_logging_config(settings))
+    log.info(
+        "started: sendonce %s, worker %s, bootstrap %s, group %s, provider %s, %d partitions",
+        _version(),
+        settings.worker_id,
+        settings.bootstrap_servers,
+        settings.app_id,
+        settings.provider,
+        settings.partitions,
+    )
     use_event_loop(settings.event_loop)
-    worker_app = build_worker_app(settings)
+    close_fetcher_quietly()
+    worker_app = build_worker_app(settings, stop_bound_s=STOP_BOUND_S)
     worker = faust.Worker(
         worker_app.app,
         *worker_app.services,
         loglevel=settings.log_level.upper(),
         quiet=True,
         redirect_stdouts=False,
-        logging_config=worker_logging_config(settings),
+        override_logging=False,
     )
+    # Faust's terminal spinner writes control characters between the log lines.
+    worker.spinner = None
+    code = 0
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
-        return int(exc.code or 0) if isinstance(exc.code, int | None) else 1
-    return 0
+        code = int(exc.code or 0) if isinstance(exc.code, int | None) else 1
+    log.info("stopped (exit code %d)", code)
+    return code
+
+
+def _version() -> str:
+    try:
+        return version("sendonce")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def close_fetcher_quietly() -> None:
+    """Let aiokafka's consumer close while a fetch waits out a failed request.
+
+    aiokafka's ``Fetcher.close`` cancels its pending fetch tasks and awaits each: one
+    that was sleeping its retry backoff after a failed fetch (the broker is gone)
+    re-raises the cancellation out of ``close``. That kills Faust's consumer thread
+    before it reports its shutdown ("Exception in thread"), and the stop then waits
+    mode's 60 s shutdown timeout and logs a ``TimeoutError`` traceback. Here the
+    pending tasks are gathered with their cancellations as results.
+    """
+    from aiokafka.consumer.fetcher import Fetcher
+
+    if getattr(Fetcher.close, "_sendonce", False):
+        return
+
+    async def close(self: Any) -> None:
+        self._closed = True
+        self._fetch_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._fetch_task
+        # Fail all pending fetchone/fetchall calls.
+        for waiter in self._fetch_waiters:
+            self._notify(waiter)
+        for task in self._pending_tasks:
+            task.cancel()
+        await asyncio.gather(*self._pending_tasks, return_exceptions=True)
+
+    close._sendonce = True  # type: ignore[attr-defined]
+    Fetcher.close = close

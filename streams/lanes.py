@@ -113,7 +113,13 @@ class SourceOffsets:
         """
         if not self.ready():
             if records:
-                log.info("dropped %d records delivered during a rebalance", len(records))
+                # While stopping, every batch Faust still hands over is dropped: one
+                # "stopping" line says it, not one line per batch.
+                log.log(
+                    logging.DEBUG if self._stopping else logging.INFO,
+                    "dropped %d records delivered during a rebalance or the stop",
+                    len(records),
+                )
             return []
         owned = self._assigned()
         return [r for r in records if TP(r.topic, r.partition) in owned]
@@ -288,11 +294,23 @@ class SourceOffsets:
         app.on_partitions_revoked.connect(on_revoked)
         app.on_partitions_assigned.connect(on_assigned)
 
+        failing = False
+
         async def mend_tick() -> None:
+            nonlocal failing
             try:
                 await mender.tick()
             except Exception as exc:
-                log.warning("mending dropped records failed, retrying: %s", type(exc).__name__)
+                # Said once per run of failures: a broker that is away fails every tick.
+                log.log(
+                    logging.DEBUG if failing else logging.WARNING,
+                    "mending dropped records failed, retrying every %.0fs: %s",
+                    MEND_TICK_S,
+                    type(exc).__name__,
+                )
+                failing = True
+                return
+            failing = False
 
         app.timer(interval=MEND_TICK_S, name="sendonce.mend")(mend_tick)
 

@@ -111,6 +111,9 @@ class IntentFacts:
     ref: IntentRef
     #: Normalised sender mailbox: where a reconciliation lookup searches.
     sender: str = ""
+    #: Fingerprints the same content had under earlier key algorithm versions
+    #: (``sendonce.keys.IntentIdentity``): an entry written before an upgrade holds one.
+    earlier_fingerprints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -582,7 +585,10 @@ def _on_intent(entry: LedgerEntry | None, event: IntentArrived) -> Decision:
         )
         return Decision(new, (Persist(new), CallProvider(attempt_id, 1)))
 
-    if entry.content_fingerprint != intent.content_fingerprint:
+    if (
+        entry.content_fingerprint != intent.content_fingerprint
+        and entry.content_fingerprint not in intent.earlier_fingerprints
+    ):
         return Decision(entry, (Emit(_conflict(entry, intent, event.now_ms, event.worker)),))
 
     if entry.status is LedgerStatus.PENDING:

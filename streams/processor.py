@@ -216,6 +216,7 @@ def accept_intent(
         source_event_id=intent["source_event_id"],
         action_type=intent["action_type"],
         content_fingerprint=identity.fingerprint,
+        earlier_fingerprints=identity.earlier_fingerprints,
         ref=ref,
         sender=identity.sender,
     )

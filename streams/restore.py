@@ -392,6 +392,7 @@ class BulkRecovery(Recovery):  # type: ignore[misc]
         super().__init__(app, tables, **kwargs)
         self._job: _Job | None = None
         self._running: _Job | None = None
+        self._reported_generation: int | None = None
         #: (generation, active partitions of the fenced changelog) to take over
         #: before this round restores anything.
         self._fence_plan: tuple[int, frozenset[int]] | None = None
@@ -433,6 +434,21 @@ class BulkRecovery(Recovery):  # type: ignore[misc]
             if partitions:
                 self._job = _Job(generation_id, partitions)
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+
+    def need_recovery(self) -> bool:
+        """Faust's question whether its recovery must read changelog records.
+
+        Answered by Faust; the first yes of a generation is logged as the worker's own
+        line (Faust's "Restoring state" line is a DEBUG line in a worker).
+        """
+        needed = bool(super().need_recovery())
+        if needed and self._reported_generation != self._generation_id:
+            self._reported_generation = self._generation_id
+            log.info(
+                "restoring state from changelog topics: %d records to read",
+                sum(self.active_remaining().values()),
+            )
+        return needed
 
     def on_partitions_revoked(self, revoked: set[Any]) -> None:
         """A rebalance starts: stop a bulk restore under way (its progress is kept)."""

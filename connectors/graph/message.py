@@ -53,8 +53,9 @@ def template_text(email: OutgoingEmail) -> str:
 
 
 def _body(email: OutgoingEmail) -> dict[str, str]:
-    # Graph takes one body: HTML when there is one, else the text (or template) one.
-    if email.html_body is not None:
+    # Graph takes one body: HTML when there is one, else the text (or template) one. An
+    # empty HTML body counts as none: the fingerprint does not tell it from none either.
+    if email.html_body:
         return {"contentType": "HTML", "content": email.html_body}
     if email.template_id is not None:
         return {"contentType": "Text", "content": template_text(email)}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sendonce.dev.kafka import BrokerAlreadyRunning, LocalKafka, LocalKafkaError, log_tail
 from sendonce.dev.kafka_jars import KAFKA_VERSION, ensure_jars
+from sendonce.ops.progress import Progress
 from sendonce.options import Subparsers
 
 __all__ = ["add_cli"]
@@ -33,8 +34,37 @@ def _home_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Fetching:
+    """Progress of a first resolve on stderr: what is fetched, then files downloaded."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+
+    def __call__(self, downloaded: int) -> None:
+        if self._progress is None:
+            print(
+                f"fetching the Kafka {KAFKA_VERSION} broker jars from Maven Central "
+                "(once; a minute or two) ...",
+                file=sys.stderr,
+            )
+            self._progress = Progress("downloaded", None, sys.stderr, unit="files")
+        self._progress.update(downloaded)
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.finish()
+
+
+def _ensure_jars(lib: Path | None) -> Path:
+    fetching = _Fetching()
+    try:
+        return ensure_jars(lib, fetching)
+    finally:
+        fetching.finish()
+
+
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    print(ensure_jars(args.lib))
+    print(_ensure_jars(args.lib))
     return 0
 
 
@@ -50,6 +80,7 @@ class _Terminated(Exception):
 
 
 def _cmd_start(args: argparse.Namespace) -> int:
+    _ensure_jars(None)  # start would resolve them too, without a word for minutes
     broker = LocalKafka(args.home, heap=args.heap)
     try:
         bootstrap = broker.start(detach=not args.foreground, timeout=args.timeout)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from sendonce.options import Subparsers, add_bootstrap_option, settings_from_options
+from sendonce.cli.cluster import cluster_from_options
+from sendonce.options import Subparsers, add_bootstrap_option
 
 __all__ = ["add_cli"]
 
@@ -32,7 +33,9 @@ def _cmd_receiver(args: argparse.Namespace) -> int:
     from sendonce.connectors.webhooks.receiver import run_receiver
 
     # --port 0 is given (a free port); an empty --host is not.
-    settings = settings_from_options(args, receiver_host=args.host or None, receiver_port=args.port)
+    settings = cluster_from_options(
+        args, receiver_host=args.host or None, receiver_port=args.port
+    ).settings
     # main() configures logging at WARNING; the receiver's own records (its listen
     # address, rejections, 503s) follow SENDONCE_LOG_LEVEL.
     logging.getLogger("sendonce").setLevel(settings.log_level.upper())

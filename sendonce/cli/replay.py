@@ -3,7 +3,8 @@
 Parses ``--from``/``--to`` and the other options, runs :func:`run_replay` with
 progress on stderr, and prints its report: the table (or ``--json``) on stdout,
 failed deliveries and missing results on stderr. Exit codes: 0 done, 1 a delivery
-failed, results are missing or Kafka is unreachable, 2 a bad range. The replay
+failed, results are missing or Kafka stopped answering, 2 a bad range, no broker
+answering or a missing topic (checked before anything is read). The replay
 itself (range, selection, the dry run's prediction, publishing) is the library's.
 """
 
@@ -17,6 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
+from sendonce.cli.cluster import cluster_from_options
 from sendonce.ops.replay import (
     OUTCOMES,
     RangeError,
@@ -26,7 +28,7 @@ from sendonce.ops.replay import (
     parse_bound,
     run_replay,
 )
-from sendonce.options import Subparsers, add_bootstrap_option, settings_from_options
+from sendonce.options import Subparsers, add_bootstrap_option
 from sendonce.settings import Settings
 from sendonce.streams.ledger import ResultOutcome
 
@@ -51,7 +53,7 @@ def add_cli(subparsers: Subparsers) -> None:
             "no zone), a relative time (-7d, -2h, -30m), earliest, latest, or offsets "
             "P:O[,P:O...] (partitions not named start at the earliest record for --from "
             "and end at the end for --to). Exit codes: 0 done, 1 a delivery failed or "
-            "results are missing (or Kafka is unreachable), 2 a bad range."
+            "results are missing, 2 a bad range, no broker answering or a missing topic."
         ),
     )
     # ``--from -7d``: argparse takes an argument that starts with "-" for an option
@@ -100,7 +102,9 @@ def add_cli(subparsers: Subparsers) -> None:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    settings = settings_from_options(args)
+    cluster = cluster_from_options(args)
+    settings = cluster.settings
+    cluster.require(settings.topics.intents, settings.ledger_changelog_topic)
     return replay_main(
         settings,
         start=args.start,

@@ -11,7 +11,8 @@ import base64
 import json
 from typing import Any
 
-from sendonce.options import Subparsers, add_bootstrap_option, settings_from_options
+from sendonce.cli.cluster import cluster_from_options
+from sendonce.options import Subparsers, add_bootstrap_option
 
 __all__ = ["add_cli"]
 
@@ -40,10 +41,12 @@ def _cmd_results(args: argparse.Namespace) -> int:
     from sendonce.ops.results import read_topics
     from sendonce.schemas.registry import codec_for_settings
 
-    settings = settings_from_options(args)
+    cluster = cluster_from_options(args)
+    settings = cluster.settings
     topics = list(settings.topics.results())
     if args.dlq:
         topics.append(settings.topics.dlq)
+    cluster.require(*topics)
     for rec in read_topics(
         settings.bootstrap_servers,
         topics,

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 
 from confluent_kafka import KafkaException
 
+from sendonce.cli.cluster import cluster_from_options
 from sendonce.ops.history import HistoryError, TopicReader
 from sendonce.ops.review import entry_summary, open_ambiguous, resolve, utc_time
-from sendonce.options import Subparsers, add_bootstrap_option, settings_from_options
+from sendonce.options import Subparsers, add_bootstrap_option
 from sendonce.streams.ledger import RESOLUTIONS, LedgerEntry
 
 __all__ = ["add_cli", "render_list"]
@@ -55,7 +56,9 @@ def add_cli(sub: Subparsers) -> None:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    settings = settings_from_options(args)
+    cluster = cluster_from_options(args)
+    settings = cluster.settings
+    cluster.require(settings.ledger_changelog_topic)
     try:
         with TopicReader(settings.bootstrap_servers) as reader:
             entries = open_ambiguous(reader, settings, args.tenant or ())
@@ -70,7 +73,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_resolve(args: argparse.Namespace) -> int:
-    settings = settings_from_options(args)
+    cluster = cluster_from_options(args)
+    settings = cluster.settings
+    cluster.require(settings.topics.commands, settings.ledger_changelog_topic)
     try:
         outcome = resolve(
             settings,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from sendonce.options import Subparsers, add_bootstrap_option, settings_from_options
+from sendonce.cli.cluster import cluster_from_options
+from sendonce.options import Subparsers, add_bootstrap_option
 
 __all__ = ["add_cli"]
 
@@ -24,12 +25,14 @@ def add_cli(subparsers: Subparsers) -> None:
 def _cmd_topics_create(args: argparse.Namespace) -> int:
     from sendonce.kafka.topics import create_topics
 
-    settings = settings_from_options(
+    cluster = cluster_from_options(
         args,
         # 0 counts as not given, so the variable (or the default) applies.
         partitions=args.partitions or None,
         replication_factor=args.replication_factor or None,
     )
+    cluster.require()
+    settings = cluster.settings
     reports = create_topics(settings)
     mismatch = False
     for r in reports:

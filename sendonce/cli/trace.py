@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from sendonce.cli.cluster import cluster_from_options
 from sendonce.ops.history import HistoryError, TopicReader
 from sendonce.ops.trace import (
     SUPPORT_EVIDENCE,
@@ -30,7 +31,7 @@ from sendonce.ops.trace import (
     scrub,
     to_json,
 )
-from sendonce.options import Subparsers, add_bootstrap_option, settings_from_options
+from sendonce.options import Subparsers, add_bootstrap_option
 from sendonce.streams.ledger import AttemptRecord, IntentRef, LedgerEntry
 
 __all__ = ["add_cli", "render_text"]
@@ -65,7 +66,9 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         return 2
     # librdkafka logs every failed connect; one clear error line is said below instead.
     logging.getLogger("sendonce.kafka.history").setLevel(logging.CRITICAL)
-    settings = settings_from_options(args)
+    cluster = cluster_from_options(args)
+    settings = cluster.settings
+    cluster.require(settings.topics.intents, settings.ledger_changelog_topic)
     from sendonce.schemas.registry import codec_for_settings
 
     # Records in the registry's wire format are decoded by their schema ids.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from sendonce.options import Subparsers, add_bootstrap_option, settings_from_options
+from sendonce.cli.cluster import cluster_from_options
+from sendonce.options import Subparsers, add_bootstrap_option
 from sendonce.providers import PROVIDERS
 
 __all__ = ["add_cli"]
@@ -22,4 +23,4 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     # Imported here: Faust and RocksDB load only when a worker runs.
     from sendonce.streams.app import run_worker
 
-    return run_worker(settings_from_options(args, provider=args.provider))
+    return run_worker(cluster_from_options(args, provider=args.provider).settings)

@@ -165,6 +165,12 @@ def _graph_env(emulator: Any) -> dict[str, str]:
     return {**emulator.worker_env(), "SENDONCE_GRAPH_SENDS_PER_MINUTE": "0"}
 
 
+def _announce_resolve(downloaded: int) -> None:
+    # Said only when the jars are missing: a resolve that is skipped is not announced.
+    if downloaded == 0:
+        print("sendonce demo: resolving the Kafka jars (Maven Central, once) ...", flush=True)
+
+
 def run_demo(keep: bool = False, provider: str = "outbox") -> int:
     """Run the demo on ``provider`` (outbox or graph); returns the process exit code."""
     # librdkafka's transient warnings while the fresh broker elects its
@@ -174,8 +180,7 @@ def run_demo(keep: bool = False, provider: str = "outbox") -> int:
     work = root / ".sendonce" / "demo"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    print("sendonce demo: resolving Kafka jars (Maven Central, cached after the first run) ...")
-    ensure_jars()
+    ensure_jars(progress=_announce_resolve)
     kafka = LocalKafka(work / "kafka")
     bootstrap = kafka.start(detach=keep)
     print(f"  broker      {bootstrap} (Kafka, KRaft, single node)")

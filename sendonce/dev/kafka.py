@@ -63,6 +63,7 @@ __all__ = [
     "log_tail",
     "new_cluster_id",
     "pick_free_ports",
+    "recorded_broker",
     "render_server_properties",
 ]
 
@@ -583,3 +584,21 @@ class LocalKafka(Service):
         if self._proc is not None and self._proc.poll() is None and not self._detached:
             with contextlib.suppress(Exception):
                 self.stop(timeout=15)
+
+
+def recorded_broker(home: Path | None = None) -> tuple[str, Path] | None:
+    """The bootstrap of the live local broker of ``home`` and the record it is read from.
+
+    ``home`` defaults to :func:`~sendonce.dev.kafka_jars.default_home`, where
+    ``sendonce dev kafka start`` records its broker (``state.json``; ``stop`` removes
+    it). None when there is no record, its broker is gone, or there is no checkout to
+    look in: the tools then use their configured address.
+    """
+    try:
+        broker = LocalKafka(home)
+        state = broker.status()
+    except (LocalKafkaError, KeyError, TypeError, ValueError):
+        return None  # no checkout, or a record this version cannot read
+    if state is None or not state.get("bootstrap"):
+        return None
+    return str(state["bootstrap"]), broker.state_path

@@ -18,6 +18,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from sendonce.dev.procs import pid_alive
@@ -31,6 +33,7 @@ __all__ = [
     "find_repo_root",
     "java_executable",
     "log4j_config",
+    "run_maven",
 ]
 
 KAFKA_VERSION = "4.1.1"
@@ -118,12 +121,18 @@ def java_executable() -> str:
     return found
 
 
-def ensure_jars(lib: Path | None = None) -> Path:
+JarProgress = Callable[[int], None]
+"""Told ``0`` when a resolve starts, then the number of files Maven downloaded so far."""
+
+
+def ensure_jars(lib: Path | None = None, progress: JarProgress | None = None) -> Path:
     """Make sure the broker jars are in ``lib`` (default :func:`default_lib`); return it.
 
     When the folder has no ``kafka_2.13-*.jar`` the jars are resolved from Maven Central
     with ``mvn`` into a sibling temp folder that is renamed into place only when
-    complete, so an interrupted resolve never leaves a half-filled ``lib``.
+    complete, so an interrupted resolve never leaves a half-filled ``lib``. A first
+    resolve downloads for a minute or more: ``progress`` hears of it (never when the
+    jars are already there).
     """
     lib = lib or default_lib()
     if _has_broker_jar(lib):
@@ -150,9 +159,11 @@ def ensure_jars(lib: Path | None = None) -> Path:
     # lets a later run recognise (and delete) the leftovers of a killed resolve.
     tmp = Path(tempfile.mkdtemp(prefix=f".{lib.name}.resolving-{os.getpid()}-", dir=lib.parent))
     try:
+        if progress is not None:
+            progress(0)
         cmd = [
             mvn,
-            "-q",
+            # Not -q: the "Downloaded from" lines are the progress.
             "-B",
             "-Dstyle.color=never",
             "-f",
@@ -161,12 +172,11 @@ def ensure_jars(lib: Path | None = None) -> Path:
             f"-DoutputDirectory={tmp}",
             "-DincludeScope=runtime",
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0 or not _has_broker_jar(tmp):
-            output = (proc.stdout + proc.stderr).strip().splitlines()
+        returncode, output = run_maven(cmd, progress)
+        if returncode != 0 or not _has_broker_jar(tmp):
             raise LocalKafkaError(
-                f"resolving the Kafka broker with Maven failed (exit {proc.returncode}):\n"
-                f"  {' '.join(cmd)}\n" + "\n".join(output[-_MAVEN_OUTPUT_LINES:])
+                f"resolving the Kafka broker with Maven failed (exit {returncode}):\n"
+                f"  {' '.join(cmd)}\n" + "\n".join(output)
             )
         try:
             # rename(2) replaces an empty directory, so an empty pre-created lib is fine.
@@ -178,6 +188,26 @@ def ensure_jars(lib: Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return lib
+
+
+def run_maven(cmd: list[str], progress: JarProgress | None = None) -> tuple[int, list[str]]:
+    """Run ``cmd`` (Maven); its exit code and the last lines of its output.
+
+    Each ``Downloaded from`` line Maven prints (one per file fetched) is counted
+    to ``progress`` as it arrives.
+    """
+    tail: deque[str] = deque(maxlen=_MAVEN_OUTPUT_LINES)
+    downloaded = 0
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line.rstrip("\n"))
+            if "Downloaded from" in line and progress is not None:
+                downloaded += 1
+                progress(downloaded)
+    return proc.returncode, list(tail)
 
 
 def _remove_abandoned_resolves(lib: Path) -> None:

@@ -9,7 +9,10 @@ a group of their own that never commits, so they neither join nor disturb the wo
 group.
 
 Both route librdkafka's own log lines to a named Python logger when given one, so they
-reach the process's log handlers instead of stderr.
+reach the process's log handlers instead of stderr; each such line is marked
+(:func:`is_librdkafka_line`), so a command line tool can keep librdkafka's chatter
+about connections it retries off the terminal (:class:`HideLibrdkafka`) and say
+what went wrong in one line of its own.
 """
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["consumer_config", "producer_config"]
+__all__ = [
+    "HideLibrdkafka",
+    "admin_config",
+    "consumer_config",
+    "is_librdkafka_line",
+    "producer_config",
+]
 
 #: librdkafka lines that describe a retry it makes by itself on a healthy cluster, and
 #: that users should not take for a problem: a fresh broker answers an idempotent
@@ -40,11 +49,46 @@ class ExpectedRetryFilter(logging.Filter):
         return True
 
 
+#: The attribute that marks a log record as one of librdkafka's lines; the leading
+#: underscore keeps it out of JSON log lines (:class:`sendonce.logs.JsonFormatter`).
+_MARK = "_librdkafka"
+
+
+class _MarkLibrdkafka(logging.Filter):
+    # On the logger librdkafka writes to: every record there is librdkafka's.
+    def filter(self, record: logging.LogRecord) -> bool:
+        setattr(record, _MARK, True)
+        return True
+
+
+def is_librdkafka_line(record: logging.LogRecord) -> bool:
+    """True if ``record`` is a line librdkafka logged (through a configured logger)."""
+    return bool(getattr(record, _MARK, False))
+
+
+class HideLibrdkafka(logging.Filter):
+    """A handler filter that drops librdkafka's lines (for tools not run at debug level).
+
+    A tool probes the cluster first and says in one line when it cannot be reached;
+    librdkafka's own lines (a "Connection refused" per retry) only bury that line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not is_librdkafka_line(record)
+
+
 def _librdkafka_logger(name: str) -> logging.Logger:
     logger = logging.getLogger(name)
+    if not any(isinstance(f, _MarkLibrdkafka) for f in logger.filters):
+        logger.addFilter(_MarkLibrdkafka())
     if not any(isinstance(f, ExpectedRetryFilter) for f in logger.filters):
         logger.addFilter(ExpectedRetryFilter())
     return logger
+
+
+def admin_config(bootstrap_servers: str, *, logger: str) -> dict[str, Any]:
+    """An admin client's configuration, its librdkafka lines going to ``logger``."""
+    return {"bootstrap.servers": bootstrap_servers, "logger": _librdkafka_logger(logger)}
 
 
 def producer_config(

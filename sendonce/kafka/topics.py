@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from sendonce.kafka.clients import admin_config
 from sendonce.settings import Settings
 
 
@@ -66,11 +65,7 @@ class TopicReport:
 
 def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicReport]:
     """Create missing topics; report existing ones whose partition count differs."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap_servers,
-        "logger": logging.getLogger("sendonce.kafka.admin"),
-    }
-    admin = AdminClient(config)
+    admin = AdminClient(admin_config(settings.bootstrap_servers, logger="sendonce.kafka.admin"))
     specs = topic_specs(settings)
     existing = admin.list_topics(timeout=timeout).topics
     reports: list[TopicReport] = []

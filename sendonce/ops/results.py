@@ -49,6 +49,7 @@ def read_topics(
         consumer_config(
             bootstrap_servers,
             group="sendonce-reader",
+            logger="sendonce.kafka.results",
             overrides={"enable.partition.eof": True},
         )
     )

@@ -180,7 +180,7 @@ def resolve(
 
 def _publish(settings: Settings, key: str, partition: int, value: bytes) -> None:
     # The command names its partition (the key's ledger partition): no partitioner picks.
-    producer = Producer(producer_config(settings.bootstrap_servers))
+    producer = Producer(producer_config(settings.bootstrap_servers, logger="sendonce.kafka.review"))
     errors: list[str] = []
 
     def delivered(err: Any, _msg: Any) -> None:

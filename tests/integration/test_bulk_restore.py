@@ -162,7 +162,7 @@ def wait_ready(worker: WorkerProcess, timeout: float = 180) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = worker.log_path.read_text(errors="replace")
-        if "Worker ready" in text:
+        if "sendonce.worker: ready" in text:
             return text
         assert worker.alive(), worker.log()
         time.sleep(0.2)  # polling the log file, not waiting for a guess
@@ -214,7 +214,7 @@ def test_worker_with_empty_data_dir_bulk_restores_every_key(pipeline: Pipeline) 
 
     assert "bulk restore done" in log
     # Faust's own recovery found nothing left to read.
-    assert "Restoring state from changelog topics" not in log
+    assert "restoring state from changelog topics" not in log
 
 
 @pytest.mark.timeout(400)
@@ -222,7 +222,7 @@ def test_worker_without_bulk_restore_still_restores_every_key(pipeline: Pipeline
     log = check_worker_restores_every_key(pipeline, bulk=False)
 
     assert "bulk restore" not in log
-    assert "Restoring state from changelog topics" in log
+    assert "restoring state from changelog topics" in log
 
 
 @pytest.fixture

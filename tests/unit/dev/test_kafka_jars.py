@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from sendonce.dev.kafka_jars import LocalKafkaError, ensure_jars, find_repo_root
+from sendonce.dev import kafka_jars
+from sendonce.dev.kafka_jars import LocalKafkaError, ensure_jars, find_repo_root, run_maven
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -40,8 +42,10 @@ def test_ensure_jars_uses_existing_lib(monkeypatch: pytest.MonkeyPatch, tmp_path
     def no_mvn(*args: object, **kwargs: object) -> None:
         raise AssertionError("mvn must not run when the jars are present")
 
-    monkeypatch.setattr(subprocess, "run", no_mvn)
-    assert ensure_jars(tmp_path) == tmp_path
+    monkeypatch.setattr(kafka_jars, "run_maven", no_mvn)
+    told: list[int] = []
+    assert ensure_jars(tmp_path, told.append) == tmp_path
+    assert told == []  # nothing to resolve, nothing announced
 
 
 def test_ensure_jars_explains_missing_mvn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -86,18 +90,20 @@ def test_ensure_jars_cleans_abandoned_resolve_and_renames_into_place(
     (abandoned / "half").mkdir(parents=True)
     calls: list[list[str]] = []
 
-    def fake_mvn(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    def fake_mvn(cmd: list[str], progress: object = None) -> tuple[int, list[str]]:
         # Stand-in for Maven: fill the output folder it was given.
         calls.append(cmd)
         out = Path(next(a for a in cmd if a.startswith("-DoutputDirectory=")).split("=", 1)[1])
         assert out.parent == tmp_path  # same filesystem as lib, so the rename is atomic
         assert not (tmp_path / "lib").exists()  # lib only appears when complete
         (out / "kafka_2.13-4.1.1.jar").write_bytes(b"")
-        return subprocess.CompletedProcess(cmd, 0, "", "")
+        return 0, []
 
-    monkeypatch.setattr(subprocess, "run", fake_mvn)
+    monkeypatch.setattr(kafka_jars, "run_maven", fake_mvn)
+    told: list[int] = []
 
-    assert ensure_jars(tmp_path / "lib") == tmp_path / "lib"
+    assert ensure_jars(tmp_path / "lib", told.append) == tmp_path / "lib"
+    assert told == [0]  # the resolve was announced
     assert (tmp_path / "lib" / "kafka_2.13-4.1.1.jar").exists()
     assert len(calls) == 1
     assert "dependency:copy-dependencies" in calls[0]
@@ -111,13 +117,34 @@ def test_ensure_jars_failed_resolve_leaves_no_lib(
     if shutil.which("mvn") is None or shutil.which("java") is None:
         pytest.skip("needs mvn and java on PATH to reach this step")
 
-    def failing_mvn(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    def failing_mvn(cmd: list[str], progress: object = None) -> tuple[int, list[str]]:
         out = Path(next(a for a in cmd if a.startswith("-DoutputDirectory=")).split("=", 1)[1])
         (out / "some-dep.jar").write_bytes(b"")  # partial output
-        return subprocess.CompletedProcess(cmd, 1, "", "Could not resolve dependencies")
+        return 1, ["Could not resolve dependencies"]
 
-    monkeypatch.setattr(subprocess, "run", failing_mvn)
+    monkeypatch.setattr(kafka_jars, "run_maven", failing_mvn)
 
     with pytest.raises(LocalKafkaError, match="Could not resolve dependencies"):
         ensure_jars(tmp_path / "lib")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_maven_counts_downloads_as_they_arrive() -> None:
+    # A stand-in for Maven's batch-mode output: two downloads among other lines.
+    script = (
+        "import sys\n"
+        "print('[INFO] Scanning for projects...', flush=True)\n"
+        "print('[INFO] Downloading from central: https://repo/a.pom', flush=True)\n"
+        "print('[INFO] Downloaded from central: https://repo/a.pom (2 kB at 9 kB/s)', flush=True)\n"
+        "print('[INFO] Downloaded from central: https://repo/b.jar (1 MB at 2 MB/s)', flush=True)\n"
+        "print('[ERROR] the end', file=sys.stderr)\n"
+        "sys.exit(3)\n"
+    )
+    told: list[int] = []
+
+    code, tail = run_maven([sys.executable, "-c", script], told.append)
+
+    assert told == [1, 2]
+    assert code == 3
+    assert tail[0] == "[INFO] Scanning for projects..."
+    assert tail[-1] == "[ERROR] the end"

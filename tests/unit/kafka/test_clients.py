@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -51,3 +52,36 @@ def test_the_fresh_broker_pid_retry_is_not_shown_to_users(
         caplog.clear()
         logger.warning("GETPID ...: Coordinator load in progress: retrying")
     assert [r.levelname for r in caplog.records] == ["DEBUG"]
+
+
+def test_librdkafka_lines_are_marked_so_a_tool_can_hide_them() -> None:
+    # A real client at an address nobody serves: librdkafka logs its refused connects
+    # through the configured logger, marked; the tool's own lines are not.
+    from confluent_kafka import Producer
+
+    from sendonce.kafka.clients import HideLibrdkafka, is_librdkafka_line
+
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    handler = Keep()
+    loggers = [logging.getLogger(f"sendonce.kafka.test-{n}") for n in ("rdkafka", "tool")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        producer = Producer(producer_config("127.0.0.1:1", logger="sendonce.kafka.test-rdkafka"))
+        deadline = time.monotonic() + 10
+        # Served by poll(); the first refused connect comes within milliseconds.
+        while not seen and time.monotonic() < deadline:
+            producer.poll(0.2)
+        loggers[1].error("the tool's own line")
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    from_librdkafka = [r for r in seen if is_librdkafka_line(r)]
+    assert any("127.0.0.1:1" in r.getMessage() for r in from_librdkafka), seen
+    hide = HideLibrdkafka()
+    assert [r.getMessage() for r in seen if hide.filter(r)] == ["the tool's own line"]

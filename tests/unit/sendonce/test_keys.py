@@ -9,8 +9,9 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+import idna
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from sendonce.keys import (
@@ -18,6 +19,7 @@ from sendonce.keys import (
     InvalidAddressError,
     InvalidIntentError,
     OversizeIntentError,
+    canonical_domain,
     canonical_json,
     content_digest,
     content_fingerprint,
@@ -25,6 +27,7 @@ from sendonce.keys import (
     fingerprint_for,
     idempotency_key_for,
     identify_intent,
+    mailbox_address,
     mask_address,
     normalize_address,
     supplied_key,
@@ -446,7 +449,7 @@ def test_identify_intent_equals_the_three_separate_calls(original: dict[str, Any
     identity = identify_intent(original)
     assert identity.key == idempotency_key_for(original)
     assert identity.fingerprint == fingerprint_for(original)
-    assert identity.sender == normalize_address(original["sender"])
+    assert identity.sender == mailbox_address(original["sender"])
 
 
 @pytest.mark.parametrize(
@@ -520,3 +523,226 @@ def test_the_ascii_fast_path_forbids_exactly_what_the_unicode_rule_forbids(text:
         ch.isspace() or unicodedata.category(ch) in keys._FORBIDDEN_CATEGORIES for ch in text
     )
     assert keys._has_forbidden_char(text) == by_category
+
+
+# ---- version 2: one intended email, one key -------------------------------------------------
+
+BUECHER = "b\u00fccher.example"
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "xn--bcher-kva.example",  # the A-label (Punycode) spelling
+        "XN--BCHER-KVA.Example",
+        "\uff42\u00fc\uff43\uff48\uff45\uff52.example",  # fullwidth b, c, h, e, r
+        "bu\u0308cher.example",  # NFD
+    ],
+)
+def test_domain_spellings_of_one_domain_normalise_to_its_u_label(spelling: str) -> None:
+    assert normalize_address(f"Bob@{spelling}") == f"bob@{BUECHER}"
+
+
+@pytest.mark.parametrize(
+    "spelling", ["xn--bcher-kva.example", "\uff42\u00fc\uff43\uff48\uff45\uff52.example"]
+)
+def test_domain_spellings_of_one_domain_share_key_and_fingerprint(spelling: str) -> None:
+    unicode_form = intent(to=[f"bob@{BUECHER}"], sender=f"orders@{BUECHER}")
+    other_form = intent(to=[f"bob@{spelling}"], sender=f"orders@{spelling}")
+    assert idempotency_key_for(other_form) == idempotency_key_for(unicode_form)
+    assert fingerprint_for(other_form) == fingerprint_for(unicode_form)
+
+
+def test_template_subject_is_in_the_fingerprint_not_the_key() -> None:
+    first = intent(text_body=None, template_id="welcome", template_params={"n": "Bob"})
+    other = {**first, "subject": "Something else entirely"}
+    assert idempotency_key_for(other) == idempotency_key_for(first)
+    assert fingerprint_for(other) != fingerprint_for(first)
+
+
+def test_template_html_body_is_in_the_fingerprint_not_the_key() -> None:
+    first = intent(text_body=None, template_id="welcome", template_params={"n": "Bob"})
+    other = {**first, "html_body": "<p>Something else</p>"}
+    assert idempotency_key_for(other) == idempotency_key_for(first)
+    assert fingerprint_for(other) != fingerprint_for(first)
+    assert fingerprint_for({**first, "html_body": "<p>A third</p>"}) != fingerprint_for(other)
+
+
+def test_a_label_vector_recomputed_from_the_spec_by_hand() -> None:
+    vector = BY_NAME["idn_a_label"]
+    assert vector["intent"]["to"] == ["Bob@XN--BCHER-KVA.example"]
+    digest = "body:" + sha256(
+        '{"html":null,"subject":"Your order 1001 has shipped",'
+        '"text":"Hi Bob, your order is on its way."}'
+    )
+    key_input = (
+        '{"action_type":"receipt","content":"' + digest + '",'
+        '"recipients":["bob@b\u00fccher.example"],"source_event_id":"order-1001:shipped",'
+        '"tenant":"acme","v":1}'
+    )
+    assert vector["key"] == "acme:" + sha256(key_input)[:32]
+
+
+def test_template_subject_and_html_vectors_recomputed_from_the_spec_by_hand() -> None:
+    digest = "tmpl:" + sha256(
+        '{"params":{"carrier":"DHL","first_name":"Bob","order_id":"1001"},'
+        '"template_id":"order-shipped-v2"}'
+    )
+    head = '{"action_type":"receipt","bcc":[],"cc":[],"content":"' + digest + '","headers":{},'
+    sender = '"sender":"orders@acme.example",'
+    to = '"to":["bob@example.com"]}'
+    # Empty subject, no HTML: exactly version 1's fingerprint input.
+    assert BY_NAME["template_empty_subject"]["content_fingerprint"] == sha256(head + sender + to)
+    # Otherwise "subject" and "html" join it, in code-point order like every member.
+    subject = '"subject":"Your order 1001 was cancelled",'
+    assert BY_NAME["template_other_subject"]["content_fingerprint"] == sha256(
+        head + sender + subject + to
+    )
+    html = '"html":"<p>Your order has shipped</p>",'
+    subject = '"subject":"Your order 1001 has shipped",'
+    assert BY_NAME["template_with_html"]["content_fingerprint"] == sha256(
+        head + html + sender + subject + to
+    )
+
+
+# ---- version 2 properties ------------------------------------------------------------------
+
+# A loaded machine (the suite runs beside Kafka brokers) must not turn a slow example
+# into a failure.
+NO_DEADLINE = settings(deadline=None)
+
+IDN_LABEL = st.from_regex(r"[a-z\u00e4\u00f6\u00fc\u00e9\u00df\u03b1-\u03c9]{1,10}", fullmatch=True)
+IDN_DOMAINS = st.builds(
+    lambda labels, tld: ".".join([*labels, tld]),
+    st.lists(IDN_LABEL, min_size=1, max_size=3),
+    st.sampled_from(["example", "de", "xn--p1ai"]),
+)
+
+
+def _fullwidth(text: str) -> str:
+    return "".join(chr(ord(ch) - 0x61 + 0xFF41) if "a" <= ch <= "z" else ch for ch in text)
+
+
+def _a_label(domain: str) -> str:
+    return idna.encode(domain, uts46=True).decode("ascii")
+
+
+@NO_DEADLINE
+@given(LOCAL.filter(lambda s: ".." not in s), IDN_DOMAINS)
+def test_every_spelling_of_a_domain_normalises_to_one_idempotent_form(
+    local: str, domain: str
+) -> None:
+    canonical = normalize_address(f"{local}@{domain}")
+    assert normalize_address(canonical) == canonical
+    assert canonical_domain(canonical.partition("@")[2]) == canonical.partition("@")[2]
+    try:
+        a_label = _a_label(domain)
+    except idna.IDNAError:
+        # UTS-46 refuses it: version 1's form, which is also what the key had before.
+        assert canonical == mailbox_address(f"{local}@{domain}")
+        return
+    spellings = [a_label, a_label.upper(), _fullwidth(domain)]
+    if domain.upper().lower() == domain:  # not for "\u00df" (SS is ss) or final sigma
+        spellings.append(domain.upper())
+    for spelling in spellings:
+        assert normalize_address(f"{local}@{spelling}") == canonical
+
+
+def _v1_key(intent: dict[str, Any]) -> str:
+    """Version 1 of schemas/README.md section 5, with version 1's address rule."""
+    recipients = sorted({mailbox_address(a) for a in intent["to"] + intent["cc"] + intent["bcc"]})
+    key_input = {
+        "v": 1,
+        "tenant": intent["tenant_id"],
+        "source_event_id": intent["source_event_id"],
+        "action_type": intent["action_type"].strip().lower(),
+        "recipients": recipients,
+        "content": _digest_of(intent),
+    }
+    return f"{intent['tenant_id']}:{hashlib.sha256(canonical_json(key_input)).hexdigest()[:32]}"
+
+
+def _v1_fingerprint(intent: dict[str, Any]) -> str:
+    """Version 1 of schemas/README.md section 7, with version 1's address rule."""
+    fingerprint_input = {
+        "sender": mailbox_address(intent["sender"]),
+        **{f: sorted({mailbox_address(a) for a in intent[f]}) for f in ("to", "cc", "bcc")},
+        "action_type": intent["action_type"].strip().lower(),
+        "content": _digest_of(intent),
+        "headers": intent["headers"],
+    }
+    return hashlib.sha256(canonical_json(fingerprint_input)).hexdigest()
+
+
+def _digest_of(intent: dict[str, Any]) -> str:
+    return content_digest(
+        subject=intent["subject"],
+        text_body=intent["text_body"],
+        html_body=intent["html_body"],
+        template_id=intent["template_id"],
+        template_params=intent["template_params"],
+    )
+
+
+def _v1_canonical_addresses(intent: dict[str, Any]) -> bool:
+    addresses = [intent["sender"], *intent["to"], *intent["cc"], *intent["bcc"]]
+    return all(normalize_address(a) == mailbox_address(a) for a in addresses)
+
+
+@NO_DEADLINE
+@given(intents())
+def test_what_version_1_had_canonical_keeps_its_key_and_fingerprint(
+    original: dict[str, Any],
+) -> None:
+    original = {**original, "idempotency_key": None}
+    assume(_v1_canonical_addresses(original))
+    assert str(idempotency_key_for(original)) == _v1_key(original)
+    template_extras = original["template_id"] is not None and bool(
+        original["subject"] or original["html_body"]
+    )
+    if not template_extras:
+        assert fingerprint_for(original) == _v1_fingerprint(original)
+
+
+@NO_DEADLINE
+@given(intents(), IDN_DOMAINS)
+def test_a_label_recipients_share_the_u_label_key(base: dict[str, Any], domain: str) -> None:
+    try:
+        a_label = _a_label(domain)
+    except idna.IDNAError:
+        assume(False)
+        return
+    base = {**base, "idempotency_key": None}
+    u_form = {**base, "to": [*base["to"], f"bob@{domain}"]}
+    a_form = {**base, "to": [*base["to"], f"bob@{a_label}"]}
+    assert idempotency_key_for(a_form) == idempotency_key_for(u_form)
+    assert fingerprint_for(a_form) == fingerprint_for(u_form)
+
+
+@NO_DEADLINE
+@given(intents(), st.text(max_size=20).map(lambda s: s.replace("\r", "").replace("\n", "")))
+def test_a_template_sent_under_another_subject_is_a_conflict(
+    base: dict[str, Any], subject: str
+) -> None:
+    base = {**base, "text_body": None, "template_id": "welcome"}
+    assume(unicodedata.normalize("NFC", subject) != unicodedata.normalize("NFC", base["subject"]))
+    other = {**base, "subject": subject}
+    assert idempotency_key_for(other) == idempotency_key_for(base)
+    assert fingerprint_for(other) != fingerprint_for(base)
+
+
+ANY_LABEL = st.text(
+    st.characters(categories=["L", "M", "N"]) | st.sampled_from("-xn"), min_size=1, max_size=12
+)
+
+
+@NO_DEADLINE
+@given(st.lists(ANY_LABEL, min_size=2, max_size=3))
+def test_normalising_any_valid_address_is_idempotent(labels: list[str]) -> None:
+    try:
+        once = normalize_address("bob@" + ".".join(labels))
+    except InvalidAddressError:
+        assume(False)
+        return
+    assert normalize_address(once) == once
+    # (Not always lower case: UTS-46 folds Cherokee to its capitals, U+AB70 to U+13A0.)

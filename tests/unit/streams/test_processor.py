@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,12 @@ from sendonce.connectors.base import (
     SendStatus,
 )
 from sendonce.connectors.outbox import OutboxProvider
-from sendonce.keys import complete_intent, idempotency_key_for
+from sendonce.keys import (
+    complete_intent,
+    content_digest,
+    content_fingerprint,
+    idempotency_key_for,
+)
 from sendonce.streams.processor import ConsumedRecord
 from sendonce.streams.testing import InMemoryPipeline, RecordingSink
 
@@ -77,6 +83,95 @@ def test_same_key_different_body_is_a_conflict_and_sends_nothing(outbox: OutboxP
     assert outcomes == ["SENT", "CONFLICT"]
     conflict = p.outputs(p.settings.topics.results_failed)[0]
     assert conflict["error_code"] == "key_conflict"
+
+
+def test_same_key_template_with_another_subject_is_a_conflict(outbox: OutboxProvider) -> None:
+    # The template renders the body; the subject is sent as given, so it is content.
+    template = {"text_body": None, "template_id": "receipt-v1", "template_params": {"n": "1"}}
+    first = intent(1, **template)
+    second = intent(1, **template, subject="Your account is closed")
+    assert idempotency_key_for(second) == idempotency_key_for(first)
+    p = InMemoryPipeline(outbox)
+    run(p.run([p.intent_record(first)]))
+    run(p.run([p.intent_record(second)]))
+    assert len(eml_files(outbox)) == 1
+    assert [r["outcome"] for r in p.results()] == ["SENT", "CONFLICT"]
+
+
+def test_a_template_entry_written_under_key_version_1_still_recognises_its_repeat(
+    outbox: OutboxProvider,
+) -> None:
+    # An entry recorded before version 2 holds a fingerprint without the subject: a
+    # replay of that same intent after the upgrade is a DUPLICATE, not a CONFLICT.
+    template = {"text_body": None, "template_id": "receipt-v1", "template_params": {"n": "1"}}
+    first = intent(1, **template)
+    p = InMemoryPipeline(outbox)
+    run(p.run([p.intent_record(first)]))
+    [(partition, key)] = list(p.store.entries)
+    entry = p.store.entries[(partition, key)]
+    full = complete_intent(first, now_ms=0)
+    v1 = content_fingerprint(
+        sender=full["sender"],
+        to=full["to"],
+        cc=full["cc"] or [],
+        bcc=full["bcc"] or [],
+        action_type=full["action_type"],
+        content_digest=_template_digest(full),
+        headers=full["headers"] or {},
+    )
+    assert v1 != entry.content_fingerprint
+    p.store.entries[(partition, key)] = dataclasses.replace(entry, content_fingerprint=v1)
+    run(p.run([p.intent_record(first)]))
+    assert [r["outcome"] for r in p.results()] == ["SENT", "DUPLICATE"]
+    # Under version 1 another subject was a DUPLICATE too; a version 2 entry refuses it.
+    run(p.run([p.intent_record(intent(1, **template, subject="Another"))]))
+    assert [r["outcome"] for r in p.results()][-1] == "DUPLICATE"
+    p2 = InMemoryPipeline(outbox)
+    run(p2.run([p2.intent_record(first)]))
+    run(p2.run([p2.intent_record(intent(1, **template, subject="Another"))]))
+    assert [r["outcome"] for r in p2.results()] == ["SENT", "CONFLICT"]
+
+
+def _template_digest(full: dict[str, Any]) -> str:
+    return content_digest(
+        subject=full["subject"],
+        text_body=full["text_body"],
+        html_body=full["html_body"],
+        template_id=full["template_id"],
+        template_params=full["template_params"],
+    )
+
+
+class AcceptingRecorder:
+    """Accepts every email and keeps what it was given."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.sent: list[OutgoingEmail] = []
+
+    async def send(self, outgoing: OutgoingEmail) -> SendOutcome:
+        self.sent.append(outgoing)
+        return SendOutcome(SendStatus.ACCEPTED, self.name, provider_message_id="m1")
+
+    async def lookup(self, idempotency_key: str, message_id: str, sender: str) -> LookupResult:
+        raise AssertionError("no lookup expected")
+
+    async def close(self) -> None:
+        return None
+
+
+def test_two_spellings_of_one_idn_domain_are_one_email() -> None:
+    provider = AcceptingRecorder()
+    first = intent(1, sender="orders@xn--bcher-kva.example", to=["bob@b\u00fccher.example"])
+    second = intent(1, sender="orders@b\u00fccher.example", to=["Bob@XN--BCHER-KVA.example"])
+    p = InMemoryPipeline(provider)
+    run(p.run([p.intent_record(first)]))
+    run(p.run([p.intent_record(second)]))
+    assert [r["outcome"] for r in p.results()] == ["SENT", "DUPLICATE"]
+    # The provider gets the sender mailbox as the producer spelled it (version 1's form).
+    (sent,) = provider.sent
+    assert sent.sender == "orders@xn--bcher-kva.example"
 
 
 def test_bad_records_go_to_the_dlq_with_original_bytes_and_good_ones_still_resolve(

@@ -6,6 +6,7 @@ import email
 import email.policy
 import re
 import uuid
+from dataclasses import replace
 from email.message import EmailMessage
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -128,6 +129,23 @@ def test_template_intent_renders_the_outbox_text() -> None:
     part = parsed.get_body(preferencelist=("plain",))
     assert part is not None
     assert part.get_content().replace("\r\n", "\n") == template_text(out)
+
+
+@pytest.mark.parametrize("template_id", [None, "welcome"])
+def test_an_empty_html_body_is_no_html_body(template_id: str | None) -> None:
+    # An empty html_body leaves the fingerprint as if there were none (schemas/README.md,
+    # version 2), so it must not reach the recipient either: the text (or the rendered
+    # template) is sent, as without it.
+    out = outgoing(text_body="hi", html_body="", template_id=template_id)
+    msg = graph_message(out, with_internet_message_id=False)
+    assert (
+        msg["body"]
+        == graph_message(replace(out, html_body=None), with_internet_message_id=False)["body"]
+    )
+    parsed = email.message_from_bytes(render_eml(out, 0.0), policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    assert not parsed.is_multipart()
+    assert parsed.get_content_type() == "text/plain"
 
 
 def test_no_x_headers_means_no_header_list() -> None:
