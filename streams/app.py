@@ -46,6 +46,7 @@ from sendonce.schemas.codec import SchemaCodec
 from sendonce.schemas.registry import codec_for_settings, resolving
 from sendonce.settings import Settings
 from sendonce.streams import metrics
+from sendonce.streams.fencing import LedgerFence
 from sendonce.streams.fetcher import KafkaForwardedLookup, KafkaRecordFetcher
 from sendonce.streams.lanes import SourceOffsets
 from sendonce.streams.offsets import Lane
@@ -112,6 +113,9 @@ class _DrainingApp(faust.App):  # type: ignore[misc]
     """
 
     drain: Callable[[], Awaitable[None]] | None = None
+    #: Broker-enforced ownership of the ledger's partitions (streams.fencing); the
+    #: recovery (streams.restore) takes partitions over through it before restoring.
+    ledger_fence: LedgerFence | None = None
     #: The topics whose partitions the worker's assignment lines name (the lanes').
     reported_topics: Callable[[], Iterable[str]] = tuple
     #: Set by :func:`run_worker`: the process exits this many seconds after the
@@ -234,7 +238,18 @@ def build_worker_app(
         # included): librdkafka must accept what that bound lets through.
         extra={"message.max.bytes": max(settings.max_record_bytes, 1_000_000)},
     )
-    store = FaustLedgerStore(ledger, producer, owns=lambda p: offsets.writable(intents_topic, p))
+    # Ledger writes go through per-partition transactional producers: a worker the
+    # group evicted (paused, cut off) can never commit one (streams.fencing).
+    fence = LedgerFence(
+        settings.bootstrap_servers,
+        settings.app_id,
+        topic=settings.ledger_changelog_topic,
+        client_id=f"{settings.app_id}-{settings.worker_id}",
+        linger_ms=settings.producer_linger_ms,
+        extra={"message.max.bytes": max(settings.max_record_bytes, 1_000_000)},
+    )
+    app.ledger_fence = fence
+    store = FaustLedgerStore(ledger, fence, owns=lambda p: offsets.writable(intents_topic, p))
     provider_ = provider or provider_from_settings(settings)
     fetcher = KafkaRecordFetcher(settings.bootstrap_servers)
     processor = IntentProcessor(
@@ -303,6 +318,7 @@ def build_worker_app(
 
     @app.on_before_shutdown.connect
     async def close_producer(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await fence.close()
         unsent = await asyncio.to_thread(producer.close, PRODUCER_CLOSE_S)
         if unsent:
             log.warning("%d records not acknowledged by the broker at stop", unsent)

@@ -2,9 +2,10 @@
 
 Faust restores a table partition by reading its changelog through the worker's
 own consumer and the table's event machinery: about 130 us of Python per record,
-7,000 keys/s. Here, each newly assigned changelog partition (active or standby)
-is first caught up in bulk by a group-less confluent consumer that writes
-straight into the RocksDB handle Faust opened for that partition, in
+7,000 keys/s. Here, each active changelog partition (kept or newly assigned) and
+each newly assigned standby is first caught up in bulk by a group-less confluent
+consumer that writes straight into the RocksDB handle Faust opened for that
+partition, in
 ``WriteBatch`` chunks that each carry the partition's persisted offset, so the
 local copy and the offset it claims are written atomically and never disagree.
 Faust's recovery then starts from that offset and finds (almost) nothing left.
@@ -34,7 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import rocksdict
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -331,8 +332,9 @@ def restore_consumer(
         "enable.auto.commit": False,
         "enable.partition.eof": True,
         "auto.offset.reset": "earliest",
-        # Faust's recovery reads uncommitted records too; so must the restore.
-        "isolation.level": "read_uncommitted",
+        # Committed records only: ledger writes are transactional (streams.fencing),
+        # and a fenced worker's aborted write must never reach a restored copy.
+        "isolation.level": "read_committed",
         # Bounds what is prefetched (the consumer's queue, all partitions) ...
         "queued.max.messages.kbytes": 32 * 1024,
         "fetch.max.bytes": 16 * MIB,
@@ -352,6 +354,25 @@ def bootstrap_from_app(app: Any) -> str:
     return ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
 
 
+class PartitionFence(Protocol):
+    """Broker-enforced ownership of one table's changelog partitions (streams.fencing)."""
+
+    #: The changelog topic whose partitions it fences.
+    topic: str
+
+    def held(self) -> set[int]:
+        """Partitions this worker holds."""
+        ...
+
+    async def acquire(self, partitions: Iterable[int]) -> None:
+        """Take partitions over, fencing their previous owner."""
+        ...
+
+    async def release(self, partitions: Iterable[int]) -> None:
+        """Give partitions up."""
+        ...
+
+
 @dataclass
 class _Job:
     generation_id: int
@@ -361,13 +382,25 @@ class _Job:
 
 
 class BulkRecovery(Recovery):  # type: ignore[misc]
-    """Faust's recovery, preceded by a bulk restore of newly assigned changelog partitions."""
+    """Faust's recovery, preceded by a bulk restore of the assigned changelog partitions.
+
+    Every active partition (a kept one only reads what it lacks, usually its last
+    transaction's commit marker) and every newly assigned standby.
+    """
 
     def __init__(self, app: Any, tables: Any, **kwargs: Any) -> None:
         super().__init__(app, tables, **kwargs)
         self._job: _Job | None = None
         self._running: _Job | None = None
         self._reported_generation: int | None = None
+        #: (generation, active partitions of the fenced changelog) to take over
+        #: before this round restores anything.
+        self._fence_plan: tuple[int, frozenset[int]] | None = None
+
+    @property
+    def fence(self) -> PartitionFence | None:
+        """The app's ledger fence (``app.ledger_fence``), if it has one."""
+        return getattr(self.app, "ledger_fence", None)
 
     async def on_rebalance(
         self,
@@ -381,9 +414,20 @@ class BulkRecovery(Recovery):  # type: ignore[misc]
         # be gone before Faust reads offsets or writes to any partition again.
         await self._stop_running()
         self._job = None
+        self._fence_plan = None
         if generation_id == self.app.consumer_generation_id:
             assignor = self.app.assignor
-            mine = (assignor.assigned_actives() | assignor.assigned_standbys()) & newly_assigned
+            fence = self.fence
+            if fence is not None:
+                actives = frozenset(
+                    tp.partition for tp in assignor.assigned_actives() if tp.topic == fence.topic
+                )
+                self._fence_plan = (generation_id, actives)
+            # Every active partition, kept ones too: a transactional changelog ends in
+            # a commit marker after the last record a worker wrote, and Faust's own
+            # recovery, which never sees control records, would wait for it forever.
+            # The bulk restore reads past it (for a kept partition, in no time).
+            mine = assignor.assigned_actives() | (assignor.assigned_standbys() & newly_assigned)
             partitions = frozenset(
                 tp for tp in mine if _bulk_restores(self.tables._changelogs.get(tp.topic))
             )
@@ -422,6 +466,23 @@ class BulkRecovery(Recovery):  # type: ignore[misc]
         # it builds the offsets it reads from: the restore goes first, here, with no
         # timeout (Faust's other steps have one), and a new rebalance or a stop
         # interrupts it like any of Faust's steps.
+        plan = self._fence_plan
+        fence = self.fence
+        if (
+            plan is not None
+            and fence is not None
+            and plan[0] == self._generation_id
+            and not self.signal_recovery_start.is_set()
+        ):
+            # Ownership first: the broker fences the partitions' previous owners and
+            # aborts what they left open before the restore reads (streams.fencing).
+            self._fence_plan = None
+            try:
+                await super()._wait(_take_over(fence, plan[1]))
+            except BaseException:
+                if isinstance(coro, Coroutine):
+                    coro.close()
+                raise
         job = self._job
         if (
             job is not None
@@ -514,6 +575,11 @@ class BulkRecovery(Recovery):  # type: ignore[misc]
                 self.active_offsets[tp] = offset
             if tp in self.standby_tps:
                 self.standby_offsets[tp] = offset
+
+
+async def _take_over(fence: PartitionFence, actives: frozenset[int]) -> None:
+    await fence.release(fence.held() - actives)
+    await fence.acquire(actives)
 
 
 async def _in_thread(job: _Job, work: Callable[[], RestoreStats]) -> RestoreStats:
