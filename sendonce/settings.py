@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from sendonce.faults import CRASH_POINTS, parse_crash_spec
+from sendonce.faults import CRASH_POINTS, PAUSE_POINTS, parse_crash_spec, parse_pause_spec
 from sendonce.keys import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RECORD_BYTES
 from sendonce.providers import PROVIDERS
 
@@ -330,6 +330,12 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "(provider accepted, nothing recorded) or `after-sent` (SENT durable, "
         "result not emitted, offsets not committed).",
     ),
+    "pause_at": (
+        "SENDONCE_PAUSE_AT",
+        "Test hook: `POINT:N` SIGSTOPs the worker the Nth time it reaches POINT (SIGCONT "
+        "resumes it): `pending-produced` (PENDING handed to the producer, not acknowledged), "
+        "`after-pending`, `after-accept` or `after-sent` (as for SENDONCE_CRASH_AT).",
+    ),
     "schema_registry_url": (
         "SENDONCE_SCHEMA_REGISTRY_URL",
         "Confluent-compatible schema registry; set: records are written in the Confluent "
@@ -420,6 +426,7 @@ class Settings:
     webhook_fault: str = ""
     webhook_replays_topic: bool = False
     crash_at: str = ""
+    pause_at: str = ""
     schema_registry_url: str = ""
     log_level: str = "info"
     log_format: str = "text"
@@ -499,6 +506,13 @@ class Settings:
             raise SettingsError(
                 f"SENDONCE_CRASH_AT={self.crash_at!r} must be POINT:N with POINT one of "
                 f"{', '.join(CRASH_POINTS)} and N >= 1"
+            ) from exc
+        try:
+            parse_pause_spec(self.pause_at)
+        except ValueError as exc:
+            raise SettingsError(
+                f"SENDONCE_PAUSE_AT={self.pause_at!r} must be POINT:N with POINT one of "
+                f"{', '.join(PAUSE_POINTS)} and N >= 1"
             ) from exc
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"SENDONCE_LOG_LEVEL={self.log_level!r} is not a log level")

@@ -37,7 +37,14 @@ from sendonce.connectors.base import (
     estimated_wait_s,
     send_permit,
 )
-from sendonce.faults import AFTER_ACCEPT, AFTER_PENDING, AFTER_SENT, CrashPoints
+from sendonce.faults import (
+    AFTER_ACCEPT,
+    AFTER_PENDING,
+    AFTER_SENT,
+    PENDING_PRODUCED,
+    CrashPoints,
+    PausePoints,
+)
 from sendonce.keys import (
     InvalidIntentError,
     identify_intent,
@@ -291,6 +298,7 @@ class IntentProcessor:
         fetcher: RecordFetcher | None = None,
         owns: Callable[[int], bool] | None = None,
         crash_points: CrashPoints | None = None,
+        pause_points: PausePoints | None = None,
     ) -> None:
         self.settings = settings
         self.topics: TopicNames = settings.topics
@@ -316,6 +324,7 @@ class IntentProcessor:
         # Built here when not passed, so the worker gets SENDONCE_CRASH_AT without
         # its wiring having to know about the test hook.
         self._crash = crash_points if crash_points is not None else CrashPoints(settings.crash_at)
+        self._pause = pause_points if pause_points is not None else PausePoints(settings.pause_at)
         # One coroutine per key at a time, across the agent and the reconciler.
         self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -459,11 +468,16 @@ class IntentProcessor:
                     await self._take_send_permit(permit, item)
                 for effect in decision.effects:
                     if isinstance(effect, Persist):
-                        await self.store.put(effect.entry, partition)
+                        attempt = effect.entry.status is LedgerStatus.PENDING and call is not None
+                        await self.store.put(
+                            effect.entry,
+                            partition,
+                            enqueued=self._pending_produced if attempt else None,
+                        )
                         if effect.entry.status is LedgerStatus.SENT:
-                            self._crash.reached(AFTER_SENT)
-                        elif effect.entry.status is LedgerStatus.PENDING and call is not None:
-                            self._crash.reached(AFTER_PENDING)
+                            self._reached(AFTER_SENT)
+                        elif attempt:
+                            self._reached(AFTER_PENDING)
                     elif isinstance(effect, Emit):
                         await self._emit(effect.result, stats)
                     elif isinstance(effect, CallProvider):
@@ -472,7 +486,7 @@ class IntentProcessor:
                         stats.provider_calls += 1
                         outcome = await self._call(item, entry)
                         if outcome.status is SendStatus.ACCEPTED:
-                            self._crash.reached(AFTER_ACCEPT)
+                            self._reached(AFTER_ACCEPT)
                         event = SendFinished(item.facts, effect.attempt_id, outcome, self._clock())
                     elif isinstance(effect, WaitForRetry):
                         # The refused attempt is recorded, the next one not written
@@ -515,6 +529,14 @@ class IntentProcessor:
         # leaves the key there, and the next tick emits the result (same id).
         if entry is not None:
             self._index(entry, partition)
+
+    def _reached(self, point: str) -> None:
+        """A fault point of the send protocol (test hooks; inert unless armed)."""
+        self._crash.reached(point)
+        self._pause.reached(point)
+
+    def _pending_produced(self) -> None:
+        self._reached(PENDING_PRODUCED)
 
     # -- operator commands ------------------------------------------------
 

@@ -3,6 +3,12 @@
 The contract every store keeps: :meth:`LedgerStore.put` returns only once the
 entry is durable (for the Faust store: acknowledged by Kafka with acks=all on
 the compacted changelog), and the local copy is never ahead of the changelog.
+
+``put`` takes one optional hook, ``enqueued``: called once the entry was handed to
+the write path and before its durability is awaited (for the Faust store: the
+record sits in the producer, not yet acknowledged). Nothing in the product passes
+it; the worker's pause point ``pending-produced`` (:mod:`sendonce.faults`) does,
+to stop a worker with a write in flight and resume it after its partition moved.
 """
 
 from __future__ import annotations
@@ -26,8 +32,14 @@ class LedgerStore(Protocol):
         """The entry for ``key`` in ``partition``, or ``None``."""
         ...
 
-    async def put(self, entry: LedgerEntry, partition: int) -> None:
-        """Store ``entry``; returns once it is durable."""
+    async def put(
+        self, entry: LedgerEntry, partition: int, *, enqueued: Callable[[], None] | None = None
+    ) -> None:
+        """Store ``entry``; returns once it is durable.
+
+        ``enqueued`` (a test hook) is called after the write was handed on and
+        before its durability is awaited.
+        """
         ...
 
     def writable(self, partition: int) -> bool:
@@ -54,8 +66,13 @@ class MemoryLedgerStore:
         """The entry for ``key`` in ``partition``, or ``None``."""
         return self.entries.get((partition, key))
 
-    async def put(self, entry: LedgerEntry, partition: int) -> None:
+    async def put(
+        self, entry: LedgerEntry, partition: int, *, enqueued: Callable[[], None] | None = None
+    ) -> None:
         """Store ``entry`` (immediately durable: it is memory)."""
+        # Handed on and not yet stored: the nearest this store has to "in flight".
+        if enqueued is not None:
+            enqueued()
         self.entries[(partition, entry.key)] = entry
         self.writes.append((partition, entry))
 
@@ -77,8 +94,20 @@ class PartitionNotOwnedError(RuntimeError):
 class ChangelogWriter(Protocol):
     """Writes one record to a partition and returns its offset once acknowledged."""
 
-    async def write(self, topic: str, key: bytes, value: bytes, partition: int) -> int:
-        """Produce with acks=all; the record's offset."""
+    async def write(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        partition: int,
+        *,
+        enqueued: Callable[[], None] | None = None,
+    ) -> int:
+        """Produce with acks=all; the record's offset.
+
+        ``enqueued`` (a test hook) is called once the record was handed to the
+        producer, before its acknowledgement is awaited.
+        """
         ...
 
 
@@ -114,10 +143,17 @@ class FaustTableBytes:
         raw: bytes | None = self._table.data._db_for_partition(partition).get(key)
         return raw
 
-    async def put(self, key: bytes, value: bytes, partition: int) -> None:
+    async def put(
+        self,
+        key: bytes,
+        value: bytes,
+        partition: int,
+        *,
+        enqueued: Callable[[], None] | None = None,
+    ) -> None:
         """Durable write: changelog acked first, then the local copy."""
         self._check(partition)
-        offset = await self._writer.write(self._topic, key, value, partition)
+        offset = await self._writer.write(self._topic, key, value, partition, enqueued=enqueued)
         # Ownership may have moved while the broker acknowledged: then the record
         # is the next owner's to read, and this worker's copy must not claim it.
         self._check(partition)
@@ -166,9 +202,11 @@ class FaustLedgerStore:
         raw = self._bytes.get(key.encode(), partition)
         return None if raw is None else LedgerEntry.from_bytes(raw)
 
-    async def put(self, entry: LedgerEntry, partition: int) -> None:
+    async def put(
+        self, entry: LedgerEntry, partition: int, *, enqueued: Callable[[], None] | None = None
+    ) -> None:
         """Write the changelog record, await the broker's ack, then the local copy."""
-        await self._bytes.put(entry.key.encode(), entry.to_bytes(), partition)
+        await self._bytes.put(entry.key.encode(), entry.to_bytes(), partition, enqueued=enqueued)
 
     def writable(self, partition: int) -> bool:
         """Whether writes to ``partition`` are allowed now (owned and recovered)."""

@@ -176,18 +176,44 @@ class DurableProducer:
         headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> Delivered:
         """Produce one record; returns once the broker acknowledged it."""
+        return await (
+            await self._enqueue_when_room(topic, key, value, partition=partition, headers=headers)
+        )
+
+    async def _enqueue_when_room(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Delivered]:
         while True:
             try:
-                future = self.enqueue(topic, key, value, partition=partition, headers=headers)
-                break
+                return self.enqueue(topic, key, value, partition=partition, headers=headers)
             except BufferError:
                 # librdkafka's queue is full: wait for deliveries to drain it.
                 await asyncio.sleep(QUEUE_FULL_BACKOFF_S)
-        return await future
 
-    async def write(self, topic: str, key: bytes, value: bytes, partition: int) -> int:
-        """A changelog write (:class:`streams.store.ChangelogWriter`): the record's offset."""
-        return (await self.send(topic, key, value, partition=partition)).offset
+    async def write(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        partition: int,
+        *,
+        enqueued: Callable[[], None] | None = None,
+    ) -> int:
+        """A changelog write (:class:`streams.store.ChangelogWriter`): the record's offset.
+
+        ``enqueued`` (a test hook) runs once librdkafka holds the record, before its
+        acknowledgement is awaited.
+        """
+        future = await self._enqueue_when_room(topic, key, value, partition=partition)
+        if enqueued is not None:
+            enqueued()
+        return (await future).offset
 
     async def produce(
         self,

@@ -1,4 +1,5 @@
-"""Crash points (``SENDONCE_CRASH_AT``): where they fire, and that a restart sends nothing twice."""
+"""Crash and pause points (``SENDONCE_CRASH_AT``, ``SENDONCE_PAUSE_AT``): where they fire,
+and that a restart sends nothing twice."""
 
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ from sendonce.faults import (
     AFTER_PENDING,
     AFTER_SENT,
     CRASH_POINTS,
+    PAUSE_POINTS,
+    PENDING_PRODUCED,
     CrashPoints,
+    PausePoints,
     parse_crash_spec,
+    parse_pause_spec,
 )
 from sendonce.keys import complete_intent, idempotency_key_for
 from sendonce.settings import Settings, SettingsError
@@ -101,6 +106,60 @@ def test_an_unknown_point_name_is_a_programming_error() -> None:
         CrashPoints("after-sent:1", kill=crash).reached("after-everything")
 
 
+# --------------------------------------------------------------------------- pause points
+
+
+@pytest.mark.parametrize("point", PAUSE_POINTS)
+def test_a_pause_fires_at_the_nth_occurrence_and_no_other(point: str) -> None:
+    stops: list[int] = []
+    pause_points = PausePoints(f"{point}:2", stop=lambda: stops.append(1))
+    other = next(p for p in PAUSE_POINTS if p != point)
+    for _ in range(3):
+        pause_points.reached(other)
+    pause_points.reached(point)
+    assert not stops
+    pause_points.reached(point)
+    assert stops == [1]
+    pause_points.reached(point)
+    assert stops == [1]
+
+
+def test_a_pause_logs_one_warning_naming_the_point_and_sigstop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    PausePoints("pending-produced:1", stop=lambda: None).reached(PENDING_PRODUCED)
+    [record] = [r for r in caplog.records if r.name == "sendonce.faults"]
+    assert record.levelname == "WARNING"
+    assert record.getMessage() == "pause point pending-produced reached (occurrence 1): SIGSTOP"
+
+
+def test_pending_produced_is_a_pause_point_not_a_crash_point() -> None:
+    assert parse_pause_spec("pending-produced:3") == (PENDING_PRODUCED, 3)
+    with pytest.raises(ValueError, match="POINT:N"):
+        parse_crash_spec("pending-produced:1")
+    # Reaching it is harmless for an armed crash: the worker reports every point to both.
+    kills: list[int] = []
+    CrashPoints("after-pending:1", kill=lambda: kills.append(1)).reached(PENDING_PRODUCED)
+    assert not kills
+
+
+@pytest.mark.parametrize(
+    "spec", ["pending-produced", "after-pending:0", "paused:1", "after-sent:x"]
+)
+def test_bad_pause_specs_are_rejected(spec: str) -> None:
+    with pytest.raises(ValueError, match=r"pause point .* is not POINT:N"):
+        PausePoints(spec)
+    with pytest.raises(SettingsError, match="SENDONCE_PAUSE_AT"):
+        Settings.from_env({"SENDONCE_PAUSE_AT": spec})
+
+
+def test_settings_read_and_round_trip_the_pause_spec() -> None:
+    s = Settings.from_env({"SENDONCE_PAUSE_AT": "pending-produced:2"})
+    assert s.pause_at == "pending-produced:2"
+    assert Settings.from_env(s.to_env()).pause_at == "pending-produced:2"
+    assert Settings().pause_at == ""
+
+
 # --------------------------------------------------------------------------- the worker
 
 
@@ -147,7 +206,11 @@ async def _no_sleep(_: float) -> None:
     return None
 
 
-def worker(p: InMemoryPipeline, crash_points: CrashPoints | None = None) -> IntentProcessor:
+def worker(
+    p: InMemoryPipeline,
+    crash_points: CrashPoints | None = None,
+    pause_points: PausePoints | None = None,
+) -> IntentProcessor:
     """A worker process over the pipeline's durable state (ledger, topics, provider)."""
     return IntentProcessor(
         p.settings,
@@ -158,6 +221,7 @@ def worker(p: InMemoryPipeline, crash_points: CrashPoints | None = None) -> Inte
         sleep=_no_sleep,
         fetcher=p.fetcher,
         crash_points=crash_points,
+        pause_points=pause_points,
     )
 
 
@@ -227,3 +291,44 @@ def test_the_worker_arms_crash_points_from_its_settings(tmp_path: Path) -> None:
     )
     assert armed._crash.point == AFTER_ACCEPT and armed._crash.nth == 4
     assert not worker(p)._crash.armed
+
+
+@pytest.mark.parametrize("point", [PENDING_PRODUCED, AFTER_PENDING, AFTER_ACCEPT, AFTER_SENT])
+def test_a_worker_pauses_at_each_point_in_its_moment_and_goes_on_when_resumed(
+    point: str, tmp_path: Path
+) -> None:
+    # The stop function stands in for SIGSTOP: it sees the state the frozen worker
+    # would leave, and returning from it is the SIGCONT.
+    provider = CountingOutbox(tmp_path / "outbox")
+    p = InMemoryPipeline(provider)
+    record = p.intent_record(intent(1))
+    seen: list[tuple[LedgerStatus | None, int]] = []
+
+    def stop() -> None:
+        entry = ledger_entry(p, 1, record.partition)
+        seen.append((None if entry is None else entry.status, len(provider.sends)))
+
+    asyncio.run(
+        worker(p, pause_points=PausePoints(f"{point}:1", stop=stop)).process_batch([record])
+    )
+
+    expected = {
+        # Handed to the store, not yet durable: no entry stored, provider not called.
+        PENDING_PRODUCED: (None, 0),
+        AFTER_PENDING: (LedgerStatus.PENDING, 0),
+        AFTER_ACCEPT: (LedgerStatus.PENDING, 1),
+        AFTER_SENT: (LedgerStatus.SENT, 1),
+    }
+    assert seen == [expected[point]]
+    # Resumed, the drive finishes as if nothing happened.
+    assert [r["outcome"] for r in p.results()] == ["SENT"]
+    assert provider.sends == [key_of(1)] and provider.delivered() == 1
+
+
+def test_the_worker_arms_pause_points_from_its_settings(tmp_path: Path) -> None:
+    p = InMemoryPipeline(CountingOutbox(tmp_path / "outbox"))
+    armed = IntentProcessor(
+        Settings(pause_at="pending-produced:2"), p.store, p.provider, p.sink, p.codec
+    )
+    assert armed._pause.point == PENDING_PRODUCED and armed._pause.nth == 2
+    assert not worker(p)._pause.armed

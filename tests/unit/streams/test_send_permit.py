@@ -9,6 +9,7 @@ for review although none reached the provider.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 from sendonce.connectors.base import (
@@ -77,8 +78,10 @@ class PendingWatch(MemoryLedgerStore):
         super().__init__()
         self.most_pending = 0
 
-    async def put(self, entry: LedgerEntry, partition: int) -> None:
-        await super().put(entry, partition)
+    async def put(
+        self, entry: LedgerEntry, partition: int, *, enqueued: Callable[[], None] | None = None
+    ) -> None:
+        await super().put(entry, partition, enqueued=enqueued)
         pending = sum(e.status is LedgerStatus.PENDING for e in self.entries.values())
         self.most_pending = max(self.most_pending, pending)
 

@@ -10,6 +10,7 @@ them: 20 keys already sent were sent again.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -70,8 +71,18 @@ class FakeWriter:
         self.on_ack = on_ack
         self.sent: list[tuple[str, bytes, int]] = []
 
-    async def write(self, topic: str, key: bytes, value: bytes, partition: int) -> int:
+    async def write(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        partition: int,
+        *,
+        enqueued: Callable[[], None] | None = None,
+    ) -> int:
         self.sent.append((topic, key, partition))
+        if enqueued is not None:
+            enqueued()
         await asyncio.sleep(0)  # the broker's round trip: other coroutines may run
         self.log.append("changelog")
         if self.on_ack:
