@@ -253,7 +253,15 @@ def build_worker_app(
     provider_ = provider or provider_from_settings(settings)
     fetcher = KafkaRecordFetcher(settings.bootstrap_servers)
     processor = IntentProcessor(
-        settings, store, provider_, producer, codec, fetcher=fetcher, owns=owns
+        settings,
+        store,
+        provider_,
+        producer,
+        codec,
+        fetcher=fetcher,
+        owns=owns,
+        # The group's word, not a local cache, decides the last step before a send.
+        confirm_owner=lambda p: offsets.confirm_owner(intents_topic, p),
     )
     processors.append(processor)
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +83,9 @@ class _Write:
     key: bytes
     value: bytes
     future: asyncio.Future[int]
+    #: The test hook of ``LedgerStore.put``: called (in the commit's thread) once
+    #: librdkafka holds the record, before its transaction commits.
+    enqueued: Callable[[], None] | None = None
 
 
 @dataclass
@@ -198,15 +201,27 @@ class LedgerFence:
 
     # -- writing ------------------------------------------------------------
 
-    async def write(self, topic: str, key: bytes, value: bytes, partition: int) -> int:
-        """Write one record in a committed transaction; its offset."""
+    async def write(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        partition: int,
+        *,
+        enqueued: Callable[[], None] | None = None,
+    ) -> int:
+        """Write one record in a committed transaction; its offset.
+
+        ``enqueued`` (a test hook, see :class:`~streams.store.ChangelogWriter`) is
+        called once librdkafka holds the record and before the transaction commits.
+        """
         writer = self._writers.get(partition)
         if writer is None or writer.closed:
             raise PartitionNotOwnedError(f"ledger partition {partition} is not held here")
         if writer.fenced:
             raise FencedError(f"ledger partition {partition}: fenced")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        writer.queue.append(_Write(topic, partition, key, value, future))
+        writer.queue.append(_Write(topic, partition, key, value, future, enqueued))
         if writer.flushing is None or writer.flushing.done():
             writer.flushing = asyncio.create_task(self._flush(writer))
         return await future
@@ -266,6 +281,8 @@ class LedgerFence:
                     partition=write.partition,
                     on_delivery=delivered(index),
                 )
+                if write.enqueued is not None:
+                    write.enqueued()
             producer.commit_transaction(CALL_TIMEOUT_S)
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -52,6 +52,36 @@ from sendonce.streams.processor import ConsumedRecord
 from sendonce.streams.store import PartitionNotOwnedError
 
 log = logging.getLogger("sendonce.worker")
+
+
+class FencedMemberError(PartitionNotOwnedError):
+    """The group coordinator refused this worker's commit: it lost the partition."""
+
+
+class _MembershipCheck:
+    """One partition's broker-side ownership checks, each shared by every caller that
+    queued while the previous one ran."""
+
+    def __init__(self, check: Callable[[], Awaitable[bool]]) -> None:
+        self._check = check
+        self._next: asyncio.Future[bool] | None = None
+        self._runner: asyncio.Task[None] | None = None
+
+    async def confirm(self) -> bool:
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        waiting = self._next
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run())
+        return await asyncio.shield(waiting)
+
+    async def _run(self) -> None:
+        while self._next is not None:
+            current, self._next = self._next, None
+            try:
+                current.set_result(await self._check())
+            except Exception as exc:
+                current.set_exception(exc)
 
 # How often the hole mender looks, and how long a frontier must be stuck before the
 # offsets it waits for count as dropped rather than still on their way: below the
@@ -89,6 +119,38 @@ class SourceOffsets:
         #: The lanes' admitted batches running now, and those a revocation abandoned.
         self._batches: set[asyncio.Task[Any]] = set()
         self._abandoned: set[asyncio.Task[Any]] = set()
+        #: Per partition: the membership check waiters queue for (see confirm_owner).
+        self._checks: dict[Partition, _MembershipCheck] = {}
+
+    async def confirm_owner(self, topic: str, partition: int) -> None:
+        """Ask the broker whether this worker still owns ``partition``; raise if not.
+
+        The check is an offset commit of the partition's frontier (a value the worker
+        would commit anyway) through the group member's own consumer: the group
+        coordinator refuses a commit from a member of an older generation, one the
+        group evicted while it was paused or cut off. It runs right before a provider
+        call, after the attempt's PENDING write committed, so a worker that comes back
+        after losing the partition calls no provider for its keys. Callers that arrive
+        while a check runs share the next one (a check that started before a caller's
+        PENDING committed proves nothing for it).
+        """
+        tp = (topic, partition)
+        check = self._checks.get(tp)
+        if check is None:
+            check = self._checks[tp] = _MembershipCheck(lambda: self._commit_frontier(tp))
+        if not await check.confirm():
+            log.warning(
+                "partition %d: the group refused this worker's commit: it was fenced "
+                "(another worker owns the partition now); no provider call for its keys",
+                partition,
+            )
+            raise FencedMemberError(f"partition {partition}: no longer owned in the group's view")
+
+    async def _commit_frontier(self, tp: Partition) -> bool:
+        if not self.owns(*tp):
+            return False
+        frontier = await self.offsets.frontier(*tp)
+        return await self._commit({tp: frontier.next})
 
     def lane(self, name: str, topic: str, process: Any) -> Lane:
         """Register a lane (one agent over ``topic``)."""

@@ -297,6 +297,7 @@ class IntentProcessor:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         fetcher: RecordFetcher | None = None,
         owns: Callable[[int], bool] | None = None,
+        confirm_owner: Callable[[int], Awaitable[None]] | None = None,
         crash_points: CrashPoints | None = None,
         pause_points: PausePoints | None = None,
     ) -> None:
@@ -321,6 +322,9 @@ class IntentProcessor:
         self._send_slots = asyncio.Semaphore(settings.send_concurrency)
         self._fetcher = fetcher
         self._owns = owns or (lambda _partition: True)
+        #: The broker's word on ownership, asked right before each provider call
+        #: (``SourceOffsets.confirm_owner``: raises when the group moved the partition).
+        self._confirm_owner = confirm_owner
         # Built here when not passed, so the worker gets SENDONCE_CRASH_AT without
         # its wiring having to know about the test hook.
         self._crash = crash_points if crash_points is not None else CrashPoints(settings.crash_at)
@@ -483,6 +487,8 @@ class IntentProcessor:
                     elif isinstance(effect, CallProvider):
                         assert entry is not None
                         self._check_owned(partition)
+                        if self._confirm_owner is not None:
+                            await self._confirm_owner(partition)
                         stats.provider_calls += 1
                         outcome = await self._call(item, entry)
                         if outcome.status is SendStatus.ACCEPTED:
