@@ -122,6 +122,12 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "Partitions of the intents and results topics and of the ledger changelog.",
     ),
     "replication_factor": ("SENDONCE_REPLICATION_FACTOR", "Replication factor of new topics."),
+    "min_insync_replicas": (
+        "SENDONCE_MIN_INSYNC_REPLICAS",
+        "`min.insync.replicas` of the topics `topics create` makes: how many copies an "
+        "`acks=all` write needs before it is acknowledged. 2 with replication factor 3 in "
+        "production; at most the replication factor.",
+    ),
     "data_dir": ("SENDONCE_DATA_DIR", "Worker state directory (RocksDB ledger)."),
     "provider": ("SENDONCE_PROVIDER", f"Email provider: {_provider_names_doc()}."),
     "outbox_dir": ("SENDONCE_OUTBOX_DIR", "Folder the outbox provider writes `.eml` files to."),
@@ -368,6 +374,7 @@ class Settings:
     topic_prefix: str = ""
     partitions: int = 12
     replication_factor: int = 1
+    min_insync_replicas: int = 1
     data_dir: Path = Path(".sendonce/worker")
     provider: str = "outbox"
     outbox_dir: Path = Path(".sendonce/outbox")
@@ -464,6 +471,12 @@ class Settings:
             raise SettingsError("SENDONCE_PARTITIONS must be at least 1")
         if self.replication_factor < 1:
             raise SettingsError("SENDONCE_REPLICATION_FACTOR must be at least 1")
+        if not 1 <= self.min_insync_replicas <= self.replication_factor:
+            # More than the replicas: every acks=all write would be refused.
+            raise SettingsError(
+                f"SENDONCE_MIN_INSYNC_REPLICAS={self.min_insync_replicas} must be between 1 "
+                f"and SENDONCE_REPLICATION_FACTOR={self.replication_factor}"
+            )
         if self.provider not in PROVIDERS:
             raise SettingsError(
                 f"SENDONCE_PROVIDER={self.provider!r} is not a known provider "

@@ -349,6 +349,9 @@ def _bytes_table(
         schema=faust.Schema(**_RAW),
         options=table_options(settings),
         on_recover=on_recover,
+        # A changelog the worker declares itself (started before `topics create`)
+        # needs the same durability as the one `topics create` makes.
+        extra_topic_configs={"min.insync.replicas": str(settings.min_insync_replicas)},
         **options,
     )
 

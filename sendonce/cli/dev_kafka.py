@@ -1,9 +1,10 @@
 """``sendonce dev kafka {fetch,start,stop,status}``: the local broker from the command line.
 
 The contract scripts rely on: ``start`` prints only ``bootstrap=...`` and ``pid=...``
-on stdout (so ``eval "$(sendonce dev kafka start)"`` works) and prose on stderr; it is
-idempotent (an already running broker is exit code 0); ``status`` exits 1 when no broker
-runs; an expected failure (:class:`~sendonce.dev.kafka.LocalKafkaError`) is a one-line
+(with ``--brokers 3`` both comma lists, one entry per node) on stdout (so
+``eval "$(sendonce dev kafka start)"`` works) and prose on stderr; it is idempotent (an
+already running broker is exit code 0); ``status`` exits 1 when no broker runs; an
+expected failure (:class:`~sendonce.dev.kafka.LocalKafkaError`) is a one-line
 ``error: ...`` and exit code 2, never a traceback.  The runner itself is
 :mod:`sendonce.dev.kafka` (and the jars :mod:`sendonce.dev.kafka_jars`); keeping argparse
 here lets the CLI floor import the dev floor, never the reverse.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sendonce.dev.kafka import BrokerAlreadyRunning, LocalKafka, LocalKafkaError, log_tail
@@ -68,11 +69,23 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_started(bootstrap: str, pid: int | None, home: Path, how: str) -> None:
+def _print_started(bootstrap: str, pids: Sequence[int], home: Path, how: str) -> None:
     # stdout carries only key=value lines (so `eval "$(... start)"` works); prose on stderr.
+    # A cluster's pids are one comma list, like its bootstrap.
+    pid = ",".join(str(p) for p in pids) or "None"
     print(f"bootstrap={bootstrap}")
     print(f"pid={pid}")
-    print(f"Kafka {KAFKA_VERSION} at {bootstrap} (pid {pid}, home {home}): {how}", file=sys.stderr)
+    what = "pid" if len(pids) <= 1 else f"{len(pids)} nodes, pids"
+    print(
+        f"Kafka {KAFKA_VERSION} at {bootstrap} ({what} {pid}, home {home}): {how}", file=sys.stderr
+    )
+
+
+def _brokers(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return value
 
 
 class _Terminated(Exception):
@@ -81,16 +94,18 @@ class _Terminated(Exception):
 
 def _cmd_start(args: argparse.Namespace) -> int:
     _ensure_jars(None)  # start would resolve them too, without a word for minutes
-    broker = LocalKafka(args.home, heap=args.heap)
+    broker = LocalKafka(args.home, heap=args.heap, brokers=args.brokers)
     try:
         bootstrap = broker.start(detach=not args.foreground, timeout=args.timeout)
     except BrokerAlreadyRunning as exc:
-        _print_started(exc.bootstrap, exc.pid, broker.home, "already running")
+        _print_started(exc.bootstrap, exc.pids, broker.home, "already running")
         return 0
     if not args.foreground:
-        _print_started(bootstrap, broker.pid, broker.home, "started (detached)")
+        _print_started(bootstrap, broker.pids, broker.home, "started (detached)")
         return 0
-    _print_started(bootstrap, broker.pid, broker.home, "running in the foreground, Ctrl-C stops it")
+    _print_started(
+        bootstrap, broker.pids, broker.home, "running in the foreground, Ctrl-C stops it"
+    )
 
     def on_sigterm(signum: int, frame: object) -> None:
         raise _Terminated
@@ -128,7 +143,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"no Kafka broker running from {broker.home}", file=sys.stderr)
         return 1
     print(f"bootstrap={state['bootstrap']}")
-    print(f"pid={state['pid']}")
+    print(f"pid={','.join(str(p) for p in state['pids'])}")
+    if state["down"]:
+        down = ", ".join(str(n) for n in state["down"])
+        print(f"node(s) {down} of the cluster in {broker.home} not running", file=sys.stderr)
     return 0
 
 
@@ -151,8 +169,11 @@ def add_cli(subparsers: Subparsers) -> None:
     """
     kafka = subparsers.add_parser(
         "kafka",
-        help="run a local single-node Kafka broker",
-        description="Run a local single-node Apache Kafka broker (KRaft) from Maven jars.",
+        help="run a local Kafka broker (or a three-node cluster)",
+        description=(
+            "Run a local Apache Kafka broker (KRaft) from Maven jars: one node, or with "
+            "`start --brokers 3` a cluster of three on loopback."
+        ),
     )
     sub = kafka.add_subparsers(dest="kafka_command", metavar="COMMAND", required=True)
 
@@ -172,7 +193,14 @@ def add_cli(subparsers: Subparsers) -> None:
         action="store_true",
         help="stay attached; Ctrl-C or SIGTERM stops the broker",
     )
-    start.add_argument("--heap", default="512m", help="JVM max heap (default: 512m)")
+    start.add_argument("--heap", default="512m", help="JVM max heap per node (default: 512m)")
+    start.add_argument(
+        "--brokers",
+        type=_brokers,
+        default=1,
+        help="nodes (default 1); 3 runs a KRaft cluster whose internal topics have "
+        "replication factor 3 and min ISR 2",
+    )
     start.add_argument(
         "--timeout", type=float, default=60, help="seconds to wait for readiness (default: 60)"
     )

@@ -1,4 +1,8 @@
-"""``sendonce topics create``: create every sendonce topic (idempotent)."""
+"""``sendonce topics create``: create every sendonce topic (idempotent).
+
+Partitions, replication factor and ``min.insync.replicas`` come from the settings (or
+the options, which win); an existing topic is left as it is.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,12 @@ def add_cli(subparsers: Subparsers) -> None:
     add_bootstrap_option(p)
     p.add_argument("--partitions", type=int, help="partitions (SENDONCE_PARTITIONS, default 12)")
     p.add_argument("--replication-factor", type=int, help="replication factor (default 1)")
+    p.add_argument(
+        "--min-insync-replicas",
+        type=int,
+        help="min.insync.replicas of every topic (SENDONCE_MIN_INSYNC_REPLICAS, default 1; "
+        "2 with replication factor 3)",
+    )
     p.set_defaults(func=_cmd_topics_create)
 
 
@@ -30,6 +40,7 @@ def _cmd_topics_create(args: argparse.Namespace) -> int:
         # 0 counts as not given, so the variable (or the default) applies.
         partitions=args.partitions or None,
         replication_factor=args.replication_factor or None,
+        min_insync_replicas=args.min_insync_replicas or None,
     )
     cluster.require()
     settings = cluster.settings

@@ -29,6 +29,12 @@ plays an operator: AMBIGUOUS keys the emulator never delivered are resolved with
 deadline policy ``resend``. Resends started after the origin offset was committed are
 exactly the attempts a crash can strand.
 
+With ``--brokers 3`` the run has its own three-node KRaft cluster instead of one
+broker, its topics replication factor 3 and ``min.insync.replicas=2``, and
+``--leader-kills N`` SIGKILLs the broker leading a random ledger changelog partition N
+times mid-run, restarting it a few seconds later: the acknowledged ledger writes must
+survive a leader's loss.
+
 The seed reproduces the workload and the schedule; the exact interleaving of worker
 threads, the broker and the emulator's draws does not repeat, so a failing seed shows
 a weakness, not a guaranteed replay.
@@ -104,6 +110,9 @@ class ChaosReport:
     crash_points: dict[str, int] = field(default_factory=dict)
     rebalances: int = 0
     broker_restarts: int = 0
+    # A cluster run (``--brokers 3``): its size, and the partition leaders it killed.
+    brokers: int = 1
+    leader_kills: int = 0
     delivered_twice: int = 0
     transport_duplicates: int = 0
     lost: int = 0
@@ -156,6 +165,12 @@ class ChaosReport:
             f"stranded={self.stranded} poison={self.poison_dead_lettered}/{self.poison} "
             f"ambiguous_open={self.ambiguous_open} reconciled={self.reconciled} "
             f"seed={self.seed}"
+            # A single-broker run's line stays as it always was.
+            + (
+                f" brokers={self.brokers} leader_kills={self.leader_kills}"
+                if self.brokers > 1
+                else ""
+            )
         )
 
     def details(self) -> str:
@@ -356,9 +371,14 @@ class Cluster:
     """The broker, the emulator and the worker processes of one run."""
 
     def __init__(
-        self, root: Path, seed: int, progress: Progress, deadline_policy: str = "review"
+        self,
+        root: Path,
+        seed: int,
+        progress: Progress,
+        deadline_policy: str = "review",
+        brokers: int = 1,
     ) -> None:
-        from sendonce.dev.kafka import LocalKafka
+        from sendonce.dev.kafka import LocalKafka, cluster_replication
         from sendonce.emulator import GraphEmulator
         from sendonce.kafka.topics import create_topics
         from sendonce.settings import Settings
@@ -366,7 +386,9 @@ class Cluster:
         self.root = root
         self.progress = progress
         self.deadline_policy = deadline_policy
-        self.kafka = LocalKafka(root / "kafka", heap="1g")
+        # Three JVMs share the machine with the workers: smaller heaps each.
+        heap = "1g" if brokers == 1 else "512m"
+        self.kafka = LocalKafka(root / "kafka", heap=heap, brokers=brokers)
         # Generous: the first run on a machine may resolve the broker jars.
         self.bootstrap = self.kafka.start(timeout=180)
         self.emulator = GraphEmulator(seed=seed, ca_dir=root / "graph-ca")
@@ -380,6 +402,11 @@ class Cluster:
             data_dir=root / "workers",
             outbox_dir=root / "outbox",
         )
+        if brokers > 1:
+            replicas, min_isr = cluster_replication(brokers)
+            self.settings = self.settings.with_overrides(
+                replication_factor=replicas, min_insync_replicas=min_isr
+            )
         create_topics(self.settings)
         self.workers: list[ChaosWorker] = []
         self.unexpected_exits = 0
@@ -511,6 +538,24 @@ class Cluster:
             log.write(f"\n==== chaos: died at crash point {w.crash_at}\n".encode())
         self.start(w)
 
+    def kill_ledger_leader(self, rng: random.Random) -> tuple[int, int]:
+        """SIGKILL the broker leading a random ledger changelog partition.
+
+        Returns (partition, node id) of the victim; :meth:`restart_node` brings it back.
+        """
+        partition = rng.randrange(self.settings.partitions)
+        leader = self.kafka.leader_of(self.settings.ledger_changelog_topic, partition)
+        if leader < 0:
+            # Leaderless right now (a previous victim's partitions still moving): any
+            # node will do, it leads other ledger partitions.
+            leader = rng.choice(self.kafka.node_ids)
+        self.kafka.kill_node(leader)
+        return partition, leader
+
+    def restart_node(self, node_id: int) -> None:
+        """Start a killed broker again; returns once it is a live broker."""
+        self.kafka.start_node(node_id, timeout=120)
+
     def close(self) -> None:
         for w in self.workers:
             with contextlib.suppress(Exception):
@@ -527,7 +572,9 @@ class Cluster:
 @dataclass
 class _Event:
     at: float
-    action: str  # burst | kill | restart | crash | add | remove | broker
+    action: (
+        str  # burst | kill | restart | crash | add | remove | broker | leader-kill | leader-restart
+    )
     arg: int = 0
     # For ``crash``: the SENDONCE_CRASH_AT the victim is restarted with.
     crash_at: str = ""
@@ -547,6 +594,7 @@ def _schedule(
     rebalances: int,
     broker_restarts: int,
     crash_points: bool = True,
+    leader_kills: int = 0,
 ) -> list[_Event]:
     from sendonce.faults import CRASH_POINTS
 
@@ -577,6 +625,11 @@ def _schedule(
         events.append(_Event(rng.uniform(at + 2, duration), "remove"))
     for _ in range(broker_restarts):
         events.append(_Event(rng.uniform(duration * 0.2, duration * 0.8), "broker"))
+    # Drawn last, so a run without leader kills keeps the schedule its seed always made.
+    for _ in range(leader_kills):
+        at = rng.uniform(duration * 0.1, duration * 0.8)
+        events.append(_Event(at, "leader-kill"))
+        events.append(_Event(at + rng.uniform(2.0, 5.0), "leader-restart"))
     events.sort(key=lambda e: e.at)
     return events
 
@@ -596,13 +649,20 @@ def run_chaos(
     progress: Progress = _stderr,
     crash_points: bool = True,
     deadline_policy: str | None = None,
+    brokers: int = 1,
+    leader_kills: int = 0,
 ) -> ChaosReport:
     """Run one seeded torture run against the real system and check it.
 
     ``crash_points=False`` makes every kill a plain SIGKILL at a random moment.
+    ``brokers`` > 1 runs a local KRaft cluster (replication factor 3 and min ISR 2 at
+    three nodes); ``leader_kills`` SIGKILLs the leader of a random ledger changelog
+    partition that many times and restarts it a few seconds later.
     ``deadline_policy`` (``review`` or ``resend``) is the workers'
     ``SENDONCE_RECONCILE_ON_DEADLINE``; by default the seed picks one.
     """
+    if leader_kills and brokers < 2:
+        raise ValueError("leader kills need a cluster: brokers >= 2")
     started = time.monotonic()
     own_root = root is None
     root = Path(tempfile.mkdtemp(prefix=f"sendonce-chaos-{seed}-")) if root is None else root
@@ -611,19 +671,23 @@ def run_chaos(
     rng = random.Random(seed)
     bursts = max(6, min(60, intents // 100), kills + 2)
     plan = plan_workload(intents, seed, bursts)
-    events = _schedule(rng, len(plan), duration, kills, rebalances, broker_restarts, crash_points)
+    events = _schedule(
+        rng, len(plan), duration, kills, rebalances, broker_restarts, crash_points, leader_kills
+    )
     timetable = [
         f"t={e.at:.1f}s {e.action}{' ' + e.crash_at if e.crash_at else ''}"
         for e in events
-        if e.action in ("kill", "crash", "add", "remove", "broker")
+        if e.action in ("kill", "crash", "add", "remove", "broker", "leader-kill")
     ]
     progress(f"chaos: schedule {'; '.join(timetable)}")
     if deadline_policy is None:
         # Its own stream: the workload and the schedule stay as the seed made them.
         deadline_policy = random.Random(f"policy-{seed}").choice(("review", "resend"))
     progress(f"chaos: reconcile deadline policy {deadline_policy}")
-    report = ChaosReport(seed=seed, root=str(root), deadline_policy=deadline_policy)
-    cluster = Cluster(root, seed, progress, deadline_policy)
+    report = ChaosReport(
+        seed=seed, root=str(root), deadline_policy=deadline_policy, brokers=brokers
+    )
+    cluster = Cluster(root, seed, progress, deadline_policy, brokers)
     try:
         for _ in range(workers):
             cluster.add_worker()
@@ -803,6 +867,8 @@ def _execute(
 
     publisher = IntentPublisher(cluster.bootstrap, cluster.settings.topics.intents)
     killed: list[ChaosWorker] = []
+    # Brokers killed as a ledger partition's leader, awaiting their restart.
+    killed_nodes: list[int] = []
     t0 = time.monotonic()
     try:
         for event in events:
@@ -876,6 +942,21 @@ def _execute(
                 cluster.kafka.restart(timeout=120)
                 report.broker_restarts += 1
                 cluster.progress("broker back")
+            elif event.action == "leader-kill":
+                partition, node = cluster.kill_ledger_leader(rng)
+                killed_nodes.append(node)
+                report.leader_kills += 1
+                cluster.progress(
+                    f"SIGKILL broker {node}, leader of ledger changelog partition "
+                    f"{partition}, at t={event.at:.1f}s"
+                )
+            elif event.action == "leader-restart" and killed_nodes:
+                node = killed_nodes.pop(0)
+                cluster.restart_node(node)
+                cluster.progress(f"broker {node} back")
+        # A victim whose restart was not due yet comes back before the drain.
+        for node in killed_nodes:
+            cluster.restart_node(node)
         publisher.flush(120)
         internal.flush()
     finally:
@@ -1089,6 +1170,19 @@ def add_cli(subparsers: Subparsers) -> None:
     p.add_argument(
         "--broker-restarts", type=int, default=0, help="broker restarts mid-run (default 0)"
     )
+    p.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        help="Kafka nodes (1); 3 runs a KRaft cluster, topics replication 3 and min ISR 2",
+    )
+    p.add_argument(
+        "--leader-kills",
+        type=int,
+        default=0,
+        help="SIGKILLs of the broker leading a ledger changelog partition, each restarted "
+        "2-5 s later (default 0; needs --brokers 3)",
+    )
     p.add_argument("--duration", type=float, default=60.0, help="seconds of bursts (60)")
     p.add_argument(
         "--drain-timeout", type=float, default=300.0, help="seconds to wait for results (300)"
@@ -1111,6 +1205,9 @@ def add_cli(subparsers: Subparsers) -> None:
 
 
 def _cmd_chaos(args: argparse.Namespace) -> int:
+    if args.leader_kills and args.brokers < 2:
+        print("error: --leader-kills needs a cluster (--brokers 3)", file=sys.stderr)
+        return 2
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
     report = run_chaos(
         args.intents,
@@ -1125,6 +1222,8 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
         keep=args.keep,
         crash_points=args.crash_points,
         deadline_policy=args.deadline_policy,
+        brokers=args.brokers,
+        leader_kills=args.leader_kills,
     )
     for line in _iter_lines(report):
         print(line, flush=True)

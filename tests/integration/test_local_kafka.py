@@ -14,10 +14,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from sendonce.dev.kafka import BrokerAlreadyRunning, LocalKafka
+from sendonce.kafka.topics import create_topics
+from sendonce.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -246,3 +248,74 @@ def test_detached_start_then_stop_from_another_handle(tmp_path: Path) -> None:
     finally:
         if not _pid_gone(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def _describe_min_isr(admin: AdminClient, topic: str, timeout: float = 30) -> str:
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            configs = admin.describe_configs([resource])[resource].result(timeout)
+        except KafkaException as exc:
+            # A new topic reaches each broker's metadata a moment after the controller
+            # created it, and the request may land on one that does not know it yet.
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)  # polling with a deadline: no event says "propagated"
+            continue
+        return str(configs["min.insync.replicas"].value)
+
+
+def test_three_node_cluster_survives_the_loss_of_a_partition_leader(tmp_path: Path) -> None:
+    """Issue 15, item 4: replication 3 / min ISR 2 topics keep taking acks=all writes
+    and serving reads while the broker leading their partition is dead."""
+    cluster = LocalKafka(tmp_path / "cluster", heap="320m", brokers=3)
+    bootstrap = cluster.start(timeout=240)
+    try:
+        assert len(bootstrap.split(",")) == 3
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        assert sorted(admin.list_topics(timeout=10).brokers) == [1, 2, 3]
+        settings = Settings(
+            bootstrap_servers=bootstrap,
+            topic_prefix=f"c{uuid.uuid4().hex[:6]}.",
+            app_id=f"c{uuid.uuid4().hex[:6]}",
+            partitions=1,
+            replication_factor=3,
+            min_insync_replicas=2,
+        )
+        assert {r.status for r in create_topics(settings)} == {"created"}
+        ledger = settings.ledger_changelog_topic
+        result = settings.topics.results_sent
+        for topic in (ledger, result):
+            assert _describe_min_isr(admin, topic) == "2", topic
+            partition = admin.list_topics(topic=topic, timeout=10).topics[topic].partitions[0]
+            assert sorted(partition.replicas) == [1, 2, 3], topic
+        _produce(bootstrap, ledger, [(b"k1", b"before")])
+
+        leader = cluster.leader_of(ledger, 0)
+        assert leader in (1, 2, 3)
+        leader_pid = cluster.node_pid(leader)
+        assert leader_pid is not None
+
+        cluster.kill_node(leader)
+
+        assert _pid_gone(leader_pid)
+        state = cluster.status()
+        assert state is not None and state["down"] == [leader]
+        # acks=all with 2 of 3 copies left: accepted (min.insync.replicas=2 is met).
+        _produce(bootstrap, ledger, [(b"k2", b"leader-dead")])
+        _produce(bootstrap, result, [(b"k2", b"result")])
+        assert cluster.leader_of(ledger, 0) not in (leader, -1)
+        assert _consume_all(bootstrap, ledger, expected=2) == [b"before", b"leader-dead"]
+
+        cluster.start_node(leader, timeout=120)
+
+        assert cluster.node_pid(leader) not in (None, leader_pid)
+        assert sorted(admin.list_topics(timeout=10).brokers) == [1, 2, 3]
+        _produce(bootstrap, ledger, [(b"k3", b"after")])
+        assert _consume_all(bootstrap, ledger, expected=3) == [b"before", b"leader-dead", b"after"]
+    finally:
+        cluster.stop()
+    assert cluster.status() is None

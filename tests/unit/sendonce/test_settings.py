@@ -72,3 +72,14 @@ def test_to_env_round_trips_every_setting_but_the_process_name() -> None:
     assert "SENDONCE_WORKER_ID" not in env
     again = Settings.from_env(env)
     assert dataclasses.replace(again, worker_id=s.worker_id) == s
+
+
+def test_min_insync_replicas_is_read_and_bounded_by_the_replication_factor() -> None:
+    s = Settings.from_env({"SENDONCE_REPLICATION_FACTOR": "3", "SENDONCE_MIN_INSYNC_REPLICAS": "2"})
+    assert (s.replication_factor, s.min_insync_replicas) == (3, 2)
+    assert Settings().min_insync_replicas == 1  # the single-node dev broker's
+    # More in-sync copies than copies: every acks=all write would be refused.
+    with pytest.raises(SettingsError, match="SENDONCE_MIN_INSYNC_REPLICAS=3 must be between 1"):
+        Settings.from_env({"SENDONCE_REPLICATION_FACTOR": "2", "SENDONCE_MIN_INSYNC_REPLICAS": "3"})
+    with pytest.raises(SettingsError, match="MIN_INSYNC_REPLICAS=0"):
+        Settings.from_env({"SENDONCE_MIN_INSYNC_REPLICAS": "0"})
