@@ -245,8 +245,11 @@ def build_worker_app(
         settings.app_id,
         topic=settings.ledger_changelog_topic,
         client_id=f"{settings.app_id}-{settings.worker_id}",
-        linger_ms=settings.producer_linger_ms,
+        # The group commit is the batching point: a commit flushes what it holds.
+        linger_ms=0,
         extra={"message.max.bytes": max(settings.max_record_bytes, 1_000_000)},
+        # One commit in flight per partition, each blocking a thread while it lasts.
+        threads=settings.partitions + 4,
     )
     app.ledger_fence = fence
     store = FaustLedgerStore(ledger, fence, owns=lambda p: offsets.writable(intents_topic, p))

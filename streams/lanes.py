@@ -83,6 +83,7 @@ class _MembershipCheck:
             except Exception as exc:
                 current.set_exception(exc)
 
+
 # How often the hole mender looks, and how long a frontier must be stuck before the
 # offsets it waits for count as dropped rather than still on their way: below the
 # highest finished offset whatever the lane does, beyond it once the lane is idle too.
