@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -82,12 +82,14 @@ class MovedKey(MemoryLedgerStore):
         self.moved_key = moved_key
         self.before = before
 
-    async def put(self, entry: LedgerEntry, partition: int) -> None:
+    async def put(
+        self, entry: LedgerEntry, partition: int, *, enqueued: Callable[[], None] | None = None
+    ) -> None:
         if entry.key == self.moved_key:
             # Refused only once the other key of the batch waits for its permit.
             await self.before.wait()
             raise PartitionNotOwnedError(f"partition {partition} is not owned")
-        await super().put(entry, partition)
+        await super().put(entry, partition, enqueued=enqueued)
 
 
 def test_a_key_whose_partition_moved_cancels_the_sends_still_waiting_in_its_batch() -> None:
@@ -125,10 +127,12 @@ class MovesAfterWrite(MemoryLedgerStore):
     def writable(self, partition: int) -> bool:
         return not self.moved
 
-    async def put(self, entry: LedgerEntry, partition: int) -> None:
+    async def put(
+        self, entry: LedgerEntry, partition: int, *, enqueued: Callable[[], None] | None = None
+    ) -> None:
         if self.moved:
             raise PartitionNotOwnedError(f"partition {partition} is not owned")
-        await super().put(entry, partition)
+        await super().put(entry, partition, enqueued=enqueued)
         if len(self.writes) == self.after_write:
             self.move()
 
