@@ -36,10 +36,13 @@ unit: $(STAMP)
 integration: $(STAMP) kafka-jars
 	$(BIN)/pytest tests/integration
 
-# The long torture run of issue 5 (about 30 minutes). SEED=n replays a schedule.
+# The long torture run of issues 5 and 15 (about 30 minutes): 100,000 intents, 50
+# SIGKILLs, 20 pauses, 10 rebalances (5 workers added and removed), 2 broker restarts
+# and 3 partition-leader kills on a three-broker cluster. SEED=n replays a schedule.
 torture: $(STAMP) kafka-jars
-	$(BIN)/sendonce dev chaos --intents 100000 --workers 3 --kills 50 --rebalances 5 \
-		--broker-restarts 2 --duration 900 --drain-timeout 900 $(if $(SEED),--seed $(SEED))
+	$(BIN)/sendonce dev chaos --intents 100000 --workers 3 --kills 50 --pauses 20 \
+		--rebalances 5 --broker-restarts 2 --brokers 3 --leader-kills 3 \
+		--duration 900 --drain-timeout 900 $(if $(SEED),--seed $(SEED))
 
 # The benchmark of issue 6: throughput, latency, memory and restore beside the Kafka
 # ceiling and a naive baseline. About 35 minutes on 2 cores, 25 of them restoring the

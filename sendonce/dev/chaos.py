@@ -9,8 +9,13 @@ broker, and changes the emulator's fault rules per burst. Some kills are *crash-
 kills*: the victim is restarted with ``SENDONCE_CRASH_AT`` and SIGKILLs itself exactly
 between the PENDING ack and the provider call, between provider acceptance and the SENT
 write, or between the SENT write and the offset commit (``streams/faults.py``), windows
-a kill from outside rarely hits. Then it waits until every intent record has a result
-or a dead letter and checks the invariants:
+a kill from outside rarely hits. ``--pauses N`` SIGSTOPs workers for longer than the
+group's session timeout and continues them afterwards, so the group evicts a worker that
+still believes it owns its partitions: half of them at a random moment, half at a pause
+point (the victim is restarted with ``SENDONCE_PAUSE_AT`` and stops itself there, with
+its PENDING entry in flight, after it, after the provider accepted or after the SENT
+write). The resumed zombie must be fenced. Then it waits until every intent record has
+a result or a dead letter (and every pause is over) and checks the invariants:
 
 * no idempotency key delivered more than once by the emulator (deliveries the emulator
   itself duplicated, flagged ``transport_duplicate``, are counted apart);
@@ -62,7 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sendonce.dev.procs import stop_process
+from sendonce.dev.procs import process_state, stop_process
 from sendonce.options import Subparsers
 
 __all__ = ["ChaosReport", "add_cli", "run_chaos"]
@@ -81,6 +86,16 @@ RECONCILE_DEADLINE_S = 20.0
 CRASH_WAIT_S = 45.0
 # A crash point armed for the N-th occurrence, N drawn from 1..this.
 CRASH_MAX_OCCURRENCE = 4
+# The workers' group session timeout. A pause lasts longer (drawn per pause), so the
+# group evicts the stopped worker and another takes its partitions over before it
+# runs again.
+SESSION_TIMEOUT_S = 8.0
+PAUSE_MIN_S = 12.0
+PAUSE_MAX_S = 15.0
+# A pause point armed for the N-th occurrence, N drawn from 1..this; an armed worker
+# gets as long to reach it as a crash-point one.
+PAUSE_MAX_OCCURRENCE = 4
+PAUSE_WAIT_S = CRASH_WAIT_S
 # The workers' record limit (SENDONCE_MAX_RECORD_BYTES), low enough that an oversize
 # record for them is still one the broker and the publisher accept.
 MAX_RECORD_BYTES = 300_000
@@ -108,6 +123,12 @@ class ChaosReport:
     # Kills where the worker died at its armed crash point, by point; the others
     # (not reached in time, or pre-empted by another kill) count as plain kills.
     crash_points: dict[str, int] = field(default_factory=dict)
+    # Pauses asked for, and the SIGSTOPs done: at random moments and by workers that
+    # stopped themselves at their armed pause point (by point). A pause point not
+    # reached in time is no pause.
+    pauses_planned: int = 0
+    pauses: int = 0
+    pause_points: dict[str, int] = field(default_factory=dict)
     rebalances: int = 0
     broker_restarts: int = 0
     # A cluster run (``--brokers 3``): its size, and the partition leaders it killed.
@@ -165,22 +186,25 @@ class ChaosReport:
             f"stranded={self.stranded} poison={self.poison_dead_lettered}/{self.poison} "
             f"ambiguous_open={self.ambiguous_open} reconciled={self.reconciled} "
             f"seed={self.seed}"
-            # A single-broker run's line stays as it always was.
+            # A single-broker run without pauses: the line stays as it always was.
             + (
                 f" brokers={self.brokers} leader_kills={self.leader_kills}"
                 if self.brokers > 1
                 else ""
             )
+            + (f" pauses={self.pauses}" if self.pauses_planned else "")
         )
 
     def details(self) -> str:
         """A second line with what is worth a look but is not a verdict."""
-        from sendonce.faults import CRASH_POINTS
+        from sendonce.faults import CRASH_POINTS, PAUSE_POINTS
 
         outcomes = ",".join(f"{k}:{v}" for k, v in sorted(self.outcomes.items()))
         crashes = ",".join(f"{p}:{self.crash_points.get(p, 0)}" for p in CRASH_POINTS)
+        paused = ",".join(f"{p}:{self.pause_points.get(p, 0)}" for p in PAUSE_POINTS)
         return (
-            f"outcomes={outcomes} crash_points={crashes} dead_letters={self.dead_letters}/"
+            f"outcomes={outcomes} crash_points={crashes} pause_points={paused} "
+            f"dead_letters={self.dead_letters}/"
             f"{self.expected_dead_letters} conflicts={self.conflicts}/"
             f"{self.expected_conflicts} unexpected_worker_exits={self.unexpected_worker_exits} "
             f"keyless_deliveries={self.keyless_deliveries} "
@@ -356,6 +380,20 @@ class ChaosWorker:
     # harness stops waiting for it to die there.
     crash_at: str = ""
     crash_deadline: float = 0.0
+    # SENDONCE_PAUSE_AT of the running incarnation ("" when not armed or once it
+    # stopped there), when the harness stops waiting for it, and how long it stays
+    # stopped.
+    pause_at: str = ""
+    pause_deadline: float = 0.0
+    pause_s: float = 0.0
+    # When the harness continues the stopped worker (SIGCONT); 0.0 while it runs.
+    resume_at: float = 0.0
+
+    @property
+    def busy(self) -> bool:
+        """Armed at a crash or pause point, or stopped: a kill or another fault would
+        forfeit what is under way."""
+        return bool(self.crash_at or self.pause_at or self.resume_at)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -411,6 +449,8 @@ class Cluster:
         self.workers: list[ChaosWorker] = []
         self.unexpected_exits = 0
         self.crash_points_fired: Counter[str] = Counter()
+        self.pause_points_fired: Counter[str] = Counter()
+        self.pauses = 0
 
     def env(self, worker: ChaosWorker) -> dict[str, str]:
         s = self.settings
@@ -429,16 +469,17 @@ class Cluster:
                 "SENDONCE_GRAPH_SENDS_PER_MINUTE": "0",
                 "SENDONCE_GRAPH_READ_TIMEOUT_S": str(READ_TIMEOUT_S),
                 # A SIGKILLed worker's partitions move after 8 s, not after 30 s.
-                "SENDONCE_SESSION_TIMEOUT_S": "8",
+                "SENDONCE_SESSION_TIMEOUT_S": f"{SESSION_TIMEOUT_S:g}",
                 "SENDONCE_RECONCILE_GRACE_S": "1",
                 "SENDONCE_RECONCILE_INTERVAL_S": "1",
                 "SENDONCE_RECONCILE_DEADLINE_S": str(RECONCILE_DEADLINE_S),
                 "SENDONCE_RECONCILE_ON_DEADLINE": self.deadline_policy,
                 "SENDONCE_RECONCILE_TICK_S": "0.5",
                 "SENDONCE_MAX_RECORD_BYTES": str(MAX_RECORD_BYTES),
-                # Always set, so a SENDONCE_CRASH_AT in the harness's own
-                # environment cannot arm every worker.
+                # Always set, so a SENDONCE_CRASH_AT or SENDONCE_PAUSE_AT in the
+                # harness's own environment cannot arm every worker.
                 "SENDONCE_CRASH_AT": worker.crash_at,
+                "SENDONCE_PAUSE_AT": worker.pause_at,
             }
         )
         return env
@@ -450,13 +491,21 @@ class Cluster:
         self.start(worker)
         return worker
 
-    def start(self, worker: ChaosWorker, crash_at: str = "") -> None:
-        """Start the worker's next incarnation, armed with ``crash_at`` if given."""
+    def start(
+        self, worker: ChaosWorker, crash_at: str = "", pause_at: str = "", pause_s: float = 0.0
+    ) -> None:
+        """Start the worker's next incarnation, armed with ``crash_at`` if given, or with
+        ``pause_at`` (stopped there for ``pause_s`` seconds)."""
         worker.incarnation += 1
         worker.expected_exit = False
         worker.crash_at = crash_at
         worker.crash_deadline = time.monotonic() + CRASH_WAIT_S if crash_at else 0.0
+        worker.pause_at = pause_at
+        worker.pause_deadline = time.monotonic() + PAUSE_WAIT_S if pause_at else 0.0
+        worker.pause_s = pause_s
+        worker.resume_at = 0.0
         armed = f" (SENDONCE_CRASH_AT={crash_at})" if crash_at else ""
+        armed += f" (SENDONCE_PAUSE_AT={pause_at})" if pause_at else ""
         with open(worker.log_path, "ab") as log:
             log.write(f"\n==== chaos: start incarnation {worker.incarnation}{armed}\n".encode())
             worker.process = subprocess.Popen(
@@ -470,8 +519,11 @@ class Cluster:
         """SIGKILL: no shutdown, no flush, no commit."""
         assert worker.process is not None
         worker.expected_exit = True
-        # Its death is the harness's doing now, not the crash point's.
+        # Its death is the harness's doing now, not the crash or pause point's. A
+        # stopped process dies of SIGKILL too.
         worker.crash_at = ""
+        worker.pause_at = ""
+        worker.resume_at = 0.0
         with contextlib.suppress(ProcessLookupError):
             worker.process.send_signal(signal.SIGKILL)
         worker.process.wait(30)
@@ -479,22 +531,57 @@ class Cluster:
             log.write(b"\n==== chaos: SIGKILL\n")
 
     def stop(self, worker: ChaosWorker, timeout: float = 30) -> None:
-        """SIGTERM (a clean leave), SIGKILL if it does not exit in time."""
+        """SIGTERM (a clean leave), SIGKILL if it does not exit in time; a stopped worker
+        is continued for it (``stop_process``)."""
         worker.expected_exit = True
         worker.crash_at = ""
+        worker.pause_at = ""
+        worker.resume_at = 0.0
         if worker.process is not None:
             stop_process(worker.process, timeout)
+
+    def pause(self, worker: ChaosWorker, seconds: float) -> None:
+        """SIGSTOP the worker now; :meth:`check_workers` continues it ``seconds`` later."""
+        assert worker.process is not None
+        worker.process.send_signal(signal.SIGSTOP)
+        worker.resume_at = time.monotonic() + seconds
+        # An armed worker gets no nearer its point while stopped.
+        if worker.crash_at:
+            worker.crash_deadline += seconds
+        self.pauses += 1
+        with open(worker.log_path, "ab") as log:
+            log.write(f"\n==== chaos: SIGSTOP for {seconds:.1f}s\n".encode())
+
+    def stopped_workers(self) -> list[ChaosWorker]:
+        """Workers the harness keeps stopped right now (a pause not over yet)."""
+        return [w for w in self.workers if w.resume_at and not w.removed]
+
+    def _resume(self, worker: ChaosWorker) -> None:
+        assert worker.process is not None
+        worker.resume_at = 0.0
+        with contextlib.suppress(ProcessLookupError):
+            worker.process.send_signal(signal.SIGCONT)
+        with open(worker.log_path, "ab") as log:
+            log.write(b"\n==== chaos: SIGCONT\n")
+        self.progress(f"SIGCONT worker {worker.slot}: it runs again, evicted from its group")
 
     def check_workers(self) -> None:
         """Restart a worker that died on its own, and count it: that is a finding.
 
         An armed worker that died of SIGKILL reached its crash point; one that has
         not reached it in time is killed and restarted like after a plain kill.
-        Either way it comes back unarmed.
+        Either way it comes back unarmed. A worker armed with a pause point that
+        stopped itself there stays stopped for its pause, like one the harness
+        stopped; then it is continued (SIGCONT).
         """
+        now = time.monotonic()
         for w in self.workers:
+            if w.resume_at and not w.removed and now >= w.resume_at:
+                self._resume(w)
             if w.crash_at and not w.removed:
                 self._check_armed(w)
+            if w.pause_at and not w.removed:
+                self._check_pause_armed(w)
             if w.removed or w.alive() or w.expected_exit:
                 continue
             code = w.process.returncode if w.process is not None else None
@@ -538,6 +625,44 @@ class Cluster:
             log.write(f"\n==== chaos: died at crash point {w.crash_at}\n".encode())
         self.start(w)
 
+    def _check_pause_armed(self, w: ChaosWorker) -> None:
+        assert w.process is not None
+        if not w.alive():
+            # Died instead of stopping: check_workers reports it as unexpected.
+            w.pause_at = ""
+            return
+        if process_state(w.process.pid) == "T":
+            point = w.pause_at.partition(":")[0]
+            self.pause_points_fired[point] += 1
+            self.pauses += 1
+            # The last such line of this incarnation: it flushed it before stopping.
+            tail = w.log_tail(8000).rpartition("==== chaos: start incarnation")[2]
+            fired = next(
+                (
+                    line
+                    for line in reversed(tail.splitlines())
+                    if "pause point" in line and "reached" in line
+                ),
+                "",
+            )
+            self.progress(
+                f"worker {w.slot} stopped itself at {w.pause_at} "
+                f"({fired.strip() or 'no log line'}); SIGCONT in {w.pause_s:.1f}s"
+            )
+            with open(w.log_path, "ab") as log:
+                log.write(f"\n==== chaos: stopped at pause point {w.pause_at}\n".encode())
+            w.pause_at = ""
+            w.resume_at = time.monotonic() + w.pause_s
+            return
+        if time.monotonic() < w.pause_deadline:
+            return
+        self.progress(
+            f"worker {w.slot} did not reach {w.pause_at} within {PAUSE_WAIT_S:.0f}s; "
+            "SIGKILL and restart unarmed"
+        )
+        self.kill(w)
+        self.start(w)
+
     def kill_ledger_leader(self, rng: random.Random) -> tuple[int, int]:
         """SIGKILL the broker leading a random ledger changelog partition.
 
@@ -572,18 +697,27 @@ class Cluster:
 @dataclass
 class _Event:
     at: float
-    action: (
-        str  # burst | kill | restart | crash | add | remove | broker | leader-kill | leader-restart
-    )
+    # burst | kill | restart | crash | add | remove | broker | leader-kill |
+    # leader-restart | pause | pause-point
+    action: str
     arg: int = 0
     # For ``crash``: the SENDONCE_CRASH_AT the victim is restarted with.
     crash_at: str = ""
+    # For ``pause-point``: the SENDONCE_PAUSE_AT the victim is restarted with; for it
+    # and ``pause``: how long the victim stays stopped.
+    pause_at: str = ""
+    pause_s: float = 0.0
 
 
 def _is_crash_kill(index: int) -> bool:
     # The first three kills cover every crash point; later ones alternate with
     # plain kills.
     return index < 3 or index % 2 == 0
+
+
+def _is_point_pause(index: int) -> bool:
+    # Pauses alternate: at a pause point, then at a random moment.
+    return index % 2 == 0
 
 
 def _schedule(
@@ -595,8 +729,9 @@ def _schedule(
     broker_restarts: int,
     crash_points: bool = True,
     leader_kills: int = 0,
+    pauses: int = 0,
 ) -> list[_Event]:
-    from sendonce.faults import CRASH_POINTS
+    from sendonce.faults import CRASH_POINTS, PAUSE_POINTS
 
     gap = duration / bursts
     events = [_Event(i * gap, "burst", i) for i in range(bursts)]
@@ -630,6 +765,21 @@ def _schedule(
         at = rng.uniform(duration * 0.1, duration * 0.8)
         events.append(_Event(at, "leader-kill"))
         events.append(_Event(at + rng.uniform(2.0, 5.0), "leader-restart"))
+    # Drawn after everything else, and only when asked for, for the same reason.
+    if pauses:
+        pause_points = rng.sample(PAUSE_POINTS, len(PAUSE_POINTS))
+        armed = 0
+        for index in range(pauses):
+            # Like a kill, right after a burst: mid-batch is where a zombie hurts.
+            at = rng.randrange(bursts) * gap + rng.uniform(0.05, min(gap, 3.0))
+            pause_s = rng.uniform(PAUSE_MIN_S, PAUSE_MAX_S)
+            if _is_point_pause(index):
+                n = rng.randint(1, PAUSE_MAX_OCCURRENCE)
+                point = pause_points[armed % len(pause_points)]
+                events.append(_Event(at, "pause-point", pause_at=f"{point}:{n}", pause_s=pause_s))
+                armed += 1
+            else:
+                events.append(_Event(at, "pause", pause_s=pause_s))
     events.sort(key=lambda e: e.at)
     return events
 
@@ -651,6 +801,7 @@ def run_chaos(
     deadline_policy: str | None = None,
     brokers: int = 1,
     leader_kills: int = 0,
+    pauses: int = 0,
 ) -> ChaosReport:
     """Run one seeded torture run against the real system and check it.
 
@@ -658,6 +809,9 @@ def run_chaos(
     ``brokers`` > 1 runs a local KRaft cluster (replication factor 3 and min ISR 2 at
     three nodes); ``leader_kills`` SIGKILLs the leader of a random ledger changelog
     partition that many times and restarts it a few seconds later.
+    ``pauses`` SIGSTOPs a worker that many times for longer than the session timeout
+    and continues it: every other one at a random moment, the others at a pause point
+    (``SENDONCE_PAUSE_AT``, the points in rotation).
     ``deadline_policy`` (``review`` or ``resend``) is the workers'
     ``SENDONCE_RECONCILE_ON_DEADLINE``; by default the seed picks one.
     """
@@ -672,12 +826,23 @@ def run_chaos(
     bursts = max(6, min(60, intents // 100), kills + 2)
     plan = plan_workload(intents, seed, bursts)
     events = _schedule(
-        rng, len(plan), duration, kills, rebalances, broker_restarts, crash_points, leader_kills
+        rng,
+        len(plan),
+        duration,
+        kills,
+        rebalances,
+        broker_restarts,
+        crash_points,
+        leader_kills,
+        pauses,
     )
     timetable = [
         f"t={e.at:.1f}s {e.action}{' ' + e.crash_at if e.crash_at else ''}"
+        f"{' ' + e.pause_at if e.pause_at else ''}"
+        f"{f' {e.pause_s:.1f}s' if e.pause_s else ''}"
         for e in events
-        if e.action in ("kill", "crash", "add", "remove", "broker", "leader-kill")
+        if e.action
+        in ("kill", "crash", "add", "remove", "broker", "leader-kill", "pause", "pause-point")
     ]
     progress(f"chaos: schedule {'; '.join(timetable)}")
     if deadline_policy is None:
@@ -685,7 +850,11 @@ def run_chaos(
         deadline_policy = random.Random(f"policy-{seed}").choice(("review", "resend"))
     progress(f"chaos: reconcile deadline policy {deadline_policy}")
     report = ChaosReport(
-        seed=seed, root=str(root), deadline_policy=deadline_policy, brokers=brokers
+        seed=seed,
+        root=str(root),
+        deadline_policy=deadline_policy,
+        brokers=brokers,
+        pauses_planned=pauses,
     )
     cluster = Cluster(root, seed, progress, deadline_policy, brokers)
     try:
@@ -708,6 +877,8 @@ def run_chaos(
     finally:
         report.unexpected_worker_exits = cluster.unexpected_exits
         report.crash_points = dict(cluster.crash_points_fired)
+        report.pauses = cluster.pauses
+        report.pause_points = dict(cluster.pause_points_fired)
         report.elapsed_s = time.monotonic() - started
         cluster.close()
         if own_root and not keep and report.ok:
@@ -895,7 +1066,7 @@ def _execute(
                 operator.act()
             elif event.action == "kill" and live:
                 # Spare armed workers where possible: killing one forfeits its crash point.
-                victim = rng.choice([w for w in live if not w.crash_at] or live)
+                victim = rng.choice([w for w in live if not w.busy] or live)
                 cluster.kill(victim)
                 killed.append(victim)
                 report.kills += 1
@@ -903,7 +1074,7 @@ def _execute(
             elif event.action == "crash" and live:
                 # An armed worker cannot be armed again; with none left, a plain kill
                 # (restarted at once) keeps the kill count.
-                unarmed = [w for w in live if not w.crash_at]
+                unarmed = [w for w in live if not w.busy]
                 victim = rng.choice(unarmed or live)
                 cluster.kill(victim)
                 report.kills += 1
@@ -919,6 +1090,8 @@ def _execute(
                         f"SIGKILL worker {victim.slot} at t={event.at:.1f}s (every live "
                         "worker armed: plain kill)"
                     )
+            elif event.action in ("pause", "pause-point") and live:
+                _pause(cluster, event, rng, live)
             elif event.action == "restart" and killed:
                 w = killed.pop(0)
                 if not w.removed and not w.alive():
@@ -932,7 +1105,7 @@ def _execute(
                 # Never remove the last worker standing: someone must drain the topic.
                 candidates = [w for w in live if w not in killed]
                 if len(candidates) > 1:
-                    w = rng.choice([c for c in candidates if not c.crash_at] or candidates)
+                    w = rng.choice([c for c in candidates if not c.busy] or candidates)
                     w.removed = True
                     cluster.stop(w)
                     report.rebalances += 1
@@ -962,6 +1135,37 @@ def _execute(
     finally:
         with contextlib.suppress(Exception):
             publisher.close()
+
+
+def _pause(cluster: Cluster, event: _Event, rng: random.Random, live: list[ChaosWorker]) -> None:
+    """Stop a worker that is neither armed nor stopped already, or skip the pause.
+
+    A pause from outside may also stop a worker armed at a crash point (it goes on
+    towards its point afterwards); a pause point needs an unarmed victim.
+    """
+    idle = [w for w in live if not w.busy]
+    if event.action == "pause" and not idle:
+        idle = [w for w in live if not w.pause_at and not w.resume_at]
+    if not idle:
+        cluster.progress(
+            f"every live worker armed or stopped at t={event.at:.1f}s: no {event.action}"
+        )
+        return
+    victim = rng.choice(idle)
+    if event.action == "pause":
+        cluster.pause(victim, event.pause_s)
+        cluster.progress(
+            f"SIGSTOP worker {victim.slot} at t={event.at:.1f}s for {event.pause_s:.1f}s"
+        )
+        return
+    # Its current incarnation is mid-batch somewhere else: the armed one must reach
+    # the point from the start of a send, so the victim is restarted.
+    cluster.kill(victim)
+    cluster.start(victim, pause_at=event.pause_at, pause_s=event.pause_s)
+    cluster.progress(
+        f"SIGKILL worker {victim.slot} at t={event.at:.1f}s; restarted with "
+        f"SENDONCE_PAUSE_AT={event.pause_at} (stopped {event.pause_s:.1f}s there)"
+    )
 
 
 # --------------------------------------------------------------------------- checker
@@ -1038,7 +1242,9 @@ def _check(
                     covered.add(c)
             seen = len(watcher.records)
             missing = expected - covered
-            if not missing:
+            # A stopped worker runs again before the verdict: what the zombie does
+            # once continued must be seen.
+            if not missing and not cluster.stopped_workers():
                 report.drained = True
                 break
             cluster.check_workers()
@@ -1057,7 +1263,7 @@ def _check(
                 pending = _pending_keys(cluster)
                 next_ledger_read = time.monotonic() + 3
             ambiguous, sent, _ = _ambiguous_state([r.value for r in watcher.records])
-            if not ambiguous - sent and not pending:
+            if not ambiguous - sent and not pending and not cluster.stopped_workers():
                 break
             watcher.poll()
             cluster.check_workers()
@@ -1156,7 +1362,7 @@ def add_cli(subparsers: Subparsers) -> None:
         help="torture run: real broker, Graph emulator, workers, seeded kills and faults",
         description=(
             "Run the real system (own local broker, Graph emulator, worker processes) "
-            "under a seeded schedule of SIGKILLs, rebalances, broker restarts and provider "
+            "under a seeded schedule of SIGKILLs, pauses, rebalances, broker restarts and provider "
             "faults, then check: no key delivered twice, no intent lost, no key left "
             "PENDING, every poison record dead-lettered. Prints one "
             "summary line; exits 1 when the guarantee broke."
@@ -1182,6 +1388,13 @@ def add_cli(subparsers: Subparsers) -> None:
         default=0,
         help="SIGKILLs of the broker leading a ledger changelog partition, each restarted "
         "2-5 s later (default 0; needs --brokers 3)",
+    )
+    p.add_argument(
+        "--pauses",
+        type=int,
+        default=0,
+        help="SIGSTOPs of a worker for 12-15 s (beyond the 8 s session timeout), then "
+        "SIGCONT; every other one at a pause point (SENDONCE_PAUSE_AT) (default 0)",
     )
     p.add_argument("--duration", type=float, default=60.0, help="seconds of bursts (60)")
     p.add_argument(
@@ -1224,6 +1437,7 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
         deadline_policy=args.deadline_policy,
         brokers=args.brokers,
         leader_kills=args.leader_kills,
+        pauses=args.pauses,
     )
     for line in _iter_lines(report):
         print(line, flush=True)

@@ -12,7 +12,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-__all__ = ["pid_alive", "stop_process"]
+__all__ = ["pid_alive", "process_state", "stop_process"]
 
 
 def stop_process(
@@ -21,9 +21,14 @@ def stop_process(
     """SIGTERM (a clean leave), SIGKILL if it has not exited after ``timeout`` seconds.
 
     Returns the exit code (None if even SIGKILL did not end it within ``kill_wait``).
+    A stopped child (SIGSTOP) is continued first: it would keep a handled SIGTERM
+    pending until it runs again and so sit out the timeout.
     """
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
+        # After the SIGTERM, so the child meets it the moment it runs again (a no-op
+        # for a running child).
+        process.send_signal(signal.SIGCONT)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -33,6 +38,20 @@ def stop_process(
             except subprocess.TimeoutExpired:
                 return None
     return process.returncode
+
+
+def process_state(pid: int) -> str | None:
+    """The kernel's one-letter state of ``pid`` (``T``: stopped), None if there is no such
+    process (or no /proc).
+
+    The torture harness tells a worker that stopped itself at a pause point by this.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces/parens; the state follows the last ')'.
+    return stat.rsplit(")", 1)[1].split()[0]
 
 
 def _exited_unreaped(pid: int) -> bool:

@@ -1,7 +1,8 @@
 """Torture runs in the default test run: real broker, Graph emulator, workers, kills.
 
 ``test_ci_torture_run`` is the CI variant of issue 5 (a few thousand intents, several
-kills including the three exact crash points, a rebalance). Its seed comes from
+kills including the three exact crash points, a rebalance) and of issue 15 (two pauses
+beyond the session timeout: one at a pause point, one at a random moment). Its seed comes from
 ``SENDONCE_CHAOS_SEED`` (to replay a failure) or is drawn fresh, and is printed in the
 summary line either way. The long variant is a command (``make torture``; README).
 
@@ -55,12 +56,15 @@ def test_ci_torture_run(tmp_path: Path) -> None:
         seed,
         kills=4,
         rebalances=1,
+        pauses=2,
         duration=40.0,
         drain_timeout=300.0,
         root=tmp_path / "chaos",
         keep=True,
     )
     assert report.kills == 4, report.summary()
+    # The pause at a random moment always happens; the pause point may not be reached.
+    assert report.pauses >= 1, report.details()
     _assert_guarantee(report)
 
 
