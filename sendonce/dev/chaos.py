@@ -84,6 +84,9 @@ RECONCILE_DEADLINE_S = 20.0
 # An armed worker first waits for the group to drop its killed incarnation (session
 # timeout 8 s), restores its ledger partitions, then needs traffic to reach its point.
 CRASH_WAIT_S = 45.0
+# How long the checker lets PENDING entries end before it calls them stranded: past
+# the reconcile grace, a tick and a lookup, and a resend's round trip.
+STRANDED_WAIT_S = 30.0
 # A crash point armed for the N-th occurrence, N drawn from 1..this.
 CRASH_MAX_OCCURRENCE = 4
 # The workers' group session timeout. A pause lasts longer (drawn per pause), so the
@@ -1212,6 +1215,23 @@ def _pending_keys(cluster: Cluster) -> list[str]:
     return sorted(entries)
 
 
+def _stranded_keys(cluster: Cluster) -> list[str]:
+    """Keys still PENDING once in-flight work had :data:`STRANDED_WAIT_S` to end.
+
+    A PENDING read at one instant may be an attempt under way (an operator's resend
+    applied during the settle window, a due retry): its SENT follows within
+    milliseconds. A stranded key stays PENDING however long one waits, so the check
+    waits for the ledger to have none, up to the bound, and counts what is left.
+    """
+    deadline = time.monotonic() + STRANDED_WAIT_S
+    pending = _pending_keys(cluster)
+    while pending and time.monotonic() < deadline:
+        cluster.check_workers()
+        time.sleep(1.0)  # paces the changelog reads; the condition is re-read each time
+        pending = _pending_keys(cluster)
+    return pending
+
+
 def _check(
     cluster: Cluster,
     plan: list[list[PlannedRecord]],
@@ -1282,7 +1302,7 @@ def _check(
     report.lost = len(lost)
     report.lost_records = lost[:50]
     # Not final and not listed for review (``review list`` shows AMBIGUOUS entries).
-    stranded = _pending_keys(cluster)
+    stranded = _stranded_keys(cluster)
     report.stranded = len(stranded)
     report.stranded_keys = stranded[:50]
     report.poison_dead_lettered = len(internal.coords & covered)
