@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,12 +46,18 @@ from sendonce.streams.store import PartitionNotOwnedError
 
 log = logging.getLogger("sendonce.fencing")
 
-__all__ = ["FencedError", "LedgerFence", "transactional_id"]
+__all__ = ["FencedError", "LedgerFence", "WriterStateUnknownError", "transactional_id"]
 
 #: How long the coordinator keeps a transaction open before aborting it itself.
 TRANSACTION_TIMEOUT_S = 60.0
 #: Bound on one ``init_transactions`` or ``commit_transaction`` call.
 CALL_TIMEOUT_S = 30.0
+#: How long a commit keeps being resumed after retriable errors (librdkafka: a
+#: timed-out ``commit_transaction`` continues in the background and may be called
+#: again) before the writer's state counts as unknown.
+COMMIT_RESUME_S = 2 * TRANSACTION_TIMEOUT_S
+#: How long a released writer's commit in flight is waited for.
+CLOSE_WAIT_S = 5.0
 #: Writes committed in one transaction at most.
 GROUP_COMMIT_MAX = 500
 
@@ -69,6 +76,14 @@ _FENCED_CODES = frozenset(
 
 class FencedError(PartitionNotOwnedError):
     """The broker refused a ledger write: another worker owns the partition now."""
+
+
+class WriterStateUnknownError(RuntimeError):
+    """A partition's transaction neither committed nor aborted within the bounds.
+
+    The broker failing, not a change of owner: the worker stops (its records come
+    again to the next owner, whose ``init_transactions`` settles the transaction).
+    """
 
 
 def transactional_id(app_id: str, partition: int) -> str:
@@ -98,6 +113,8 @@ class _PartitionWriter:
     flushing: asyncio.Task[None] | None = None
     fenced: bool = False
     closed: bool = False
+    #: Set once a transaction's outcome could not be learnt: nothing more is written.
+    broken: WriterStateUnknownError | None = None
 
 
 def _is_fenced(error: Any) -> bool:
@@ -162,6 +179,18 @@ class LedgerFence:
             self._writers[writer.partition] = writer
         log.info("ledger partitions %s: transactional writers ready", wanted)
 
+    async def take_over(self, partitions: Iterable[int]) -> None:
+        """Hold exactly ``partitions`` from now on: after a rebalance, before the restore.
+
+        Every one of them is initialised again, kept ones too: the worker cannot tell a
+        partition it kept from one it lost while paused and was given back (another
+        owner fenced it meanwhile), and a stale producer would have every write of the
+        partition refused until the next rebalance.
+        """
+        wanted = set(partitions)
+        await self.release(set(self._writers))
+        await self.acquire(wanted)
+
     async def release(self, partitions: Iterable[int]) -> None:
         """Give partitions up (revoked): their writes fail from now on."""
         for partition in sorted(set(partitions)):
@@ -193,7 +222,10 @@ class LedgerFence:
     async def _close(self, writer: _PartitionWriter) -> None:
         writer.closed = True
         if writer.flushing is not None:
-            await asyncio.gather(writer.flushing, return_exceptions=True)
+            # A commit in flight ends with the next owner's init_transactions at the
+            # latest (it waits for a commit under way, or fences it), so the wait is
+            # bounded for the rebalance's sake, not for safety.
+            await asyncio.wait([writer.flushing], timeout=CLOSE_WAIT_S)
         self._fail(writer, PartitionNotOwnedError(f"ledger partition {writer.partition} released"))
         # Dropped, not flushed: an open transaction is aborted by the next owner's
         # init_transactions (or the coordinator's timeout); nothing here is pending.
@@ -220,6 +252,8 @@ class LedgerFence:
             raise PartitionNotOwnedError(f"ledger partition {partition} is not held here")
         if writer.fenced:
             raise FencedError(f"ledger partition {partition}: fenced")
+        if writer.broken is not None:
+            raise writer.broken
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         writer.queue.append(_Write(topic, partition, key, value, future, enqueued))
         if writer.flushing is None or writer.flushing.done():
@@ -228,7 +262,7 @@ class LedgerFence:
 
     async def _flush(self, writer: _PartitionWriter) -> None:
         # Writes that queue while a transaction commits go into the next one.
-        while writer.queue and not writer.fenced:
+        while writer.queue and not writer.fenced and writer.broken is None:
             batch, writer.queue = writer.queue[:GROUP_COMMIT_MAX], writer.queue[GROUP_COMMIT_MAX:]
             try:
                 offsets = await self._run(self._commit, writer.producer, batch)
@@ -244,7 +278,18 @@ class LedgerFence:
                     _settle(write.future, exc)
                 self._fail(writer, exc)
                 return
+            except _StateUnknown as exc:
+                writer.broken = WriterStateUnknownError(
+                    f"ledger partition {writer.partition}: transaction outcome unknown "
+                    f"({exc}); no more writes until the partition is taken over again"
+                )
+                log.error("%s", writer.broken)
+                for write in batch:
+                    _settle(write.future, writer.broken)
+                self._fail(writer, writer.broken)
+                return
             except Exception as exc:
+                # Aborted cleanly: these writes failed, the producer is ready again.
                 for write in batch:
                     _settle(write.future, exc)
                 continue
@@ -283,13 +328,17 @@ class LedgerFence:
                 )
                 if write.enqueued is not None:
                     write.enqueued()
-            producer.commit_transaction(CALL_TIMEOUT_S)
+            _commit_resuming(producer)
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
             if error is not None and _is_fenced(error):
                 raise FencedError(str(error)) from exc
-            if error is not None and getattr(error, "txn_requires_abort", lambda: False)():
+            if error is None or not _requires_abort(error):
+                raise _StateUnknown(_name(error)) from exc
+            try:
                 producer.abort_transaction(CALL_TIMEOUT_S)
+            except KafkaException as abort:
+                raise _StateUnknown(f"abort failed: {_name(abort.args[0])}") from abort
             raise
         if errors:
             raise KafkaException(errors[0])
@@ -297,6 +346,42 @@ class LedgerFence:
 
     async def _run(self, call: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
+
+
+class _StateUnknown(Exception):
+    """Internal: the transaction did not end in a known way (see WriterStateUnknownError)."""
+
+
+def _requires_abort(error: Any) -> bool:
+    return bool(getattr(error, "txn_requires_abort", lambda: False)())
+
+
+def _name(error: Any) -> str:
+    return str(error.name()) if hasattr(error, "name") else str(error)
+
+
+def _commit_resuming(producer: Any) -> None:
+    """``commit_transaction``, called again after each retriable error (blocking).
+
+    librdkafka: a commit that timed out goes on in the background, and calling it
+    again resumes it; anything else (begin, produce) fails until it has ended.
+    """
+    deadline = time.monotonic() + COMMIT_RESUME_S
+    while True:
+        try:
+            producer.commit_transaction(CALL_TIMEOUT_S)
+            return
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = (
+                error is not None
+                and bool(error.retriable())
+                and not _requires_abort(error)
+                and not _is_fenced(error)
+            )
+            if not retriable or time.monotonic() >= deadline:
+                raise
+            log.warning("ledger commit not confirmed yet (%s); resuming it", _name(error))
 
 
 def _settle(future: asyncio.Future[int], outcome: int | BaseException) -> None:

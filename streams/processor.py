@@ -354,9 +354,11 @@ class IntentProcessor:
             except BadIntent as bad:
                 stats.dead_lettered += 1
                 dead.append(self._dead_letter(record, bad))
+        # Dead letters first: a batch that fails in its sends (a moved partition, the
+        # broker failing) must not leave them unwritten; the records come again anyway.
+        await asyncio.gather(*dead)
         for wave in _waves(accepted):
             await _all_or_none(self._drive(item, stats) for item in wave)
-        await asyncio.gather(*dead)
         return stats
 
     # -- input ------------------------------------------------------------

@@ -364,12 +364,8 @@ class PartitionFence(Protocol):
         """Partitions this worker holds."""
         ...
 
-    async def acquire(self, partitions: Iterable[int]) -> None:
-        """Take partitions over, fencing their previous owner."""
-        ...
-
-    async def release(self, partitions: Iterable[int]) -> None:
-        """Give partitions up."""
+    async def take_over(self, partitions: Iterable[int]) -> None:
+        """Hold exactly these partitions, each initialised afresh (fencing any other owner)."""
         ...
 
 
@@ -478,7 +474,7 @@ class BulkRecovery(Recovery):  # type: ignore[misc]
             # aborts what they left open before the restore reads (streams.fencing).
             self._fence_plan = None
             try:
-                await super()._wait(_take_over(fence, plan[1]))
+                await super()._wait(fence.take_over(plan[1]))
             except BaseException:
                 if isinstance(coro, Coroutine):
                     coro.close()
@@ -575,11 +571,6 @@ class BulkRecovery(Recovery):  # type: ignore[misc]
                 self.active_offsets[tp] = offset
             if tp in self.standby_tps:
                 self.standby_offsets[tp] = offset
-
-
-async def _take_over(fence: PartitionFence, actives: frozenset[int]) -> None:
-    await fence.release(fence.held() - actives)
-    await fence.acquire(actives)
 
 
 async def _in_thread(job: _Job, work: Callable[[], RestoreStats]) -> RestoreStats:

@@ -38,11 +38,24 @@ class ScriptedProducer:
         self.hold = threading.Event()
         self.hold.set()
         self.committing = threading.Event()
+        #: Errors the next commits raise, one each; the transaction stays committing.
+        self.commit_errors: list[KafkaError] = []
+        self.in_commit = False
+        self.commit_calls = 0
 
     def init_transactions(self, timeout: float) -> None:
         return None
 
     def begin_transaction(self) -> None:
+        if self.in_commit:
+            # librdkafka: a commit that returned an error without an outcome goes on in
+            # the background; only commit_transaction (resume) or abort may follow.
+            raise KafkaException(
+                KafkaError(
+                    KafkaError._CONFLICT,
+                    "Conflicting commit_transaction API call is already in progress",
+                )
+            )
         self.current = []
 
     def produce(
@@ -51,8 +64,13 @@ class ScriptedProducer:
         self.current.append((key, on_delivery))
 
     def commit_transaction(self, timeout: float) -> None:
+        self.commit_calls += 1
         self.committing.set()
         self.hold.wait(5)
+        if self.commit_errors:
+            self.in_commit = True
+            raise KafkaException(self.commit_errors.pop(0))
+        self.in_commit = False
         if self.fence_next_commit:
             raise KafkaException(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
         for _key, report in self.current:
@@ -162,3 +180,53 @@ def test_taking_a_fenced_partition_over_again_makes_a_new_producer(
 
     asyncio.run(run())
     assert len(producers) == 2 and producers[1].transactions == [[b"a"]]
+
+
+def _timed_out() -> KafkaError:
+    return KafkaError(KafkaError._TIMED_OUT, "commit not confirmed in time", retriable=True)
+
+
+def test_a_commit_that_timed_out_is_resumed_not_abandoned(
+    producers: list[ScriptedProducer],
+) -> None:
+    # After a pause or a slow coordinator, commit_transaction can time out while the
+    # commit goes on; the next begin_transaction then fails with _CONFLICT (chaos seed
+    # 533569887 stopped a worker on it). The write waits for the resumed commit.
+    async def run() -> list[int]:
+        fence = _fence()
+        await fence.acquire([0])
+        producers[0].commit_errors = [_timed_out(), _timed_out()]
+        first = await fence.write("t", b"a", b"1", 0)
+        second = await fence.write("t", b"b", b"1", 0)
+        await fence.close()
+        return [first, second]
+
+    assert asyncio.run(run()) == [0, 1]
+    assert producers[0].transactions == [[b"a"], [b"b"]]
+    assert producers[0].commit_calls == 4
+
+
+def test_a_commit_never_resolved_stops_the_partitions_writes_with_a_clear_error(
+    producers: list[ScriptedProducer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer's state is unknown: every later write fails the same way (a broker
+    # failure, which stops the worker) instead of a confusing _CONFLICT per write.
+    monkeypatch.setattr(fencing, "COMMIT_RESUME_S", 0.0)
+
+    async def run() -> None:
+        fence = _fence()
+        await fence.acquire([0, 1])
+        producers[0].commit_errors = [_timed_out()] * 3
+        with pytest.raises(fencing.WriterStateUnknownError, match="partition 0"):
+            await fence.write("t", b"a", b"1", 0)
+        with pytest.raises(fencing.WriterStateUnknownError, match="partition 0"):
+            await fence.write("t", b"b", b"1", 0)
+        assert await fence.write("t", b"c", b"1", 1) == 0
+        # The next rebalance's take-over starts the partition afresh.
+        await fence.take_over([0, 1])
+        assert await fence.write("t", b"d", b"1", 0) == 0
+        await fence.close()
+
+    asyncio.run(run())
+    assert producers[0].commit_calls == 1
+    assert len(producers) == 4 and producers[2].transactions == [[b"d"]]

@@ -507,3 +507,21 @@ def test_a_small_bad_record_is_dead_lettered_whole() -> None:
     assert (letter["error_type"], letter["reason"]) == ("undecodable", "not avro")
     assert (letter["original_key"], letter["original_value"]) == (b"k", b"garbage")
     assert letter["original_headers"] == [{"key": "h", "value": b"v"}]
+
+
+class BrokenProvider(SaturatedMailbox):
+    """A provider whose transport fails outright (the worker stops on it)."""
+
+    async def send(self, outgoing: OutgoingEmail) -> SendOutcome:
+        raise RuntimeError("transport gone")
+
+
+def test_a_bad_record_is_dead_lettered_even_when_its_batch_fails() -> None:
+    # The dead letter was a coroutine awaited after the batch's sends: a batch that
+    # failed (a moved partition, a fenced writer) dropped it unawaited ("coroutine
+    # '_dead_letter' was never awaited" in chaos seed 533569887's worker log).
+    p = InMemoryPipeline(BrokenProvider(busy="nobody"))
+    garbage = p.record(b"acme:garbage", b"\x00\x01 definitely not avro")
+    with pytest.raises(RuntimeError, match="transport gone"):
+        run(p.run([garbage, p.intent_record(intent(1))]))
+    assert [d["error_type"] for d in p.outputs(p.settings.topics.dlq)] == ["undecodable"]
