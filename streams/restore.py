@@ -496,6 +496,39 @@ class BulkRecovery(Recovery):  # type: ignore[misc]
                 raise
         await super()._wait(coro, timeout)
 
+    async def _build_highwaters(
+        self, consumer: Any, tps: Any, destination: Any, title: str
+    ) -> None:
+        """Faust's highwaters; then bulk-restore what it would still read of our tables.
+
+        A bulk-restored partition can grow after the restore read its high watermark
+        (a transaction's marker, most often), and Faust's recovery never sees control
+        records: it would wait for that "record" forever (its fix-up for aborted
+        transactions fails while the partition has no position). So a bulk-restorable
+        active partition behind the highwater Faust just read is restored again here,
+        and Faust's recovery has nothing left to read of it.
+        """
+        await super()._build_highwaters(consumer, tps, destination, title)
+        if title != "active":
+            return
+        behind = frozenset(
+            tp
+            for tp in tps
+            if _bulk_restores(self.tables._changelogs.get(tp.topic))
+            and _offset_or_none(self.tp_to_table[tp].persisted_offset(tp)) < destination[tp]
+        )
+        if not behind:
+            return
+        log.info(
+            "%d changelog partitions grew after the bulk restore; reading them too", len(behind)
+        )
+        await self._bulk_restore(_Job(self.app.consumer_generation_id, behind))
+        for tp in behind:
+            # Never below what the copy holds (Faust's consistency check).
+            offset = self.tp_to_table[tp].persisted_offset(tp)
+            if offset is not None and offset > destination[tp]:
+                destination[tp] = offset
+
     async def _stop_running(self) -> None:
         running = self._running
         if running is not None:
@@ -631,6 +664,10 @@ def _release_free_memory() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def _offset_or_none(offset: int | None) -> int:
+    return -1 if offset is None else offset
 
 
 def _bulk_restores(table: Any) -> bool:

@@ -51,7 +51,9 @@ The engine lives here (not under ``tests/``) because tests are not installed;
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
+import dataclasses
 import os
 import random
 import shutil
@@ -95,6 +97,10 @@ CRASH_MAX_OCCURRENCE = 4
 SESSION_TIMEOUT_S = 8.0
 PAUSE_MIN_S = 12.0
 PAUSE_MAX_S = 15.0
+# A pause with no worker to stop (all armed or stopped) is tried again this much
+# later, this many times at most.
+PAUSE_RETRY_S = 3.0
+PAUSE_RETRIES = 30
 # A pause point armed for the N-th occurrence, N drawn from 1..this; an armed worker
 # gets as long to reach it as a crash-point one.
 PAUSE_MAX_OCCURRENCE = 4
@@ -710,6 +716,19 @@ class _Event:
     # and ``pause``: how long the victim stays stopped.
     pause_at: str = ""
     pause_s: float = 0.0
+    # How often this event was put off already (a pause with no worker to stop).
+    retries: int = 0
+
+
+def retry_later(event: _Event) -> _Event | None:
+    """The same pause a little later, when it found no worker to stop; None past the bound.
+
+    With every live worker armed at a point or stopped already, a pause skipped for
+    good would leave the run short of the pauses asked for.
+    """
+    if event.retries >= PAUSE_RETRIES:
+        return None
+    return dataclasses.replace(event, at=event.at + PAUSE_RETRY_S, retries=event.retries + 1)
 
 
 def _is_crash_kill(index: int) -> bool:
@@ -1044,8 +1063,10 @@ def _execute(
     # Brokers killed as a ledger partition's leader, awaiting their restart.
     killed_nodes: list[int] = []
     t0 = time.monotonic()
+    queue = list(events)
     try:
-        for event in events:
+        while queue:
+            event = queue.pop(0)
             _wait_until(cluster, event.at, t0)
             live = [w for w in cluster.workers if not w.removed and w.alive()]
             if event.action == "burst":
@@ -1093,8 +1114,11 @@ def _execute(
                         f"SIGKILL worker {victim.slot} at t={event.at:.1f}s (every live "
                         "worker armed: plain kill)"
                     )
-            elif event.action in ("pause", "pause-point") and live:
-                _pause(cluster, event, rng, live)
+            elif event.action in ("pause", "pause-point"):
+                if not (live and _pause(cluster, event, rng, live)):
+                    later = retry_later(event)
+                    if later is not None:
+                        bisect.insort(queue, later, key=lambda e: e.at)
             elif event.action == "restart" and killed:
                 w = killed.pop(0)
                 if not w.removed and not w.alive():
@@ -1140,8 +1164,8 @@ def _execute(
             publisher.close()
 
 
-def _pause(cluster: Cluster, event: _Event, rng: random.Random, live: list[ChaosWorker]) -> None:
-    """Stop a worker that is neither armed nor stopped already, or skip the pause.
+def _pause(cluster: Cluster, event: _Event, rng: random.Random, live: list[ChaosWorker]) -> bool:
+    """Stop a worker that is neither armed nor stopped already; False if there is none.
 
     A pause from outside may also stop a worker armed at a crash point (it goes on
     towards its point afterwards); a pause point needs an unarmed victim.
@@ -1151,16 +1175,16 @@ def _pause(cluster: Cluster, event: _Event, rng: random.Random, live: list[Chaos
         idle = [w for w in live if not w.pause_at and not w.resume_at]
     if not idle:
         cluster.progress(
-            f"every live worker armed or stopped at t={event.at:.1f}s: no {event.action}"
+            f"every live worker armed or stopped at t={event.at:.1f}s: {event.action} put off"
         )
-        return
+        return False
     victim = rng.choice(idle)
     if event.action == "pause":
         cluster.pause(victim, event.pause_s)
         cluster.progress(
             f"SIGSTOP worker {victim.slot} at t={event.at:.1f}s for {event.pause_s:.1f}s"
         )
-        return
+        return True
     # Its current incarnation is mid-batch somewhere else: the armed one must reach
     # the point from the start of a send, so the victim is restarted.
     cluster.kill(victim)
@@ -1169,6 +1193,7 @@ def _pause(cluster: Cluster, event: _Event, rng: random.Random, live: list[Chaos
         f"SIGKILL worker {victim.slot} at t={event.at:.1f}s; restarted with "
         f"SENDONCE_PAUSE_AT={event.pause_at} (stopped {event.pause_s:.1f}s there)"
     )
+    return True
 
 
 # --------------------------------------------------------------------------- checker

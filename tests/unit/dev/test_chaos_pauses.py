@@ -19,12 +19,15 @@ from sendonce.dev.chaos import (
     PAUSE_MAX_OCCURRENCE,
     PAUSE_MAX_S,
     PAUSE_MIN_S,
+    PAUSE_RETRIES,
+    PAUSE_RETRY_S,
     SESSION_TIMEOUT_S,
     ChaosReport,
     ChaosWorker,
     Cluster,
     _schedule,
     add_cli,
+    retry_later,
 )
 from sendonce.dev.procs import process_state, stop_process
 from sendonce.faults import PAUSE_POINTS
@@ -192,3 +195,18 @@ def test_a_pause_from_outside_lasts_its_time(tmp_path: Path) -> None:
         assert "SIGSTOP for 1.5s" in worker.log_tail() and "SIGCONT" in worker.log_tail()
     finally:
         stop_process(worker.process, timeout=5)
+
+
+def test_a_pause_with_no_worker_to_stop_is_put_off_a_bounded_number_of_times() -> None:
+    # With two workers, one armed and one stopped, about half the pauses found no
+    # victim and were dropped: the run had fewer pauses than asked for.
+    events = _schedule(random.Random(3), 8, 60.0, 0, 0, 0, pauses=1)
+    pause = next(e for e in events if "pause" in e.action)
+    tries = [pause]
+    while (later := retry_later(tries[-1])) is not None:
+        tries.append(later)
+    assert len(tries) == PAUSE_RETRIES + 1
+    assert [t.at - pause.at for t in tries[1:3]] == [PAUSE_RETRY_S, 2 * PAUSE_RETRY_S]
+    assert {(t.action, t.pause_at, t.pause_s) for t in tries} == {
+        (pause.action, pause.pause_at, pause.pause_s)
+    }

@@ -331,3 +331,58 @@ def test_rocksdb_settings_from_env() -> None:
     assert (settings.rocksdb_block_cache_mb, settings.rocksdb_write_buffer_mb) == (32, 8)
     assert settings.rocksdb_max_write_buffers == 3
     assert settings.bulk_restore is False
+
+
+class _Table:
+    def __init__(self, persisted: int | None) -> None:
+        self.persisted = persisted
+        self.data = type("Store", (), {"bulk_restore": True})()
+
+    def persisted_offset(self, tp: Any) -> int | None:
+        return self.persisted
+
+
+def test_a_changelog_that_grew_after_the_bulk_restore_is_caught_up_before_faust_reads_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Chaos seed 344547155: a worker's recovery waited five minutes for "1 records
+    # to read", the transaction marker appended to a ledger partition after the bulk
+    # restore had read its high watermark. Faust's recovery never sees control
+    # records (its aborted-transaction fix-up fails while the partition has no
+    # position), so whatever Faust would still read of a bulk-restored partition is
+    # read by a second bulk restore before Faust decides it must recover.
+    import asyncio
+
+    from faust.tables.recovery import Recovery
+    from faust.types import TP
+
+    from sendonce.streams import restore
+    from sendonce.streams.restore import BulkRecovery
+
+    monkeypatch.setattr(restore, "_bulk_restores", lambda table: table is not None)
+    behind, current = TP("ledger-changelog", 0), TP("ledger-changelog", 1)
+    tables = {behind: _Table(41), current: _Table(17)}
+
+    async def faust_highwaters(
+        self: Any, consumer: Any, tps: Any, destination: Any, title: str
+    ) -> None:
+        destination.update({behind: 42, current: 17})  # last offsets, as Faust keeps them
+
+    restored: list[frozenset[Any]] = []
+
+    async def bulk_restore(job: Any) -> None:
+        restored.append(job.partitions)
+        for tp in job.partitions:
+            tables[tp].persisted = 43  # read on past one more marker meanwhile
+
+    monkeypatch.setattr(Recovery, "_build_highwaters", faust_highwaters)
+    recovery = BulkRecovery.__new__(BulkRecovery)
+    recovery.tp_to_table = tables
+    recovery.tables = type("Tables", (), {"_changelogs": {"ledger-changelog": object()}})()
+    recovery.app = type("App", (), {"consumer_generation_id": 7})()
+    monkeypatch.setattr(recovery, "_bulk_restore", bulk_restore, raising=False)
+    highwaters: dict[Any, int] = {}
+    asyncio.run(recovery._build_highwaters(None, {behind, current}, highwaters, "active"))
+    assert restored == [frozenset({behind})]
+    # Never below what the copy holds: Faust's consistency check would refuse it.
+    assert highwaters == {behind: 43, current: 17}
