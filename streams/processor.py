@@ -812,19 +812,26 @@ async def _all_or_none(drives: Iterable[Awaitable[None]]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks)
+        for task in tasks:
+            _error_of(task)
         raise
     for task in pending:
         task.cancel()
     if pending:
         await asyncio.wait(pending)
-    for task in tasks:
-        if task in done and not task.cancelled():
-            error = task.exception()
-            if error is not None:
-                raise error
+    # Every task's error is looked at (a sibling may raise its own while it unwinds
+    # from the cancel); the first one finished is raised.
+    errors = [_error_of(task) for task in tasks]
+    for task, error in zip(tasks, errors, strict=True):
+        if task in done and error is not None:
+            raise error
     # Only a sibling cancelled by someone else can still hold an error here.
     for task in tasks:
         task.result()
+
+
+def _error_of(task: asyncio.Future[None]) -> BaseException | None:
+    return None if task.cancelled() else task.exception()
 
 
 def _waves(items: Sequence[_Accepted]) -> list[list[_Accepted]]:

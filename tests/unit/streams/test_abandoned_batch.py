@@ -167,3 +167,35 @@ def test_a_partition_moving_during_a_retry_wait_leaves_the_key_provably_not_sent
     [*_, (_, last)] = store.writes
     # No attempt 2 was written: the next owner resumes the wait, it looks nothing up.
     assert last.attempt_count == 1 and last.retry_at_ms is not None
+
+
+def test_a_wave_whose_siblings_fail_while_cancelled_leaves_no_unretrieved_error() -> None:
+    # Chaos seed 344547155: "Task exception was never retrieved ... FencedError" after
+    # a fenced wave: a sibling cancelled by the first failure raised its own error
+    # while unwinding, and nobody looked at it.
+    import gc
+
+    from sendonce.streams.processor import _all_or_none
+
+    unretrieved: list[str] = []
+
+    async def first() -> None:
+        raise RuntimeError("first")
+
+    async def sibling() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            raise ValueError("while unwinding")
+
+    async def run() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: unretrieved.append(str(context.get("message")))
+        )
+        with pytest.raises(RuntimeError, match="first"):
+            await _all_or_none([first(), sibling()])
+        gc.collect()
+
+    asyncio.run(run())
+    gc.collect()
+    assert unretrieved == []
