@@ -53,6 +53,7 @@ from sendonce.streams.offsets import Lane
 from sendonce.streams.processor import IntentProcessor
 from sendonce.streams.restore import STORE_URL, BulkRestoreTableManager, table_options
 from sendonce.streams.store import FaustLedgerStore, FaustTableBytes
+from sendonce.streams.transport import CommittedReadsTransport
 from sendonce.streams.webhooks import SightingProcessor, WebhookFault
 
 log = logging.getLogger("sendonce.worker")
@@ -121,6 +122,10 @@ class _DrainingApp(faust.App):  # type: ignore[misc]
     #: Set by :func:`run_worker`: the process exits this many seconds after the
     #: batches in flight finished, whatever the rest of the stop still waits for.
     stop_bound_s: float | None = None
+
+    def _new_transport(self) -> Any:
+        # Committed records only, standbys included (streams.transport).
+        return CommittedReadsTransport(self.conf.broker_consumer, self)
 
     async def on_stop(self) -> None:
         log.info("stopping")
