@@ -67,6 +67,11 @@ _GRAPH_ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("GET", re.compile(r"^users/(?P<user>[^/]+)/messages$", re.IGNORECASE), "listMessages"),
     (
         "GET",
+        re.compile(r"^users/(?P<user>[^/]+)/messages/(?P<id>[^/]+)$", re.IGNORECASE),
+        "getMessage",
+    ),
+    (
+        "GET",
         re.compile(r"^users/(?P<user>[^/]+)/mailfolders/(?P<folder>[^/]+)/messages$", re.I),
         "listMessages",
     ),

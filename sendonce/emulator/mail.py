@@ -2,7 +2,8 @@
 
 ``POST /users/{sender}/sendMail`` (202), ``POST /users/{sender}/messages`` (a draft, 201;
 ``Prefer: IdType="ImmutableId"`` gives immutable ids), ``POST /users/{sender}/messages/
-{id}/send`` (202) and ``GET /users/{sender}[/mailFolders/{folder}]/messages`` with the
+{id}/send`` (202), ``GET /users/{sender}/messages/{id}`` (one message by REST or immutable
+id) and ``GET /users/{sender}[/mailFolders/{folder}]/messages`` with the
 extended-property ``$filter``, ``$select``, ``$expand``, ``$top``, ``$skip`` and
 ``$orderby``. Requests are validated as Graph validates them (same error codes), so a
 client that works here is not relying on leniency. Every message that leaves a mailbox is
@@ -37,6 +38,7 @@ from sendonce.emulator.store import (
     Delivery,
     RequestRecord,
     StoredMessage,
+    folder_id,
     new_immutable_id,
     new_rest_id,
     now_ms,
@@ -99,6 +101,8 @@ class MailOperations(GraphRoutes):
         immutable = any(_IMMUTABLE_PREFER.search(v) for v in request.headers.getall("Prefer", []))
         if operation == "listMessages":
             return self._list_messages(request, mailbox, params.get("folder"), immutable)
+        if operation == "getMessage":
+            return self._get_message(request, mailbox, params["id"], immutable)
         body = await self._read_json(request)
         if operation == "sendMail":
             return self._send_mail(rec, mailbox, body, applied)
@@ -338,6 +342,43 @@ class MailOperations(GraphRoutes):
 
     def _graph_root(self) -> str:
         return self._base_url + "/v1.0" if self._base_url else "/v1.0"
+
+    def _get_message(
+        self, request: web.Request, mailbox: str, message_id: str, immutable: bool
+    ) -> Outcome:
+        """``GET /users/{id}/messages/{id}``: one message by REST or immutable id.
+
+        Its draft state is current at once: ``isDraft`` turns false when the send is
+        accepted, while listing Sent Items lags (``visibility_delay``); until then the
+        message reads as in the Outbox. A REST id dies when the message moves out of
+        Drafts (Graph gives the Sent Items copy a new one; the immutable id stays).
+        """
+        unknown = [
+            k for k in request.query if k.startswith("$") and k not in ("$select", "$expand")
+        ]
+        if unknown:
+            raise GraphError(400, "BadRequest", f"Query option '{unknown[0]}' is not supported.")
+        try:
+            select = parse_select(request.query.get("$select"))
+            expand = parse_expand(request.query.get("$expand"))
+        except FilterError as exc:
+            raise GraphError(400, "BadRequest", str(exc)) from None
+        with self._lock:
+            msg = next(
+                (m for m in self._messages.get(mailbox, []) if m.matches_id(message_id)), None
+            )
+            if msg is None:
+                raise GraphError(
+                    404, "ErrorItemNotFound", "The specified object was not found in the store."
+                )
+            out = msg.graph_json(immutable=immutable, select=select, expand=expand)
+            if "parentFolderId" in out and msg.visible_at > time.monotonic():
+                out["parentFolderId"] = folder_id(mailbox, "outbox")
+        out = {
+            "@odata.context": f"{self._graph_root()}/$metadata#users('{mailbox}')/messages/$entity",
+            **out,
+        }
+        return Outcome(status=200, body=out, headers=_id_preference_applied(immutable))
 
     def _list_messages(
         self, request: web.Request, mailbox: str, folder: str | None, immutable: bool

@@ -32,7 +32,7 @@ __all__ = [
     "now_ms",
 ]
 
-Folder = Literal["drafts", "sentitems"]
+Folder = Literal["drafts", "sentitems", "outbox"]
 
 
 def graph_datetime(epoch_s: float) -> str:

@@ -648,3 +648,46 @@ def test_cli_prints_endpoints_and_stops_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_message_is_read_by_its_id_draft_or_sent_and_the_rest_id_dies_with_the_move() -> None:
+    # Issue 17: the draft's immutable id answers "is it still a draft?" (GET
+    # /users/{id}/messages/{id}); the REST id changes when the message moves to Sent
+    # Items (msgraph-sdk-dotnet issue 2947), the immutable id does not.
+    async def main() -> None:
+        async with env() as e:
+            immutable = {"Prefer": 'IdType="ImmutableId"'}
+            async with e.http.post(
+                e.url(f"/users/{SENDER}/messages"), json=message("k9"), headers=e.auth()
+            ) as resp:
+                rest_id = (await resp.json())["id"]
+            async with e.http.get(
+                e.url(f"/users/{SENDER}/messages/{rest_id}"), headers=e.auth(**immutable)
+            ) as resp:
+                draft = await resp.json()
+            assert resp.status == 200
+            assert resp.headers["Preference-Applied"] == 'IdType="ImmutableId"'
+            assert draft["isDraft"] is True
+            immutable_id = draft["id"]
+            assert immutable_id != rest_id
+            async with e.http.post(
+                e.url(f"/users/{SENDER}/messages/{immutable_id}/send"), headers=e.auth()
+            ) as resp:
+                assert resp.status == 202
+            async with e.http.get(
+                e.url(f"/users/{SENDER}/messages/{immutable_id}"),
+                params={"$select": "isDraft,parentFolderId"},
+                headers=e.auth(**immutable),
+            ) as resp:
+                sent = await resp.json()
+            assert resp.status == 200
+            assert sent["isDraft"] is False
+            assert set(sent) == {"@odata.context", "@odata.etag", "id", "isDraft", "parentFolderId"}
+            async with e.http.get(
+                e.url(f"/users/{SENDER}/messages/{rest_id}"), headers=e.auth()
+            ) as resp:
+                gone = await resp.json()
+            assert resp.status == 404
+            assert gone["error"]["code"] == "ErrorItemNotFound"
+
+    run(main())
