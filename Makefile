@@ -42,7 +42,7 @@ integration: $(STAMP) kafka-jars
 torture: $(STAMP) kafka-jars
 	$(BIN)/sendonce dev chaos --intents 100000 --workers 3 --kills 50 --pauses 20 \
 		--rebalances 5 --broker-restarts 2 --brokers 3 --leader-kills 3 \
-		--duration 900 --drain-timeout 900 $(if $(SEED),--seed $(SEED))
+		--duration 900 --drain-timeout 2400 $(if $(SEED),--seed $(SEED))
 
 # The benchmark of issue 6: throughput, latency, memory and restore beside the Kafka
 # ceiling and a naive baseline. About 35 minutes on 2 cores, 25 of them restoring the

@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import faust
+from confluent_kafka import KafkaException
 from faust.types import TP
 
 from sendonce.settings import Settings
@@ -56,6 +58,14 @@ log = logging.getLogger("sendonce.worker")
 
 class FencedMemberError(PartitionNotOwnedError):
     """The group coordinator refused this worker's commit: it lost the partition."""
+
+
+class OwnershipUnconfirmedError(PartitionNotOwnedError):
+    """The group could not be asked (its coordinator moving, the broker away).
+
+    Unconfirmed counts as not owned: no provider call; the batch is abandoned like
+    one whose partition moved (nothing committed, its records come again).
+    """
 
 
 class _MembershipCheck:
@@ -92,6 +102,10 @@ MEND_STALL_S = 10.0
 # A stopping worker waits this long at most for a lane's batch in flight to finish
 # (a rebalance waits settings.revoke_wait_s, bounded by the group's rebalance timeout).
 DRAIN_WAIT_S = 120.0
+# How long the ownership check keeps asking a group whose coordinator is moving (a
+# broker restart, a leader election), and how long it waits between tries.
+CONFIRM_FOR_S = 15.0
+CONFIRM_RETRY_S = 0.5
 # How long the abandoned batches get to unwind once cancelled (their finally blocks).
 ABANDON_WAIT_S = 5.0
 
@@ -148,10 +162,23 @@ class SourceOffsets:
             raise FencedMemberError(f"partition {partition}: no longer owned in the group's view")
 
     async def _commit_frontier(self, tp: Partition) -> bool:
-        if not self.owns(*tp):
-            return False
-        frontier = await self.offsets.frontier(*tp)
-        return await self._commit({tp: frontier.next})
+        deadline = time.monotonic() + CONFIRM_FOR_S
+        while True:
+            if not self.owns(*tp):
+                return False
+            try:
+                frontier = await self.offsets.frontier(*tp)
+            except KafkaException as exc:
+                # Reading the group's committed offset failed (NOT_COORDINATOR, a
+                # timeout): the answer is still to come, not "fenced".
+                if time.monotonic() >= deadline:
+                    raise OwnershipUnconfirmedError(
+                        f"partition {tp[1]}: could not confirm ownership with the group "
+                        f"({exc.args[0].name() if exc.args else exc})"
+                    ) from exc
+                await asyncio.sleep(CONFIRM_RETRY_S)
+                continue
+            return await self._commit({tp: frontier.next})
 
     def lane(self, name: str, topic: str, process: Any) -> Lane:
         """Register a lane (one agent over ``topic``)."""

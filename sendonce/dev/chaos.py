@@ -89,6 +89,8 @@ CRASH_WAIT_S = 45.0
 # How long the checker lets PENDING entries end before it calls them stranded: past
 # the reconcile grace, a tick and a lookup, and a resend's round trip.
 STRANDED_WAIT_S = 30.0
+# The checker's last read of the result topics after the drain, at most.
+FINAL_READ_S = 30.0
 # A crash point armed for the N-th occurrence, N drawn from 1..this.
 CRASH_MAX_OCCURRENCE = 4
 # The workers' group session timeout. A pause lasts longer (drawn per pause), so the
@@ -1315,8 +1317,10 @@ def _check(
                 break
             watcher.poll()
             cluster.check_workers()
-        # One last read so results written meanwhile count.
-        while watcher.poll(1.0):
+        # One last read so results written meanwhile count; bounded, since workers
+        # still working off a backlog (a drain that timed out) keep writing.
+        last_read = time.monotonic() + FINAL_READ_S
+        while watcher.poll(1.0) and time.monotonic() < last_read:
             pass
         records = [r.value for r in watcher.records]
     finally:

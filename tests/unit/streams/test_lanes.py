@@ -425,3 +425,51 @@ def test_a_revocation_waits_a_bounded_time_then_abandons_the_batches_still_runni
     assert sent == []
     assert not offsets.writable(TOPIC, 0)
     assert app.consumer.commits == []
+
+
+class CoordinatorMoving(StartsAtZero):
+    """The group coordinator moves (a broker restart, a leader kill): reads fail a while."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+
+    async def start_offset(self, topic: str, partition: int) -> int:
+        from confluent_kafka import KafkaError, KafkaException
+
+        if self.failures:
+            self.failures -= 1
+            raise KafkaException(KafkaError(KafkaError.NOT_COORDINATOR, "Not coordinator"))
+        return 0
+
+
+def test_the_ownership_check_rides_out_a_moving_coordinator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # make torture (seed 1023418017): "Failed to get committed offsets: Broker: Not
+    # coordinator" from the check before a send stopped three workers in a leader kill.
+    from sendonce.streams import lanes
+
+    monkeypatch.setattr(lanes, "CONFIRM_RETRY_S", 0.01)
+    offsets, app = owner_of(0)
+    offsets.reader = CoordinatorMoving(failures=2)
+    offsets.offsets._reader = offsets.reader
+    asyncio.run(offsets.confirm_owner(TOPIC, 0))
+    assert app.consumer.commits == [{TP(TOPIC, 0): 0}]
+
+
+def test_an_ownership_check_that_cannot_reach_the_group_sends_nothing_and_stops_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Unconfirmed is not owned: no provider call, the batch is abandoned (its records
+    # come again), and the worker keeps running.
+    from sendonce.streams import lanes
+    from sendonce.streams.store import PartitionNotOwnedError
+
+    monkeypatch.setattr(lanes, "CONFIRM_RETRY_S", 0.01)
+    monkeypatch.setattr(lanes, "CONFIRM_FOR_S", 0.05)
+    offsets, app = owner_of(0)
+    offsets.reader = CoordinatorMoving(failures=10**6)
+    offsets.offsets._reader = offsets.reader
+    with pytest.raises(PartitionNotOwnedError, match="could not confirm"):
+        asyncio.run(offsets.confirm_owner(TOPIC, 0))
+    assert app.consumer.commits == []
