@@ -127,7 +127,11 @@ class FlakyProvider:
 
 
 def test_retry_delays_are_counted_as_throttle_waits_by_reason() -> None:
-    p = InMemoryPipeline(FlakyProvider(), settings=Settings(retry_base_delay_s=0.5))
+    # A fixed clock: with the wall clock, a millisecond that passed between deciding
+    # the wait and starting it made the 3 s wait read 2.999 (CI, 2026-12-03).
+    p = InMemoryPipeline(
+        FlakyProvider(), settings=Settings(retry_base_delay_s=0.5), clock=lambda: 1_000_000
+    )
     readings = Readings(
         ("sendonce_throttle_waits_total", {"provider": "flaky", "reason": "retry_after"}),
         ("sendonce_throttle_wait_seconds_total", {"provider": "flaky", "reason": "retry_after"}),
