@@ -37,13 +37,19 @@ class SendStatus(enum.Enum):
 
 
 class LookupStatus(enum.Enum):
-    """What a reconciliation lookup by idempotency key found."""
+    """What a reconciliation lookup (by idempotency key, or by draft id) found."""
 
     FOUND = "found"
     #: The provider can prove the message was never accepted (the outbox can;
     #: Microsoft Graph's Sent Items cannot, since saving there lags the send).
     NOT_FOUND_DEFINITIVE = "not_found_definitive"
     UNKNOWN = "unknown"
+    #: Drafts (:class:`DraftingProvider`): the message exists unsent, as a draft, so it
+    #: provably was not sent; ``provider_message_id`` is the draft's id.
+    DRAFT = "draft"
+    #: Drafts: the recorded draft id finds no message at all (deleted by someone):
+    #: nobody can tell whether it went out; an operator decides.
+    GONE = "gone"
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,46 @@ class EmailProvider(Protocol):
     async def close(self) -> None:
         """Release connections and files."""
         ...
+
+
+@runtime_checkable
+class DraftingProvider(Protocol):
+    """Optional capability: create the message as a draft, record its id, then send it.
+
+    A provider without an idempotency key for sends (Microsoft Graph) can still prove
+    what happened to a message it holds a handle on: a draft that is still a draft was
+    not sent. The ledger keeps the handle (the DRAFTED state) between the two calls.
+    ``drafts_first`` says whether new attempts go through a draft (Graph's
+    ``draft-send`` mode); a provider may answer the draft lookups below either way,
+    so entries drafted before a switch to one-call sends are still settled.
+    """
+
+    name: str
+    drafts_first: bool
+
+    async def create_draft(self, email: OutgoingEmail) -> SendOutcome:
+        """Create ``email`` as a draft. ACCEPTED means it exists, with its id in
+        ``provider_message_id``; AMBIGUOUS means it may exist (find it by key)."""
+        ...
+
+    async def send_draft(self, email: OutgoingEmail, draft_id: str) -> SendOutcome:
+        """Send the draft ``draft_id`` of ``email`` and classify the outcome."""
+        ...
+
+    async def find_draft(self, idempotency_key: str, sender: str) -> LookupResult:
+        """The key's draft after a create of unknown outcome: DRAFT (with its id),
+        FOUND (already sent), NOT_FOUND_DEFINITIVE (no draft), or UNKNOWN."""
+        ...
+
+    async def draft_state(self, draft_id: str, sender: str) -> LookupResult:
+        """What became of draft ``draft_id``: DRAFT (not sent), FOUND (sent, with its
+        ids), GONE (no such message any more), or UNKNOWN (ask again later)."""
+        ...
+
+
+def drafting(provider: EmailProvider) -> DraftingProvider | None:
+    """``provider`` as a :class:`DraftingProvider`, or ``None`` when it cannot draft."""
+    return provider if isinstance(provider, DraftingProvider) else None
 
 
 def estimated_wait_s(provider: EmailProvider, sender: str, ahead: int = 0) -> float:
