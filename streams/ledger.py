@@ -19,6 +19,18 @@ States: no entry -> PENDING -> SENT | FAILED | AMBIGUOUS; AMBIGUOUS -> SENT
 its own drive settles it, or, when a crash or a rebalance interrupted that drive,
 the reconciler looks it up (:func:`lookup_due_at_ms`) and settles it from the answer.
 
+Drafts (``decide(..., drafts=True)``, a provider that can create a message as a draft
+and send it later, :class:`~connectors.base.DraftingProvider`): an attempt's PENDING
+entry asks for the draft (:class:`CreateDraft`); the created draft's id is written
+as DRAFTED, acknowledged, before the send (:class:`CallProvider` on a DRAFTED entry
+sends that draft). The handle is what settles ambiguity without a human: after an
+ambiguous send, the draft's state is read (:class:`LookupTarget.DRAFT_BY_ID`); a draft
+that is still a draft past ``ReconcilePolicy.draft_resend_grace_s`` was provably not
+sent and is sent again (a new attempt, the same draft), one that is no longer a draft
+was sent, and only one that is gone is left for an operator. A create of unknown
+outcome is settled by finding the key's draft (:class:`LookupTarget.DRAFTS_BY_KEY`)
+before any other create: never two drafts for one key, and a create never sends.
+
 A retry that must wait (a backoff, the provider's Retry-After) waits *before* its
 attempt is written: the entry stays PENDING with the refused attempt finished and
 ``retry_at_ms`` set (:func:`retry_waiting`), and :class:`WaitForRetry` tells the shell
@@ -77,9 +89,16 @@ class LedgerStatus(enum.Enum):
     """Where a key stands."""
 
     PENDING = "PENDING"
+    #: The message exists at the provider as a draft (``draft_id``), not sent by us
+    #: unless the send call in flight was; like PENDING, it is open.
+    DRAFTED = "DRAFTED"
     SENT = "SENT"
     FAILED = "FAILED"
     AMBIGUOUS = "AMBIGUOUS"
+
+
+#: The states whose key is not settled: a lookup or an attempt is still to come.
+OPEN = (LedgerStatus.PENDING, LedgerStatus.DRAFTED, LedgerStatus.AMBIGUOUS)
 
 
 def status_marker(status: LedgerStatus) -> bytes:
@@ -128,13 +147,14 @@ class IntentFacts:
 
 @dataclass(frozen=True)
 class AttemptRecord:
-    """Evidence of one provider attempt (or reconciliation lookup)."""
+    """Evidence of one provider call of an attempt, or of a reconciliation lookup."""
 
     attempt_id: str
     number: int
     worker: str
     started_at_ms: int
-    kind: str = "send"  # "send" or "lookup"
+    #: "send", "create" (the attempt's draft create, before its "send") or "lookup".
+    kind: str = "send"
     finished_at_ms: int | None = None
     status: str | None = None
     # A subset of ProviderEvidence plus the call's trail, by the changelog's format
@@ -212,6 +232,8 @@ class LedgerEntry(ProviderEvidence):
     retry_at_ms: int | None = None
     #: Operator commands applied to (or refused for) this entry, oldest first.
     audit: tuple[AuditRecord, ...] = ()
+    #: Drafts: the provider's (immutable) id of the key's draft, once it was created.
+    draft_id: str | None = None
     #: Fields a newer version wrote that this one does not know (a rollback after an
     #: upgrade): kept as they were, written back with the entry, otherwise ignored.
     unknown_fields: Mapping[str, Any] = field(default_factory=dict, compare=False)
@@ -226,11 +248,11 @@ class LedgerEntry(ProviderEvidence):
         """
         data = dict(self.__dict__)
         data.update(data.pop("unknown_fields"))
-        if data["retry_at_ms"] is None:
-            # Only an entry waiting for its retry carries it: every other entry keeps
-            # the bytes it had before the field existed (and an older version reads
-            # a waiting entry as PENDING, with the field kept aside).
-            del data["retry_at_ms"]
+        for optional in ("retry_at_ms", "draft_id"):
+            if data[optional] is None:
+                # Only an entry waiting for its retry (or holding a draft) carries it:
+                # every other entry keeps the bytes it had before the field existed.
+                del data[optional]
         data["status"] = self.status.value
         data["origin"] = dict(self.origin.__dict__)
         data["attempts"] = [
@@ -345,6 +367,20 @@ class SendFinished:
 
 
 @dataclass(frozen=True)
+class DraftFinished:
+    """The provider answered the draft create of attempt ``attempt_id``.
+
+    ``outcome``: ACCEPTED means the draft exists (its id in ``provider_message_id``);
+    AMBIGUOUS that it may exist; the other two that it does not.
+    """
+
+    intent: IntentFacts
+    attempt_id: str
+    outcome: SendOutcome
+    now_ms: int
+
+
+@dataclass(frozen=True)
 class LookupFinished:
     """A reconciliation lookup for ``attempt_id`` came back."""
 
@@ -414,7 +450,9 @@ class CommandArrived:
     content_available: bool = True
 
 
-Event = IntentArrived | SendFinished | LookupFinished | ReconcileDue | CommandArrived
+Event = (
+    IntentArrived | SendFinished | DraftFinished | LookupFinished | ReconcileDue | CommandArrived
+)
 
 
 # --- effects --------------------------------------------------------------
@@ -429,7 +467,18 @@ class Persist:
 
 @dataclass(frozen=True)
 class CallProvider:
-    """Send attempt ``attempt_id`` (number ``number``) now."""
+    """Send attempt ``attempt_id`` (number ``number``) now.
+
+    On a DRAFTED entry: send its draft (``draft_id``); otherwise send in one call.
+    """
+
+    attempt_id: str
+    number: int
+
+
+@dataclass(frozen=True)
+class CreateDraft:
+    """Create attempt ``attempt_id``'s message as a draft; answer with DraftFinished."""
 
     attempt_id: str
     number: int
@@ -447,11 +496,23 @@ class WaitForRetry:
     until_ms: int
 
 
+class LookupTarget(enum.Enum):
+    """What a reconciliation lookup asks the provider (:func:`lookup_target`)."""
+
+    #: Was a message with the key accepted? (Sent Items; after one-call sends.)
+    SENT_BY_KEY = "sent_by_key"
+    #: Does the key's draft exist? (After a draft create of unknown outcome.)
+    DRAFTS_BY_KEY = "drafts_by_key"
+    #: What became of the entry's draft? (After a send of a recorded draft.)
+    DRAFT_BY_ID = "draft_by_id"
+
+
 @dataclass(frozen=True)
 class Reconcile:
     """Ask the provider whether attempt ``attempt_id``'s message was accepted."""
 
     attempt_id: str
+    target: LookupTarget = LookupTarget.SENT_BY_KEY
 
 
 @dataclass(frozen=True)
@@ -469,7 +530,7 @@ class Refuse:
     reason: str
 
 
-Effect = Persist | CallProvider | Reconcile | Emit | Refuse | WaitForRetry
+Effect = Persist | CallProvider | CreateDraft | Reconcile | Emit | Refuse | WaitForRetry
 
 
 @dataclass(frozen=True)
@@ -510,6 +571,9 @@ class ReconcilePolicy:
     max_interval_s: float = 300.0
     deadline_s: float = 1800.0
     on_deadline: str = "review"
+    #: Drafts: a draft found still a draft is sent again only this long after its
+    #: last send call started; before that, the provider may still be processing it.
+    draft_resend_grace_s: float = 120.0
 
     def __post_init__(self) -> None:
         if self.on_deadline not in ("review", "resend"):
@@ -547,47 +611,76 @@ def message_id_for(key: str, sender: str) -> str:
 # --- the state machine ----------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Rules:
+    """The policies one decision applies, passed down as one value."""
+
+    policy: RetryPolicy
+    reconcile: ReconcilePolicy
+    #: New attempts create a draft first (see the module docstring).
+    drafts: bool
+
+
 def decide(
     entry: LedgerEntry | None,
     event: Event,
     policy: RetryPolicy | None = None,
     reconcile: ReconcilePolicy | None = None,
+    *,
+    drafts: bool = False,
 ) -> Decision:
-    """Apply one event to one key's entry; pure."""
-    policy = policy or RetryPolicy()
-    reconcile = reconcile or ReconcilePolicy()
+    """Apply one event to one key's entry; pure.
+
+    ``drafts``: new attempts go through a draft (the provider creates drafts first);
+    an entry that already holds a draft is settled through it either way.
+    """
+    rules = _Rules(policy or RetryPolicy(), reconcile or ReconcilePolicy(), drafts)
     if isinstance(event, IntentArrived):
-        return _on_intent(entry, event)
+        return _on_intent(entry, event, rules)
     if isinstance(event, ReconcileDue):
-        return _on_reconcile_due(entry, event, reconcile)
+        return _on_reconcile_due(entry, event, rules)
     if isinstance(event, CommandArrived):
-        return _on_command(entry, event)
+        return _on_command(entry, event, rules)
     if entry is None or entry.attempt_id != event.attempt_id or retry_waiting(entry):
         # A late answer for an attempt the ledger has moved past (or already
         # recorded as refused): nothing to do.
         return Decision(entry)
     if isinstance(event, SendFinished):
-        return _on_send_finished(entry, event, policy, reconcile)
-    return _on_lookup_finished(entry, event, policy, reconcile)
+        return _on_send_finished(entry, event, rules)
+    if isinstance(event, DraftFinished):
+        return _on_draft_finished(entry, event, rules)
+    return _on_lookup_finished(entry, event, rules)
 
 
 def lookup_due_at_ms(entry: LedgerEntry, reconcile: ReconcilePolicy) -> int | None:
     """When the reconciler should next look ``entry`` up at the provider, or ``None``.
 
-    AMBIGUOUS: its scheduled lookup (``None`` once flagged for review). PENDING: the
-    grace period after the attempt was written, since the provider's records lag its
-    acceptance; the shell only asks for PENDING entries it is not driving itself
-    (left behind by a crash or a rebalance), and their attempt may have reached the
-    provider, so they are looked up, never resent blind. Final states: never.
+    AMBIGUOUS: its scheduled lookup (``None`` once flagged for review). PENDING and
+    DRAFTED: a lookup scheduled by an inconclusive one, or else the grace period after
+    the attempt was written, since the provider's records lag its acceptance; the
+    shell only asks for such entries when it is not driving them itself (left behind
+    by a crash or a rebalance), and their attempt may have reached the provider, so
+    they are looked up, never resent blind. Final states: never.
     """
     if entry.status is LedgerStatus.AMBIGUOUS:
         return entry.next_lookup_at_ms
-    if entry.status is LedgerStatus.PENDING:
+    if entry.status in (LedgerStatus.PENDING, LedgerStatus.DRAFTED):
         if entry.retry_at_ms is not None:
             # Not a lookup: the next attempt, once due (see retry_waiting).
             return entry.retry_at_ms
+        if entry.next_lookup_at_ms is not None:
+            return entry.next_lookup_at_ms
         return entry.updated_at_ms + int(reconcile.grace_s * 1000)
     return None
+
+
+def lookup_target(entry: LedgerEntry) -> LookupTarget:
+    """What a lookup for ``entry``'s current attempt must ask the provider."""
+    if entry.draft_id is not None:
+        return LookupTarget.DRAFT_BY_ID
+    if _creating(entry):
+        return LookupTarget.DRAFTS_BY_KEY
+    return LookupTarget.SENT_BY_KEY
 
 
 def retry_waiting(entry: LedgerEntry | None) -> bool:
@@ -598,15 +691,33 @@ def retry_waiting(entry: LedgerEntry | None) -> bool:
     )
 
 
-def _on_reconcile_due(
-    entry: LedgerEntry | None, event: ReconcileDue, reconcile: ReconcilePolicy
-) -> Decision:
-    due = None if entry is None else lookup_due_at_ms(entry, reconcile)
+def _creating(entry: LedgerEntry) -> bool:
+    """Whether ``entry``'s attempt is at its draft create (in flight or of unknown outcome)."""
+    if (
+        entry.status is not LedgerStatus.PENDING
+        or entry.retry_at_ms is not None
+        or entry.draft_id is not None
+    ):
+        return False
+    call = _current_call(entry)
+    return call is not None and call.kind == "create"
+
+
+def _current_call(entry: LedgerEntry) -> AttemptRecord | None:
+    """The latest provider call ("create" or "send") of the entry's current attempt."""
+    for record in reversed(entry.attempts):
+        if record.attempt_id == entry.attempt_id and record.kind != "lookup":
+            return record
+    return None
+
+
+def _on_reconcile_due(entry: LedgerEntry | None, event: ReconcileDue, rules: _Rules) -> Decision:
+    due = None if entry is None else lookup_due_at_ms(entry, rules.reconcile)
     if entry is None or due is None or event.now_ms < due:
         return Decision(entry)
     if retry_waiting(entry):
         if event.content_available:
-            return _new_attempt(entry, event.intent, event.now_ms)
+            return _new_attempt(entry, event.intent, event.now_ms, rules)
         # Past retention before its retry: provably never sent, and never will be.
         failed = replace(
             entry,
@@ -617,14 +728,13 @@ def _on_reconcile_due(
             error_message="not sent; the intent record was gone before its retry was due",
         )
         return _settled(failed, event.intent, event.now_ms)
-    return Decision(entry, (Reconcile(entry.attempt_id),))
+    return Decision(entry, (Reconcile(entry.attempt_id, lookup_target(entry)),))
 
 
-def _on_intent(entry: LedgerEntry | None, event: IntentArrived) -> Decision:
+def _on_intent(entry: LedgerEntry | None, event: IntentArrived, rules: _Rules) -> Decision:
     intent = event.intent
     if entry is None:
-        attempt_id = attempt_id_for(intent.key, 1)
-        new = LedgerEntry(
+        blank = LedgerEntry(
             key=intent.key,
             status=LedgerStatus.PENDING,
             content_fingerprint=intent.content_fingerprint,
@@ -632,15 +742,14 @@ def _on_intent(entry: LedgerEntry | None, event: IntentArrived) -> Decision:
             source_event_id=intent.source_event_id,
             action_type=intent.action_type,
             origin=intent.ref,
-            attempt_id=attempt_id,
-            attempt_count=1,
+            attempt_id="",
+            attempt_count=0,
             worker=event.worker,
             created_at_ms=event.now_ms,
             updated_at_ms=event.now_ms,
-            attempts=(AttemptRecord(attempt_id, 1, event.worker, event.now_ms),),
             sender=intent.sender,
         )
-        return Decision(new, (Persist(new), CallProvider(attempt_id, 1)))
+        return _new_attempt(blank, intent, event.now_ms, rules)
 
     if (
         entry.content_fingerprint != intent.content_fingerprint
@@ -651,20 +760,26 @@ def _on_intent(entry: LedgerEntry | None, event: IntentArrived) -> Decision:
     if retry_waiting(entry):
         assert entry.retry_at_ms is not None
         if event.now_ms >= entry.retry_at_ms:
-            return _new_attempt(entry, intent, event.now_ms)
+            return _new_attempt(entry, intent, event.now_ms, rules)
         return Decision(entry, (WaitForRetry(entry.retry_at_ms),))
 
-    if entry.status is LedgerStatus.PENDING:
-        # Only a crashed attempt leaves PENDING behind (the shell finishes each
+    if entry.status in (LedgerStatus.PENDING, LedgerStatus.DRAFTED):
+        # Only an interrupted attempt leaves these behind (the shell finishes each
         # key before its next intent): it may have reached the provider, so ask.
-        return Decision(entry, (Reconcile(entry.attempt_id),))
+        due = lookup_due_at_ms(entry, rules.reconcile)
+        if _creating(entry) and due is not None and event.now_ms < due:
+            # A create of unknown outcome may still be completing: finding no draft
+            # now would not prove there will be none. Ask once it is due.
+            return Decision(entry, (WaitForRetry(due),))
+        return Decision(entry, (Reconcile(entry.attempt_id, lookup_target(entry)),))
 
     return Decision(entry, (Emit(_result_for_settled(entry, intent, event.now_ms, event.worker)),))
 
 
-def _on_send_finished(
-    entry: LedgerEntry, event: SendFinished, policy: RetryPolicy, reconcile: ReconcilePolicy
-) -> Decision:
+def _on_send_finished(entry: LedgerEntry, event: SendFinished, rules: _Rules) -> Decision:
+    if _creating(entry):
+        # A send answer while the attempt is at its create: not ours to apply.
+        return Decision(entry)
     outcome = event.outcome
     attempts = _finish_attempt(entry.attempts, entry.attempt_id, event.now_ms, outcome)
     base = replace(
@@ -677,8 +792,19 @@ def _on_send_finished(
         provider_request_id=outcome.provider_request_id,
     )
     if outcome.status is SendStatus.ACCEPTED:
+        evidence = outcome.as_accepted(event.now_ms).provider_evidence()
+        # A sent draft keeps the ids its create gave when the send answer has none.
+        evidence["provider_message_id"] = evidence["provider_message_id"] or entry.draft_id
+        if entry.draft_id is not None:
+            evidence["internet_message_id"] = (
+                evidence["internet_message_id"] or entry.internet_message_id
+            )
         sent = replace(
-            base, status=LedgerStatus.SENT, **outcome.as_accepted(event.now_ms).provider_evidence()
+            base,
+            status=LedgerStatus.SENT,
+            next_lookup_at_ms=None,
+            lookup_deadline_ms=None,
+            **evidence,
         )
         return _settled(sent, event.intent, event.now_ms)
     if outcome.status is SendStatus.REJECTED:
@@ -690,19 +816,7 @@ def _on_send_finished(
         )
         return _settled(failed, event.intent, event.now_ms)
     if outcome.status is SendStatus.NOT_SENT_RETRYABLE:
-        if entry.attempt_count >= policy.max_attempts:
-            failed = replace(
-                base,
-                status=LedgerStatus.FAILED,
-                error_code="retry_budget_exhausted",
-                error_message=(
-                    f"not sent after {entry.attempt_count} attempts; last error: "
-                    f"{outcome.error_code or 'unknown'}"
-                ),
-            )
-            return _settled(failed, event.intent, event.now_ms)
-        delay = policy.delay_for(entry.attempt_count, outcome.retry_after_s)
-        return _retry(base, event.intent, event.now_ms, delay)
+        return _retry_or_fail(base, event.intent, event.now_ms, outcome, rules)
     # AMBIGUOUS: record it durably with its lookup schedule and report it; the
     # reconciler looks it up after the grace period (a provider's Sent Items
     # lag behind its acceptance) and never resends blind.
@@ -714,9 +828,92 @@ def _on_send_finished(
             error_message=outcome.error_message,
         ),
         event.now_ms,
-        reconcile,
+        rules.reconcile,
     )
     return _settled(ambiguous, event.intent, event.now_ms)
+
+
+def _retry_or_fail(
+    base: LedgerEntry, intent: IntentFacts, now_ms: int, outcome: SendOutcome, rules: _Rules
+) -> Decision:
+    """After a call that provably did nothing: the next attempt, or FAILED past the budget."""
+    if base.attempt_count >= rules.policy.max_attempts:
+        failed = replace(
+            base,
+            status=LedgerStatus.FAILED,
+            error_code="retry_budget_exhausted",
+            error_message=(
+                f"not sent after {base.attempt_count} attempts; last error: "
+                f"{outcome.error_code or 'unknown'}"
+            ),
+        )
+        return _settled(failed, intent, now_ms)
+    delay = rules.policy.delay_for(base.attempt_count, outcome.retry_after_s)
+    return _retry(base, intent, now_ms, delay, rules)
+
+
+def _on_draft_finished(entry: LedgerEntry, event: DraftFinished, rules: _Rules) -> Decision:
+    call = _current_call(entry)
+    if not _creating(entry) or call is None or call.finished_at_ms is not None:
+        # A late or repeated create answer: the ledger has moved on.
+        return Decision(entry)
+    outcome = event.outcome
+    now = event.now_ms
+    base = replace(
+        entry,
+        attempts=_finish_attempt(entry.attempts, entry.attempt_id, now, outcome, kind="create"),
+        updated_at_ms=now,
+        provider=outcome.provider,
+        provider_request_id=outcome.provider_request_id,
+    )
+    if outcome.status is SendStatus.ACCEPTED and outcome.provider_message_id:
+        return _drafted(base, outcome.provider_message_id, outcome.internet_message_id, now)
+    if outcome.status is SendStatus.REJECTED:
+        failed = replace(
+            base,
+            status=LedgerStatus.FAILED,
+            error_code=outcome.error_code or "rejected",
+            error_message=outcome.error_message,
+        )
+        return _settled(failed, event.intent, now)
+    if outcome.status is SendStatus.NOT_SENT_RETRYABLE:
+        return _retry_or_fail(base, event.intent, now, outcome, rules)
+    # The draft may exist (or exists without an id to hold it by): find it by key
+    # after the grace period, before any other create. Nothing can have been sent,
+    # so nothing is reported: the entry stays PENDING, and this record is decided
+    # again once the lookup is due (the reconciler too would find it then).
+    due = now + int(rules.reconcile.grace_s * 1000)
+    finding = replace(
+        base,
+        error_code=outcome.error_code or "create_ambiguous",
+        error_message=outcome.error_message,
+        next_lookup_at_ms=due,
+        lookup_deadline_ms=now + int(rules.reconcile.deadline_s * 1000),
+        lookups=0,
+    )
+    return Decision(finding, (Persist(finding), WaitForRetry(due)))
+
+
+def _drafted(
+    base: LedgerEntry, draft_id: str, internet_message_id: str | None, now_ms: int
+) -> Decision:
+    """Record the attempt's draft (DRAFTED, acknowledged), then send it."""
+    drafted = replace(
+        base,
+        status=LedgerStatus.DRAFTED,
+        draft_id=draft_id,
+        internet_message_id=internet_message_id or base.internet_message_id,
+        updated_at_ms=now_ms,
+        attempts=(
+            *base.attempts,
+            AttemptRecord(base.attempt_id, base.attempt_count, base.worker, now_ms),
+        ),
+        error_code=None,
+        error_message=None,
+        next_lookup_at_ms=None,
+        lookup_deadline_ms=None,
+    )
+    return Decision(drafted, (Persist(drafted), CallProvider(base.attempt_id, base.attempt_count)))
 
 
 def _settled(entry: LedgerEntry, intent: IntentFacts, now_ms: int) -> Decision:
@@ -736,48 +933,75 @@ def _schedule_reconciliation(
     )
 
 
-def _on_lookup_finished(
-    entry: LedgerEntry, event: LookupFinished, policy: RetryPolicy, reconcile: ReconcilePolicy
-) -> Decision:
-    if entry.status not in (LedgerStatus.PENDING, LedgerStatus.AMBIGUOUS):
+def _on_lookup_finished(entry: LedgerEntry, event: LookupFinished, rules: _Rules) -> Decision:
+    if entry.status not in OPEN:
         return Decision(entry)
+    target = lookup_target(entry)
     lookup = event.lookup
+    now = event.now_ms
     record = AttemptRecord(
-        entry.attempt_id, entry.attempt_count, entry.worker, event.now_ms, kind="lookup"
-    ).finish(event.now_ms, lookup)
+        entry.attempt_id, entry.attempt_count, entry.worker, now, kind="lookup"
+    ).finish(now, lookup)
     base = replace(
         entry,
         attempts=(*entry.attempts, record),
-        updated_at_ms=event.now_ms,
+        updated_at_ms=now,
         lookups=entry.lookups + 1,
     )
     if lookup.status is LookupStatus.FOUND:
+        evidence = lookup.as_accepted(now, entry.provider_request_id).provider_evidence()
+        if entry.draft_id is not None:
+            evidence["provider_message_id"] = evidence["provider_message_id"] or entry.draft_id
+            evidence["internet_message_id"] = (
+                evidence["internet_message_id"] or entry.internet_message_id
+            )
         sent = replace(
             base,
             status=LedgerStatus.SENT,
             provider=lookup.provider,
-            **lookup.as_accepted(event.now_ms, entry.provider_request_id).provider_evidence(),
+            **evidence,
             reconciled=True,
             next_lookup_at_ms=None,
             lookup_deadline_ms=None,
             review_required=False,
         )
-        return _settled(sent, event.intent, event.now_ms)
-    if lookup.status is LookupStatus.NOT_FOUND_DEFINITIVE and event.content_available:
+        return _settled(sent, event.intent, now)
+    if target is LookupTarget.DRAFTS_BY_KEY:
+        return _on_draft_search(base, event, rules)
+    if target is LookupTarget.DRAFT_BY_ID:
+        if lookup.status is LookupStatus.DRAFT:
+            return _on_still_draft(base, event, rules)
+        if lookup.status is LookupStatus.GONE:
+            review = replace(
+                base,
+                status=LedgerStatus.AMBIGUOUS,
+                error_code="draft_gone",
+                error_message=(
+                    "the draft was deleted after a send of unknown outcome; "
+                    "whether it went out cannot be told"
+                ),
+                next_lookup_at_ms=None,
+                review_required=True,
+            )
+            if entry.status is LedgerStatus.AMBIGUOUS:
+                return Decision(review, (Persist(review),))
+            return _settled(review, event.intent, now)
+    elif lookup.status is LookupStatus.NOT_FOUND_DEFINITIVE and event.content_available:
         # The provider proves the attempt never landed: a new attempt cannot
         # duplicate it. It still counts against the budget, or a provider that
         # keeps timing out would be retried forever.
-        if entry.attempt_count >= policy.max_attempts:
+        if entry.attempt_count >= rules.policy.max_attempts:
             return _fail(
                 base,
                 event,
                 "retry_budget_exhausted",
                 f"not sent after {entry.attempt_count} attempts, each proven undelivered",
             )
-        return _retry(base, event.intent, event.now_ms, policy.delay_for(entry.attempt_count, None))
-    if entry.status is LedgerStatus.PENDING:
-        # A crashed attempt the provider cannot vouch for (yet): ambiguous, and
-        # reported as such, with lookups scheduled.
+        delay = rules.policy.delay_for(entry.attempt_count, None)
+        return _retry(base, event.intent, now, delay, rules)
+    if entry.status is not LedgerStatus.AMBIGUOUS:
+        # An interrupted attempt the provider cannot vouch for (yet): ambiguous,
+        # and reported as such, with lookups scheduled.
         ambiguous = _schedule_reconciliation(
             replace(
                 base,
@@ -786,24 +1010,117 @@ def _on_lookup_finished(
                 error_message=entry.error_message
                 or "attempt did not complete; lookup inconclusive",
             ),
-            event.now_ms,
-            reconcile,
+            now,
+            rules.reconcile,
         )
-        return _settled(ambiguous, event.intent, event.now_ms)
-    deadline = entry.lookup_deadline_ms
+        return _settled(ambiguous, event.intent, now)
+    return _look_again(base, event, rules)
+
+
+def _look_again(base: LedgerEntry, event: LookupFinished, rules: _Rules) -> Decision:
+    """An inconclusive lookup of an AMBIGUOUS entry: the next one, or past the deadline
+    the reconciliation policy (an operator's review, or an opted-in resend)."""
+    deadline = base.lookup_deadline_ms
     if deadline is not None and event.now_ms >= deadline:
-        if reconcile.on_deadline == "resend" and entry.attempt_count < policy.max_attempts:
-            return _new_attempt(base, event.intent, event.now_ms)
+        if (
+            rules.reconcile.on_deadline == "resend"
+            and base.attempt_count < rules.policy.max_attempts
+        ):
+            return _new_attempt(base, event.intent, event.now_ms, rules)
         review = replace(base, next_lookup_at_ms=None, review_required=True)
         return Decision(review, (Persist(review),))
     later = replace(
         base,
-        next_lookup_at_ms=event.now_ms + int(reconcile.next_interval_s(base.lookups) * 1000),
+        next_lookup_at_ms=event.now_ms + int(rules.reconcile.next_interval_s(base.lookups) * 1000),
     )
     return Decision(later, (Persist(later),))
 
 
-def _on_command(entry: LedgerEntry | None, event: CommandArrived) -> Decision:
+def _on_draft_search(base: LedgerEntry, event: LookupFinished, rules: _Rules) -> Decision:
+    """The key's draft was looked for after a create of unknown outcome (PENDING)."""
+    lookup = event.lookup
+    now = event.now_ms
+    if lookup.status is LookupStatus.DRAFT and lookup.provider_message_id:
+        return _drafted(base, lookup.provider_message_id, lookup.internet_message_id, now)
+    if lookup.status is LookupStatus.NOT_FOUND_DEFINITIVE:
+        # No draft and nothing sent: the create did nothing, another is safe.
+        if not event.content_available:
+            return _fail(
+                base,
+                event,
+                "retry_impossible",
+                "not sent; the intent record was gone before its draft could be made",
+            )
+        not_sent = SendOutcome(
+            SendStatus.NOT_SENT_RETRYABLE, lookup.provider, error_code="no_draft_created"
+        )
+        return _retry_or_fail(base, event.intent, now, not_sent, rules)
+    deadline = base.lookup_deadline_ms or now + int(rules.reconcile.deadline_s * 1000)
+    if now >= deadline:
+        # Nothing was sent by a create; but whether a draft exists cannot be told,
+        # and a second create could leave two. An operator decides.
+        review = replace(
+            base,
+            status=LedgerStatus.AMBIGUOUS,
+            error_code="draft_unknown",
+            error_message="whether the draft was created could not be found out; nothing sent",
+            next_lookup_at_ms=None,
+            lookup_deadline_ms=None,
+            review_required=True,
+        )
+        return _settled(review, event.intent, now)
+    later = replace(
+        base,
+        next_lookup_at_ms=now + int(rules.reconcile.next_interval_s(base.lookups) * 1000),
+        lookup_deadline_ms=deadline,
+    )
+    return Decision(later, (Persist(later),))
+
+
+def _on_still_draft(base: LedgerEntry, event: LookupFinished, rules: _Rules) -> Decision:
+    """The entry's draft is still a draft: provably not sent, once the provider had time."""
+    now = event.now_ms
+    call = _current_call(base)
+    started = call.started_at_ms if call is not None else base.updated_at_ms
+    resend_at = started + int(rules.reconcile.draft_resend_grace_s * 1000)
+    if now < resend_at:
+        # The send may still be in the provider's hands: ask again once it cannot be.
+        if base.status is LedgerStatus.AMBIGUOUS:
+            later = replace(base, next_lookup_at_ms=resend_at)
+            return Decision(later, (Persist(later),))
+        # An interrupted send (DRAFTED): ambiguous until then, and reported as such.
+        ambiguous = replace(
+            _schedule_reconciliation(base, now, rules.reconcile),
+            status=LedgerStatus.AMBIGUOUS,
+            error_code=base.error_code or "outcome_unknown",
+            error_message=base.error_message or "the draft's send did not complete",
+            next_lookup_at_ms=resend_at,
+        )
+        return _settled(ambiguous, event.intent, now)
+    if not event.content_available:
+        # Sending the draft needs no content, but the attempt's record does.
+        review = replace(
+            base,
+            status=LedgerStatus.AMBIGUOUS,
+            next_lookup_at_ms=None,
+            review_required=True,
+            error_code="draft_unsent",
+            error_message="the draft was not sent; the intent record is gone (retention)",
+        )
+        if base.status is LedgerStatus.AMBIGUOUS:
+            return Decision(review, (Persist(review),))
+        return _settled(review, event.intent, now)
+    if base.attempt_count >= rules.policy.max_attempts:
+        return _fail(
+            base,
+            event,
+            "retry_budget_exhausted",
+            f"not sent after {base.attempt_count} attempts; the draft is still a draft",
+        )
+    return _new_attempt(base, event.intent, now, rules)
+
+
+def _on_command(entry: LedgerEntry | None, event: CommandArrived, rules: _Rules) -> Decision:
     """Apply an operator's resolution; only an AMBIGUOUS entry can be resolved."""
     command = event.command
     if entry is None:
@@ -812,8 +1129,10 @@ def _on_command(entry: LedgerEntry | None, event: CommandArrived) -> Decision:
         # Delivered again (a crash before its offset was committed). Applied once;
         # a resend that crashed after its PENDING write is a crashed attempt like
         # any other: look it up, never send blind.
-        if entry.status is LedgerStatus.PENDING and not retry_waiting(entry):
-            return Decision(entry, (Reconcile(entry.attempt_id),))
+        if entry.status in (LedgerStatus.PENDING, LedgerStatus.DRAFTED) and not retry_waiting(
+            entry
+        ):
+            return Decision(entry, (Reconcile(entry.attempt_id, lookup_target(entry)),))
         return Decision(entry)
 
     def audit(outcome: str, detail: str) -> tuple[AuditRecord, ...]:
@@ -864,12 +1183,21 @@ def _on_command(entry: LedgerEntry | None, event: CommandArrived) -> Decision:
         )
         return _settled(cancelled, event.intent, event.now_ms)
     # An operator-approved resend: one new attempt, recorded, outside the retry
-    # budget (the operator decided the earlier attempt did not reach anyone).
+    # budget (the operator decided the earlier attempt did not reach anyone). It
+    # sends the same draft, if the entry holds one: should the operator be wrong, the
+    # provider refuses to send a message that is no longer a draft. Only a draft
+    # that is gone is replaced by a new one.
     number = resolved.attempt_count + 1
+    draft_id = None if entry.error_code == "draft_gone" else entry.draft_id
     return _new_attempt(
-        replace(resolved, audit=audit("applied", f"resend approved: attempt {number}")),
+        replace(
+            resolved,
+            audit=audit("applied", f"resend approved: attempt {number}"),
+            draft_id=draft_id,
+        ),
         event.intent,
         event.now_ms,
+        rules,
     )
 
 
@@ -885,11 +1213,13 @@ def _fail(base: LedgerEntry, event: LookupFinished, code: str, message: str) -> 
     return _settled(failed, event.intent, event.now_ms)
 
 
-def _retry(base: LedgerEntry, intent: IntentFacts, now_ms: int, delay_s: float) -> Decision:
+def _retry(
+    base: LedgerEntry, intent: IntentFacts, now_ms: int, delay_s: float, rules: _Rules
+) -> Decision:
     """The next attempt after an attempt provably never sent: now, or once ``delay_s``
     passed. A wait is recorded first, the attempt is written only when it is due."""
     if delay_s <= 0:
-        return _new_attempt(base, intent, now_ms)
+        return _new_attempt(base, intent, now_ms, rules)
     retry_at_ms = now_ms + int(delay_s * 1000)
     waiting = replace(
         base,
@@ -903,30 +1233,52 @@ def _retry(base: LedgerEntry, intent: IntentFacts, now_ms: int, delay_s: float) 
     return Decision(waiting, (Persist(waiting), WaitForRetry(retry_at_ms)))
 
 
-def _new_attempt(base: LedgerEntry, intent: IntentFacts, now_ms: int) -> Decision:
+def _new_attempt(base: LedgerEntry, intent: IntentFacts, now_ms: int, rules: _Rules) -> Decision:
+    """Write the next attempt (acknowledged before its call), then make the call.
+
+    With drafts, an entry holding a draft sends that draft again (DRAFTED: the
+    attempt starts at its send) and one without creates it first (PENDING); without
+    drafts any draft is left alone and the attempt sends in one call.
+    """
     number = base.attempt_count + 1
     attempt_id = attempt_id_for(base.key, number)
+    draft_id = base.draft_id if rules.drafts else None
+    effect: CallProvider | CreateDraft
+    if draft_id is not None:
+        status, kind, effect = LedgerStatus.DRAFTED, "send", CallProvider(attempt_id, number)
+    elif rules.drafts:
+        status, kind, effect = LedgerStatus.PENDING, "create", CreateDraft(attempt_id, number)
+    else:
+        status, kind, effect = LedgerStatus.PENDING, "send", CallProvider(attempt_id, number)
     pending = replace(
         base,
-        status=LedgerStatus.PENDING,
+        status=status,
         attempt_id=attempt_id,
         attempt_count=number,
         updated_at_ms=now_ms,
-        attempts=(*base.attempts, AttemptRecord(attempt_id, number, base.worker, now_ms)),
+        attempts=(
+            *base.attempts,
+            AttemptRecord(attempt_id, number, base.worker, now_ms, kind=kind),
+        ),
+        draft_id=draft_id,
         next_lookup_at_ms=None,
         lookup_deadline_ms=None,
         review_required=False,
         retry_at_ms=None,
     )
-    return Decision(pending, (Persist(pending), CallProvider(attempt_id, number)))
+    return Decision(pending, (Persist(pending), effect))
 
 
 def _finish_attempt(
-    attempts: tuple[AttemptRecord, ...], attempt_id: str, now_ms: int, outcome: SendOutcome
+    attempts: tuple[AttemptRecord, ...],
+    attempt_id: str,
+    now_ms: int,
+    outcome: SendOutcome,
+    kind: str = "send",
 ) -> tuple[AttemptRecord, ...]:
     finished = []
     for a in attempts:
-        if a.attempt_id == attempt_id and a.kind == "send" and a.finished_at_ms is None:
+        if a.attempt_id == attempt_id and a.kind == kind and a.finished_at_ms is None:
             a = a.finish(now_ms, outcome)
         finished.append(a)
     return tuple(finished)

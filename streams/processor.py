@@ -32,8 +32,12 @@ from aiokafka.partitioner import murmur2
 
 from sendonce.connectors.base import (
     EmailProvider,
+    LookupResult,
+    LookupStatus,
     OutgoingEmail,
+    SendOutcome,
     SendStatus,
+    drafting,
     estimated_wait_s,
     send_permit,
 )
@@ -62,7 +66,9 @@ from sendonce.streams.dead_letters import (
 from sendonce.streams.ledger import (
     CallProvider,
     CommandArrived,
+    CreateDraft,
     Decision,
+    DraftFinished,
     Emit,
     Event,
     IntentArrived,
@@ -71,6 +77,7 @@ from sendonce.streams.ledger import (
     LedgerEntry,
     LedgerStatus,
     LookupFinished,
+    LookupTarget,
     OperatorCommand,
     Persist,
     Reconcile,
@@ -89,6 +96,9 @@ from sendonce.streams.ledger import (
 from sendonce.streams.store import OPEN_STATUSES, LedgerStore, PartitionNotOwnedError
 
 log = logging.getLogger("sendonce.worker")
+
+#: States in which a Persist with a provider call after it writes an attempt.
+_ATTEMPTING = (LedgerStatus.PENDING, LedgerStatus.DRAFTED)
 
 
 @dataclass(frozen=True)
@@ -317,6 +327,9 @@ class IntentProcessor:
             deadline_s=settings.reconcile_deadline_s,
             on_deadline=settings.reconcile_on_deadline,
         )
+        #: Providers that can hold a message as a draft settle ambiguity through it.
+        self._drafting = drafting(provider)
+        self._drafts = self._drafting is not None and self._drafting.drafts_first
         self._clock = clock or (lambda: int(time.time() * 1000))
         self._sleep = sleep
         self._send_slots = asyncio.Semaphore(settings.send_concurrency)
@@ -457,15 +470,18 @@ class IntentProcessor:
         the reconciler, operator commands) the wait happens in line.
         """
         partition = item.record.partition
-        key = item.facts.key
         event: Event | None = first or IntentArrived(
             item.facts, self._clock(), self.settings.worker_id
         )
         while event is not None:
-            decision: Decision = decide(entry, event, self.policy, self.reconcile_policy)
+            decision: Decision = decide(
+                entry, event, self.policy, self.reconcile_policy, drafts=self._drafts
+            )
             entry = decision.entry
             decided_on, event = event, None
-            call = next((e for e in decision.effects if isinstance(e, CallProvider)), None)
+            call = next(
+                (e for e in decision.effects if isinstance(e, CallProvider | CreateDraft)), None
+            )
             async with contextlib.AsyncExitStack() as permit:
                 if call is not None:
                     # The send's permit before its PENDING write: a key waits for a
@@ -474,7 +490,7 @@ class IntentProcessor:
                     await self._take_send_permit(permit, item)
                 for effect in decision.effects:
                     if isinstance(effect, Persist):
-                        attempt = effect.entry.status is LedgerStatus.PENDING and call is not None
+                        attempt = effect.entry.status in _ATTEMPTING and call is not None
                         await self.store.put(
                             effect.entry,
                             partition,
@@ -486,12 +502,18 @@ class IntentProcessor:
                             self._reached(AFTER_PENDING)
                     elif isinstance(effect, Emit):
                         await self._emit(effect.result, stats)
-                    elif isinstance(effect, CallProvider):
+                    elif isinstance(effect, CallProvider | CreateDraft):
                         assert entry is not None
                         self._check_owned(partition)
                         if self._confirm_owner is not None:
                             await self._confirm_owner(partition)
                         stats.provider_calls += 1
+                        if isinstance(effect, CreateDraft):
+                            made = await self._create_draft(item, entry)
+                            event = DraftFinished(
+                                item.facts, effect.attempt_id, made, self._clock()
+                            )
+                            continue
                         outcome = await self._call(item, entry)
                         if outcome.status is SendStatus.ACCEPTED:
                             self._reached(AFTER_ACCEPT)
@@ -521,9 +543,7 @@ class IntentProcessor:
                     elif isinstance(effect, Reconcile):
                         assert entry is not None
                         with metrics.timed(metrics.LOOKUP_LATENCY, self.provider.name) as found:
-                            lookup = await self.provider.lookup(
-                                key, self._message_id(item), item.facts.sender
-                            )
+                            lookup = await self._look_up(item, entry, effect.target)
                             found(lookup.status.value)
                         event = LookupFinished(
                             item.facts,
@@ -718,7 +738,7 @@ class IntentProcessor:
             # The fetch took a while; the partition may have moved meanwhile.
             return
         if record is None:
-            if entry.status is not LedgerStatus.PENDING:
+            if entry.status not in _ATTEMPTING:
                 log.warning("origin of an ambiguous key is gone (retention); left for review")
                 self.reconcile_index.pop(key, None)
                 return
@@ -745,9 +765,48 @@ class IntentProcessor:
         if not (self._owns(partition) and self.store.writable(partition)):
             raise PartitionNotOwnedError(f"partition {partition} moved before the send")
 
-    async def _call(self, item: _Accepted, entry: LedgerEntry) -> Any:
+    async def _look_up(
+        self, item: _Accepted, entry: LedgerEntry, target: LookupTarget
+    ) -> LookupResult:
+        """Ask the provider what the ledger needs to know (see :class:`LookupTarget`)."""
+        key, sender = item.facts.key, item.facts.sender
+        if target is LookupTarget.SENT_BY_KEY:
+            return await self.provider.lookup(key, self._message_id(item), sender)
+        if self._drafting is None:
+            # Drafted by a provider configured before this one: nothing here can read
+            # the draft, so the lookup is inconclusive (the entry goes to review).
+            return LookupResult(
+                LookupStatus.UNKNOWN,
+                self.provider.name,
+                detail=f"provider {self.provider.name} cannot read drafts",
+            )
+        if target is LookupTarget.DRAFTS_BY_KEY:
+            return await self._drafting.find_draft(key, sender)
+        assert entry.draft_id is not None
+        return await self._drafting.draft_state(entry.draft_id, sender)
+
+    async def _create_draft(self, item: _Accepted, entry: LedgerEntry) -> SendOutcome:
+        assert self._drafting is not None
+        with metrics.timed(metrics.PROVIDER_LATENCY, self.provider.name) as outcome_class:
+            outcome = await self._drafting.create_draft(self._outgoing(item, entry))
+            outcome_class(f"draft_{outcome.status.value}")
+        return outcome
+
+    async def _call(self, item: _Accepted, entry: LedgerEntry) -> SendOutcome:
+        email = self._outgoing(item, entry)
+        with metrics.timed(metrics.PROVIDER_LATENCY, self.provider.name) as outcome_class:
+            if entry.draft_id is not None:
+                # Only a drafting provider's attempts hold a draft (see _new_attempt).
+                assert self._drafting is not None
+                outcome = await self._drafting.send_draft(email, entry.draft_id)
+            else:
+                outcome = await self.provider.send(email)
+            outcome_class(outcome.status.value)
+        return outcome
+
+    def _outgoing(self, item: _Accepted, entry: LedgerEntry) -> OutgoingEmail:
         intent = item.intent
-        email = OutgoingEmail(
+        return OutgoingEmail(
             idempotency_key=entry.key,
             attempt_id=entry.attempt_id,
             tenant_id=intent["tenant_id"],
@@ -763,10 +822,6 @@ class IntentProcessor:
             headers=tuple(sorted((intent.get("headers") or {}).items())),
             message_id=self._message_id(item),
         )
-        with metrics.timed(metrics.PROVIDER_LATENCY, self.provider.name) as outcome_class:
-            outcome = await self.provider.send(email)
-            outcome_class(outcome.status.value)
-        return outcome
 
     async def _take_send_permit(self, permit: contextlib.AsyncExitStack, item: _Accepted) -> None:
         """The mailbox's permit, then one of the worker's send slots, held until ``permit`` ends.

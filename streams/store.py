@@ -19,10 +19,10 @@ from typing import Any, Protocol
 from faust.types import TP
 from rocksdict import WriteBatch
 
-from sendonce.streams.ledger import LedgerEntry, LedgerStatus, status_marker
+from sendonce.streams.ledger import OPEN, LedgerEntry, status_marker
 
 #: The states a key does not end in: the reconciler drives them on.
-OPEN_STATUSES = (LedgerStatus.PENDING, LedgerStatus.AMBIGUOUS)
+OPEN_STATUSES = OPEN
 
 
 class LedgerStore(Protocol):

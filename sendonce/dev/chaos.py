@@ -1232,14 +1232,16 @@ def _ambiguous_state(records: list[dict[str, Any]]) -> tuple[set[str], set[str],
 
 
 def _pending_keys(cluster: Cluster) -> list[str]:
-    """Keys whose latest ledger entry is PENDING, from the changelog (what a new owner
-    would recover)."""
+    """Keys whose latest ledger entry is PENDING or DRAFTED (an attempt under way), from
+    the changelog (what a new owner would recover)."""
     from sendonce.ops.history import TopicReader, ledger_entries
     from sendonce.streams.ledger import LedgerStatus
 
+    keys: set[str] = set()
     with TopicReader(cluster.bootstrap) as reader:
-        entries = ledger_entries(reader, cluster.settings, status=LedgerStatus.PENDING)
-    return sorted(entries)
+        for status in (LedgerStatus.PENDING, LedgerStatus.DRAFTED):
+            keys.update(ledger_entries(reader, cluster.settings, status=status))
+    return sorted(keys)
 
 
 def _stranded_keys(cluster: Cluster) -> list[str]:

@@ -117,6 +117,13 @@ def refusal_for(entry: LedgerEntry | None, key: str) -> str | None:
             "reached the provider; the worker that owns the key sends the next attempt "
             "once it is due"
         )
+    if entry.status is LedgerStatus.DRAFTED:
+        return (
+            f"{key} is DRAFTED: its message exists as a draft and its send is in progress, "
+            "or a crash interrupted it and the worker that owns the key reads the draft's "
+            "state once the reconcile grace period has passed; resolve it if it then turns "
+            "AMBIGUOUS"
+        )
     if entry.status is LedgerStatus.PENDING:
         return (
             f"{key} is PENDING: an attempt is in progress, or a crash interrupted it and "

@@ -384,8 +384,9 @@ def _reference_bytes(entry: LedgerEntry) -> bytes:
     an unset ``retry_at_ms`` is left out, so entries that never waited keep their bytes)."""
     data = dataclasses.asdict(entry)
     data.update(data.pop("unknown_fields"))
-    if data["retry_at_ms"] is None:
-        del data["retry_at_ms"]
+    for optional in ("retry_at_ms", "draft_id"):
+        if data[optional] is None:
+            del data[optional]
     data["status"] = entry.status.value
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 

@@ -525,3 +525,84 @@ def test_a_bad_record_is_dead_lettered_even_when_its_batch_fails() -> None:
     with pytest.raises(RuntimeError, match="transport gone"):
         run(p.run([garbage, p.intent_record(intent(1))]))
     assert [d["error_type"] for d in p.outputs(p.settings.topics.dlq)] == ["undecodable"]
+
+
+class DraftMailbox:
+    """A provider with drafts: creates them, sends them, and reads their state back.
+
+    ``send_answers``: how each send of a draft is answered ("accept", "ambiguous"
+    without delivery, "ambiguous-delivered"); the mailbox's own state is the truth.
+    """
+
+    name = "drafts"
+    drafts_first = True
+
+    def __init__(self, send_answers: list[str]) -> None:
+        self.send_answers = send_answers
+        self.drafts: dict[str, bool] = {}  # draft id -> sent
+        self.calls: list[tuple[str, str]] = []
+
+    async def create_draft(self, email: OutgoingEmail) -> SendOutcome:
+        draft_id = f"draft-{len(self.drafts)}"
+        self.drafts[draft_id] = False
+        self.calls.append(("create", email.attempt_id))
+        return SendOutcome(SendStatus.ACCEPTED, self.name, provider_message_id=draft_id)
+
+    async def send_draft(self, email: OutgoingEmail, draft_id: str) -> SendOutcome:
+        self.calls.append(("send", draft_id))
+        answer = self.send_answers.pop(0) if self.send_answers else "accept"
+        if answer in ("accept", "ambiguous-delivered"):
+            self.drafts[draft_id] = True
+        if answer == "accept":
+            return SendOutcome(SendStatus.ACCEPTED, self.name)
+        return SendOutcome(SendStatus.AMBIGUOUS, self.name, error_code="gateway_timeout")
+
+    async def find_draft(self, idempotency_key: str, sender: str) -> LookupResult:
+        raise AssertionError("no create was unclear")
+
+    async def draft_state(self, draft_id: str, sender: str) -> LookupResult:
+        self.calls.append(("state", draft_id))
+        if self.drafts[draft_id]:
+            return LookupResult(LookupStatus.FOUND, self.name, provider_message_id=draft_id)
+        return LookupResult(LookupStatus.DRAFT, self.name, provider_message_id=draft_id)
+
+    async def send(self, outgoing: OutgoingEmail) -> SendOutcome:
+        raise AssertionError("a drafting provider's attempts go through drafts")
+
+    async def lookup(self, idempotency_key: str, message_id: str, sender: str) -> LookupResult:
+        raise AssertionError("entries holding a draft are settled by the draft")
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("answers", "sends"),
+    [(["ambiguous-delivered"], 1), (["ambiguous", "accept"], 2)],
+    ids=["delivered-despite-504", "not-delivered-so-sent-again"],
+)
+def test_a_drafting_provider_settles_an_ambiguous_send_through_its_draft(
+    answers: list[str], sends: int
+) -> None:
+    now = [1_000_000]
+    provider = DraftMailbox(answers)
+    p = InMemoryPipeline(provider, clock=lambda: now[0])
+    rec = p.intent_record(intent(1))
+    run(p.run([rec]))
+    [ambiguous] = p.results()
+    assert ambiguous["outcome"] == "AMBIGUOUS"
+    # The draft's id was durable (DRAFTED) before its send was called.
+    statuses = [e.status.value for _, e in p.store.writes]
+    assert statuses[:3] == ["PENDING", "DRAFTED", "AMBIGUOUS"]
+    assert p.store.writes[1][1].draft_id == "draft-0"
+
+    for _ in range(3):
+        now[0] += 600_000
+        run(p.reconcile())
+
+    sent = p.results()[-1]
+    assert sent["outcome"] == "SENT" and sent["reconciled"] == (sends == 1)
+    assert sent["provider_message_id"] == "draft-0"
+    assert [c for c in provider.calls if c[0] == "send"] == [("send", "draft-0")] * sends
+    assert list(provider.drafts.values()) == [True]  # one draft, sent once
+    assert not p.processor.reconcile_index
