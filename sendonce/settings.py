@@ -252,6 +252,11 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
         "SENDONCE_RECONCILE_ON_DEADLINE",
         "`review` (stays AMBIGUOUS for an operator) or `resend` (opt-in new attempt).",
     ),
+    "reconcile_draft_resend_grace_s": (
+        "SENDONCE_RECONCILE_DRAFT_RESEND_GRACE_S",
+        "Drafts (`draft-send`): seconds after a send of unknown outcome before a draft "
+        "found still a draft is sent again (README: Graph modes).",
+    ),
     "reconcile_tick_s": (
         "SENDONCE_RECONCILE_TICK_S",
         "How often the worker checks for ambiguous sends due for a lookup.",
@@ -413,6 +418,7 @@ class Settings:
     reconcile_max_interval_s: float = 300.0
     reconcile_deadline_s: float = 1800.0
     reconcile_on_deadline: str = "review"
+    reconcile_draft_resend_grace_s: float = 120.0
     reconcile_tick_s: float = 1.0
     standby_replicas: int = 1
     session_timeout_s: float = 30.0
@@ -507,6 +513,12 @@ class Settings:
         if self.event_loop not in ("uvloop", "asyncio"):
             raise SettingsError(
                 f"SENDONCE_EVENT_LOOP={self.event_loop!r} must be uvloop or asyncio"
+            )
+        if self.reconcile_draft_resend_grace_s <= self.graph_read_timeout_s:
+            raise SettingsError(
+                f"SENDONCE_RECONCILE_DRAFT_RESEND_GRACE_S={self.reconcile_draft_resend_grace_s} "
+                f"must be above SENDONCE_GRAPH_READ_TIMEOUT_S={self.graph_read_timeout_s}: a "
+                "draft is sent again only when no send of it can still be in flight"
             )
         if self.reconcile_on_deadline not in ("review", "resend"):
             raise SettingsError(

@@ -326,6 +326,7 @@ class IntentProcessor:
             max_interval_s=settings.reconcile_max_interval_s,
             deadline_s=settings.reconcile_deadline_s,
             on_deadline=settings.reconcile_on_deadline,
+            draft_resend_grace_s=settings.reconcile_draft_resend_grace_s,
         )
         #: Providers that can hold a message as a draft settle ambiguity through it.
         self._drafting = drafting(provider)

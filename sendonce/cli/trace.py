@@ -22,6 +22,7 @@ from sendonce.ops.trace import (
     SUPPORT_EVIDENCE,
     IntentView,
     ResultView,
+    StateView,
     TraceBundle,
     attempt_json,
     audit_json,
@@ -29,6 +30,7 @@ from sendonce.ops.trace import (
     gather,
     iso,
     scrub,
+    state_json,
     to_json,
 )
 from sendonce.options import Subparsers, add_bootstrap_option
@@ -151,7 +153,8 @@ def _attempt_lines(attempt: AttemptRecord, provider: str | None) -> list[str]:
             f"  lookup for attempt {attempt.number} (reconciliation)  {_or_dash(data['status'])}"
         )
     else:
-        title = f"  attempt {attempt.number} (send)  {_or_dash(data['status'])}"
+        step = "draft create" if attempt.kind == "create" else "send"
+        title = f"  attempt {attempt.number} ({step})  {_or_dash(data['status'])}"
     rows: list[tuple[str, object]] = [
         ("time", data["started_at"]),
         ("finished", data["finished_at"]),
@@ -263,6 +266,7 @@ def render_text(bundle: TraceBundle) -> str:
                     ("error", _error_text(entry.error_code, scrub(entry.error_message))),
                     ("attempts", f"{entry.attempt_count} (current {entry.attempt_id})"),
                     ("lookups", entry.lookups),
+                    ("draft id", entry.draft_id),
                     ("tenant", entry.tenant_id),
                     ("source event", entry.source_event_id),
                     ("action", entry.action_type),
@@ -279,6 +283,9 @@ def render_text(bundle: TraceBundle) -> str:
         lines.extend(_section("ATTEMPTS", len(entry.attempts)))
         for attempt in entry.attempts:
             lines.extend(_attempt_lines(attempt, entry.provider))
+        lines.extend(_section("STATES (ledger changelog, oldest first)", len(bundle.states)))
+        for state in bundle.states:
+            lines.append(_state_line(state))
         lines.extend(_section("OPERATOR AUDIT", len(entry.audit)))
         for record in entry.audit:
             audit = audit_json(record)
@@ -309,6 +316,21 @@ def render_text(bundle: TraceBundle) -> str:
         lines.extend(_section("NOTES"))
         lines.extend(f"  {note}" for note in bundle.notes)
     return "\n".join(lines) + "\n"
+
+
+def _state_line(state: StateView) -> str:
+    data = state_json(state)
+    parts = [f"  {state.status:<9}", _or_dash(data["updated_at"] or data["timestamp"])]
+    if state.attempt:
+        parts.append(f"attempt {state.attempt}")
+    if state.draft_id:
+        parts.append(f"draft {state.draft_id}")
+    if state.error_code:
+        parts.append(state.error_code)
+    if state.review_required:
+        parts.append("review required")
+    parts.append(f"(offset {state.offset})")
+    return "  ".join(parts)
 
 
 def _error_text(code: str | None, message: str | None) -> str | None:

@@ -49,6 +49,7 @@ __all__ = [
     "SUPPORT_EVIDENCE",
     "IntentView",
     "ResultView",
+    "StateView",
     "TraceBundle",
     "attempt_json",
     "audit_json",
@@ -59,6 +60,8 @@ __all__ = [
     "protect_address",
     "result_view",
     "scrub",
+    "state_json",
+    "state_view",
     "to_json",
 ]
 
@@ -128,6 +131,41 @@ class ResultView(ProviderEvidence):
 
 
 @dataclass(frozen=True)
+class StateView:
+    """One version of the key's ledger entry, as its changelog holds it."""
+
+    offset: int
+    timestamp_ms: int | None
+    #: The entry's status, or ``deleted`` for a tombstone.
+    status: str
+    updated_at_ms: int | None = None
+    attempt: int = 0
+    draft_id: str | None = None
+    error_code: str | None = None
+    review_required: bool = False
+
+
+def state_view(record: StoredRecord) -> StateView:
+    """``record`` of the ledger changelog as one state the key went through."""
+    if record.value is None:
+        return StateView(record.offset, record.timestamp_ms, "deleted")
+    try:
+        entry = LedgerEntry.from_bytes(record.value)
+    except (ValueError, TypeError, KeyError) as exc:
+        return StateView(record.offset, record.timestamp_ms, f"unreadable ({type(exc).__name__})")
+    return StateView(
+        record.offset,
+        record.timestamp_ms,
+        entry.status.value,
+        updated_at_ms=entry.updated_at_ms,
+        attempt=entry.attempt_count,
+        draft_id=entry.draft_id,
+        error_code=entry.error_code,
+        review_required=entry.review_required,
+    )
+
+
+@dataclass(frozen=True)
 class TraceBundle:
     """Everything Kafka holds about one idempotency key."""
 
@@ -136,6 +174,9 @@ class TraceBundle:
     ledger: LedgerEntry | None
     intents: tuple[IntentView, ...] = ()
     results: tuple[ResultView, ...] = ()
+    #: Every version of the ledger entry still in the changelog, oldest first
+    #: (compaction keeps only the latest one of a key in the long run).
+    states: tuple[StateView, ...] = ()
     #: Sources that could not be read (a missing topic), said rather than hidden.
     notes: tuple[str, ...] = ()
 
@@ -320,9 +361,12 @@ def gather(
         notes.append(f"deferred lane not read: {exc}")
 
     entry: LedgerEntry | None = None
+    states: list[StateView] = []
     try:
-        reader.partitions(settings.ledger_changelog_topic)
+        changelog = settings.ledger_changelog_topic
         entry = ledger_entry(reader, settings, key)
+        partition = _key_partition(reader, changelog, raw_key)
+        states = [state_view(r) for r in reader.scan(changelog, partition, key=raw_key)]
     except HistoryError as exc:
         notes.append(f"ledger not read: {exc}")
 
@@ -342,6 +386,7 @@ def gather(
         ledger=entry,
         intents=tuple(intents),
         results=tuple(results),
+        states=tuple(states),
         notes=tuple(notes),
     )
 
@@ -469,6 +514,7 @@ def _ledger_json(entry: LedgerEntry) -> dict[str, Any]:
         "attempt_count": entry.attempt_count,
         "attempt_id": entry.attempt_id,
         "lookups": entry.lookups,
+        "draft_id": entry.draft_id,
         "tenant_id": entry.tenant_id,
         "source_event_id": entry.source_event_id,
         "action_type": entry.action_type,
@@ -479,6 +525,20 @@ def _ledger_json(entry: LedgerEntry) -> dict[str, Any]:
         "updated_at": iso(entry.updated_at_ms),
         "next_lookup_at": iso(entry.next_lookup_at_ms),
         "lookup_deadline": iso(entry.lookup_deadline_ms),
+    }
+
+
+def state_json(view: StateView) -> dict[str, Any]:
+    """One version of the ledger entry as the JSON form shows it."""
+    return {
+        "offset": view.offset,
+        "timestamp": iso(view.timestamp_ms),
+        "status": view.status,
+        "updated_at": iso(view.updated_at_ms),
+        "attempt": view.attempt,
+        "draft_id": view.draft_id,
+        "error_code": view.error_code,
+        "review_required": view.review_required,
     }
 
 
@@ -538,6 +598,7 @@ def to_json(bundle: TraceBundle) -> dict[str, Any]:
         "ledger": _ledger_json(entry) if entry is not None else None,
         "attempts": [attempt_json(a, provider) for a in (entry.attempts if entry else ())],
         "audit": [audit_json(a) for a in (entry.audit if entry else ())],
+        "states": [state_json(s) for s in bundle.states],
         "intents": [_intent_json(v) for v in bundle.intents],
         "results": [_result_json(v) for v in bundle.results],
         "notes": list(bundle.notes),

@@ -18,6 +18,7 @@ from sendonce.ops.trace import (
     protect_address,
     result_view,
     scrub,
+    state_view,
     to_json,
 )
 from sendonce.schemas.codec import default_codec
@@ -391,3 +392,38 @@ def test_cli_needs_exactly_one_way_to_name_the_key(argv: list[str]) -> None:
     add_cli(parser.add_subparsers())
     args = parser.parse_args(["trace", *argv])
     assert args.func(args) == 2
+
+
+def test_the_states_a_drafted_key_went_through_are_shown_with_its_draft_id() -> None:
+    def version(offset: int, **changes: object) -> StoredRecord:
+        entry = _entry(**changes)
+        return StoredRecord(
+            "sendonce-ledger-changelog", 3, offset, T0 + offset, KEY.encode(), entry.to_bytes()
+        )
+
+    states = tuple(
+        state_view(r)
+        for r in (
+            version(0, status=LedgerStatus.PENDING, attempt_count=1, reconciled=False),
+            version(1, status=LedgerStatus.DRAFTED, attempt_count=1, draft_id="AAkALg-1"),
+            version(2, status=LedgerStatus.AMBIGUOUS, draft_id="AAkALg-1", error_code="504"),
+            version(3, status=LedgerStatus.SENT, draft_id="AAkALg-1"),
+            StoredRecord("sendonce-ledger-changelog", 3, 4, T0, KEY.encode(), None),
+        )
+    )
+    bundle = _bundle(ledger=_entry(draft_id="AAkALg-1"), states=states)
+    data = to_json(bundle)
+    assert data["ledger"]["draft_id"] == "AAkALg-1"
+    assert [s["status"] for s in data["states"]] == [
+        "PENDING",
+        "DRAFTED",
+        "AMBIGUOUS",
+        "SENT",
+        "deleted",
+    ]
+    assert data["states"][1]["draft_id"] == "AAkALg-1"
+    text = render_text(bundle)
+    assert "STATES (ledger changelog, oldest first) (5)" in text
+    assert "draft id" in text and "AAkALg-1" in text
+    drafted = next(line for line in text.splitlines() if line.strip().startswith("DRAFTED"))
+    assert "draft AAkALg-1" in drafted and "(offset 1)" in drafted

@@ -83,3 +83,11 @@ def test_min_insync_replicas_is_read_and_bounded_by_the_replication_factor() -> 
         Settings.from_env({"SENDONCE_REPLICATION_FACTOR": "2", "SENDONCE_MIN_INSYNC_REPLICAS": "3"})
     with pytest.raises(SettingsError, match="MIN_INSYNC_REPLICAS=0"):
         Settings.from_env({"SENDONCE_MIN_INSYNC_REPLICAS": "0"})
+
+
+def test_a_draft_is_never_sent_again_within_the_read_timeout() -> None:
+    # A send still in flight (the connector still reading its answer) would find its
+    # draft still a draft: resending then could send the message twice.
+    with pytest.raises(SettingsError, match="must be above SENDONCE_GRAPH_READ_TIMEOUT_S=30"):
+        Settings.from_env({"SENDONCE_RECONCILE_DRAFT_RESEND_GRACE_S": "30"})
+    Settings.from_env({"SENDONCE_RECONCILE_DRAFT_RESEND_GRACE_S": "31"})
