@@ -5,6 +5,8 @@ became one value object (issue 14): the ledger entry after every write, every re
 Avro fields and ``sendonce trace --json`` for three scripted keys (accepted with every
 field set, then a duplicate and a conflicting intent; ambiguous, looked up twice and
 found; rejected, then a duplicate). Any change to a key, a value or an order fails here.
+Issue 17 added two trace fields on purpose (``ledger.draft_id`` and ``states``); the
+regenerated file was checked to differ from the old one by those two only.
 """
 
 from __future__ import annotations
