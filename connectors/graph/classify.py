@@ -40,11 +40,27 @@ A 401 is answered by authentication before Graph processes anything, so the requ
 provably did nothing: the provider refreshes its token and retries once ("refresh").
 If the retry is also refused, the provider reports the NOT_SENT_RETRYABLE outcome.
 
-Draft create (``POST /users/{sender}/messages``, see :func:`classify_create`): 2xx
-(normally 201) means the draft exists and the provider goes on to send it. A failed
-create cannot make an email go out (a leftover draft is not a send, and Sent Items
-lookups never see drafts), so 429, 5xx, timeouts and resets are NOT_SENT_RETRYABLE
-there; 400/403/404 stay REJECTED and 401 asks for a token refresh.
+Draft create (``POST /users/{sender}/messages``, see :func:`classify_create`). The
+draft-send protocol (issue 17) must never make two drafts for one key, so a create
+that may have been processed is AMBIGUOUS: the ledger finds the draft by the key's
+extended property (it is visible in Drafts as soon as the create completed) instead
+of creating another.
+
+| what happened                                             | status                    |
+| --------------------------------------------------------- | ------------------------- |
+| 2xx (normally 201) with the draft                         | ``None``: created         |
+| 400 / 403 / 404                                           | REJECTED, Graph code      |
+| 401: refused before processing                            | NOT_SENT_RETRYABLE,       |
+|                                                           |   refresh_token=True      |
+| failed before the request was written (as above)          | NOT_SENT_RETRYABLE        |
+| 429, 5xx, any other status                                | AMBIGUOUS (find by key)   |
+| failed after the request may have been written: read      | AMBIGUOUS (find by key)   |
+|   timeout, reset, server disconnected, any other exception |                           |
+
+Draft send (``POST /users/{sender}/messages/{id}/send``, see
+:func:`classify_send_draft`): the send-call table, except that 404
+``ErrorItemNotFound`` is AMBIGUOUS: the item is no longer a draft, which is what an
+earlier send of it that went through leaves behind (the ledger reads its state).
 """
 
 from __future__ import annotations
@@ -323,26 +339,63 @@ def classify(attempt: HttpAttempt, *, now: float | None = None) -> Classificatio
 
 
 def classify_create(attempt: HttpAttempt, *, now: float | None = None) -> Classification | None:
-    """Classify the draft-create step of draft-send mode.
+    """Classify a draft create (``POST /users/{sender}/messages``); see the module table.
 
-    Returns ``None`` when the draft was created (any 2xx, normally 201): not a send
-    outcome, the provider goes on to send the draft. Otherwise returns the outcome
-    to report: 400/403/404 -> REJECTED, 401 -> NOT_SENT_RETRYABLE with
-    ``refresh_token``, everything else (429, 5xx, timeouts, resets, connect
-    failures) -> NOT_SENT_RETRYABLE, since a draft, even one that was created
-    despite the error, is never delivered by itself.
+    Returns ``None`` when the draft was created (any 2xx, normally 201): not an
+    outcome to report, the caller reads the draft's id from the body. Otherwise the
+    outcome: 400/403/404 -> REJECTED, 401 -> NOT_SENT_RETRYABLE with
+    ``refresh_token``, a failure before the request was written -> NOT_SENT_RETRYABLE,
+    everything else (429, 5xx, other statuses, timeouts, resets) -> AMBIGUOUS: the
+    draft may exist, so the caller looks for it by key before creating another.
     """
     retry_after_s = parse_retry_after(attempt.retry_after, now=now)
-    _, status = _resolve(attempt)
+    stage, status = _resolve(attempt)
     if status is not None and 200 <= status <= 299:
         return None
+    if stage == "connect":
+        return _verdict(
+            SendStatus.NOT_SENT_RETRYABLE,
+            attempt,
+            status,
+            f"draft create failed before the request was written ({_exception_name(attempt)});"
+            " no draft exists",
+            retry_after_s,
+        )
     token = "401 on draft create: refresh the token and retry once"
     step = " on draft create"
     if (refused := _refusal(attempt, status, retry_after_s, step=step, token=token)) is not None:
         return refused
     where = f"status {status}" if status is not None else _exception_name(attempt)
-    message = f"draft create failed ({where}); nothing was sent"
-    return _verdict(SendStatus.NOT_SENT_RETRYABLE, attempt, status, message, retry_after_s)
+    message = (
+        f"draft create may have been processed ({where}); find the draft by key"
+        " before creating another"
+    )
+    return _verdict(SendStatus.AMBIGUOUS, attempt, status, message, retry_after_s)
+
+
+def classify_send_draft(attempt: HttpAttempt, *, now: float | None = None) -> Classification:
+    """Classify ``POST /users/{sender}/messages/{id}/send``: :func:`classify`, but for one row.
+
+    404 ``ErrorItemNotFound`` is AMBIGUOUS, not REJECTED. Graph's message-send reference
+    (learn.microsoft.com/graph/api/message-send) sends "an existing draft message" and
+    "saves the message in the Sent Items folder"; once a send of it was accepted the
+    item is no longer a draft, and the send action no longer finds it (the emulator
+    answers 404 ``ErrorItemNotFound`` as Exchange does for an id that names no draft).
+    So this answer may mean "an earlier send went through": the ledger reads the
+    draft's state by its immutable id, it never fails the key on it. A 404 for the
+    mailbox (``ErrorInvalidUser``, ``MailboxNotEnabledForRESTAPI``) stays REJECTED.
+    """
+    _, status = _resolve(attempt)
+    if status == 404 and attempt.graph_error_code == "ErrorItemNotFound":
+        return _verdict(
+            SendStatus.AMBIGUOUS,
+            attempt,
+            status,
+            "404 ErrorItemNotFound on draft send: the item is no longer a draft (an earlier"
+            " send may have gone through); read the draft's state before any resend",
+            parse_retry_after(attempt.retry_after, now=now),
+        )
+    return classify(attempt, now=now)
 
 
 __all__ = [
@@ -352,6 +405,7 @@ __all__ = [
     "Stage",
     "classify",
     "classify_create",
+    "classify_send_draft",
     "parse_graph_error",
     "parse_retry_after",
     "stage_of_exception",

@@ -3,7 +3,8 @@
 Every message carries the idempotency key in a named String single-value extended
 property under the project's own GUID (:data:`EXTENDED_PROPERTY_ID`). Graph stores
 it with the message and copies it to Sent Items, where the reconciler finds an
-ambiguous send with :func:`sent_items_filter_url`. Extended properties are not
+ambiguous send with :func:`sent_items_filter_url`, and a draft whose create had an
+unknown outcome with :func:`drafts_filter_url`. Extended properties are not
 transmitted to recipients.
 
 ``internetMessageId`` is documented as "updatable only if isDraft is true": draft
@@ -32,6 +33,12 @@ EXTENDED_PROPERTY_ID = f"String {{{PROPERTY_SET_GUID}}} Name SendonceIdempotency
 CLIENT_REQUEST_ID_NAMESPACE = uuid.UUID("47b7d252-979a-4912-b30b-74229d054523")
 #: Fields the Sent Items lookup asks for.
 SENT_ITEMS_SELECT = ("id", "internetMessageId", "sentDateTime", "subject")
+#: Fields the Drafts lookup asks for (the oldest draft of a key is the one to send).
+DRAFTS_SELECT = ("id", "internetMessageId", "isDraft", "createdDateTime")
+#: Fields read to tell a draft from a sent message (``GET .../messages/{id}``).
+DRAFT_STATE_SELECT = ("id", "isDraft", "internetMessageId", "sentDateTime", "parentFolderId")
+#: Request header for ids that survive the move from Drafts to Sent Items.
+IMMUTABLE_ID_PREFER = {"Prefer": 'IdType="ImmutableId"'}
 #: Response headers kept as evidence for the ledger, in their canonical spelling.
 EVIDENCE_HEADERS = ("request-id", "client-request-id", "Date", "x-ms-ags-diagnostic")
 
@@ -130,27 +137,51 @@ def user_url(graph_url: str, sender: str) -> str:
     return f"{graph_url.rstrip('/')}/users/{quote(sender, safe='@')}"
 
 
+def _key_filter_url(
+    graph_url: str, sender: str, folder: str, key: str, select: tuple[str, ...], *, expand: bool
+) -> str:
+    prop = _odata_string(EXTENDED_PROPERTY_ID)
+    flt = (
+        "singleValueExtendedProperties/Any(ep: ep/id eq "
+        f"{prop} and ep/value eq {_odata_string(key)})"
+    )
+    options = [("$filter", flt), ("$select", ",".join(select))]
+    if expand:
+        options.append(("$expand", f"singleValueExtendedProperties($filter=id eq {prop})"))
+    query = "&".join(f"{name}={quote(value, safe='')}" for name, value in options)
+    return f"{user_url(graph_url, sender)}/mailFolders/{folder}/messages?{query}"
+
+
 def sent_items_filter_url(graph_url: str, sender: str, key: str) -> str:
     """URL listing the sender's Sent Items messages tagged with ``key``.
 
     Fully percent-encoded; pass it to aiohttp as ``yarl.URL(url, encoded=True)`` so
     it is sent as is.
     """
-    prop = _odata_string(EXTENDED_PROPERTY_ID)
-    flt = (
-        "singleValueExtendedProperties/Any(ep: ep/id eq "
-        f"{prop} and ep/value eq {_odata_string(key)})"
-    )
-    expand = f"singleValueExtendedProperties($filter=id eq {prop})"
-    query = "&".join(
-        f"{name}={quote(value, safe='')}"
-        for name, value in (
-            ("$filter", flt),
-            ("$select", ",".join(SENT_ITEMS_SELECT)),
-            ("$expand", expand),
-        )
-    )
-    return f"{user_url(graph_url, sender)}/mailFolders/SentItems/messages?{query}"
+    return _key_filter_url(graph_url, sender, "SentItems", key, SENT_ITEMS_SELECT, expand=True)
+
+
+def drafts_filter_url(graph_url: str, sender: str, key: str) -> str:
+    """URL listing the sender's Drafts tagged with ``key`` (encoded like the Sent Items one).
+
+    No ``$orderby``: Graph refuses an ``$orderby`` on a property the extended-property
+    ``$filter`` does not name, so the caller orders by ``createdDateTime`` itself.
+    """
+    return _key_filter_url(graph_url, sender, "drafts", key, DRAFTS_SELECT, expand=False)
+
+
+def message_url(graph_url: str, sender: str, message_id: str) -> str:
+    """``{graph_url}/users/{sender}/messages/{id}``, the id quoted as one path segment.
+
+    Graph's ids are URL-safe base64 (``=`` padding kept as is); anything else is quoted.
+    """
+    return f"{user_url(graph_url, sender)}/messages/{quote(message_id, safe='=')}"
+
+
+def draft_state_url(graph_url: str, sender: str, draft_id: str) -> str:
+    """URL reading whether message ``draft_id`` is still a draft, and its sent evidence."""
+    select = quote(",".join(DRAFT_STATE_SELECT), safe=",")
+    return f"{message_url(graph_url, sender, draft_id)}?$select={select}"
 
 
 def evidence_from_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -170,14 +201,20 @@ def evidence_from_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 __all__ = [
     "CLIENT_REQUEST_ID_NAMESPACE",
+    "DRAFTS_SELECT",
+    "DRAFT_STATE_SELECT",
     "EVIDENCE_HEADERS",
     "EXTENDED_PROPERTY_ID",
+    "IMMUTABLE_ID_PREFER",
     "PROPERTY_SET_GUID",
     "SENT_ITEMS_SELECT",
     "client_request_id",
     "draft_body",
+    "draft_state_url",
+    "drafts_filter_url",
     "evidence_from_headers",
     "graph_message",
+    "message_url",
     "send_mail_body",
     "sent_items_filter_url",
     "template_text",

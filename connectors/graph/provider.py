@@ -7,6 +7,14 @@ Two sending modes:
   with a deterministic ``internetMessageId``), then ``POST .../messages/{id}/send``;
   records the immutable id and the internet message id.
 
+The provider is a :class:`~connectors.base.DraftingProvider` in either mode
+(``drafts_first`` in ``draft-send``): :meth:`GraphProvider.create_draft`,
+:meth:`~GraphProvider.send_draft`, :meth:`~GraphProvider.find_draft` (Drafts, then Sent
+Items, by the key's extended property) and :meth:`~GraphProvider.draft_state` (the
+message by its immutable id: still a draft, sent, or gone), so the ledger can keep the
+draft's id between the two calls and let the mailbox settle an ambiguous answer.
+:meth:`~GraphProvider.send` in ``draft-send`` mode is the two calls in a row.
+
 Every message carries the idempotency key in a single-value extended property
 (``connectors/graph/message.py``), which is what :meth:`GraphProvider.lookup`
 searches the sender's Sent Items for. Every request sends a ``client-request-id``
@@ -29,6 +37,10 @@ failure after the request was written                         resent blind)
                                                               request retried once
 ===========================================================  ====================
 
+A draft create that may have been processed (429, 5xx, timeout, reset) is AMBIGUOUS
+too (find the draft by key, never create a second one), and a draft send answered 404
+``ErrorItemNotFound`` is AMBIGUOUS (the item is no longer a draft).
+
 All requests go through a :class:`~connectors.graph.throttle.MailboxThrottle`:
 at most 4 in flight per mailbox, a request budget per 10 minutes, a
 messages-per-minute cap, and Retry-After honoured by every task of the mailbox.
@@ -38,9 +50,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -61,13 +73,18 @@ from sendonce.connectors.graph.classify import (
     HttpAttempt,
     classify,
     classify_create,
+    classify_send_draft,
     parse_graph_error,
     stage_of_exception,
 )
 from sendonce.connectors.graph.message import (
+    IMMUTABLE_ID_PREFER,
     client_request_id,
     draft_body,
+    draft_state_url,
+    drafts_filter_url,
     evidence_from_headers,
+    message_url,
     send_mail_body,
     sent_items_filter_url,
     user_url,
@@ -79,6 +96,8 @@ log = logging.getLogger("sendonce.graph")
 
 GRAPH_URL = "https://graph.microsoft.com/v1.0"
 MODES = ("sendmail", "draft-send")
+#: The detail of an empty Sent Items answer (UNKNOWN for ``lookup``: Sent Items lag).
+_NOT_IN_SENT_ITEMS = "not in Sent Items (yet)"
 
 
 @dataclass(frozen=True)
@@ -106,6 +125,15 @@ class _Response:
     body: bytes
 
 
+@dataclass
+class _Listing:
+    """A folder listing that Graph answered with 200: its messages and the call's trail."""
+
+    messages: list[dict[str, Any]]
+    request_id: str | None
+    evidence: dict[str, str]
+
+
 class _Failed(Exception):
     """A request that ended without a response; carries what the classifier needs."""
 
@@ -116,9 +144,15 @@ class _Failed(Exception):
 
 
 class GraphProvider:
-    """Sends through Microsoft Graph and looks messages up in Sent Items."""
+    """Sends through Microsoft Graph and looks messages up in Drafts and Sent Items.
+
+    A :class:`~connectors.base.DraftingProvider`: ``drafts_first`` is true in
+    ``draft-send`` mode; the draft calls work in either mode, so entries drafted
+    before a switch to ``sendmail`` are still settled.
+    """
 
     name = "graph"
+    drafts_first: bool
 
     def __init__(
         self,
@@ -133,6 +167,7 @@ class GraphProvider:
             requests_per_window=self.settings.requests_per_window,
             sends_per_minute=self.settings.sends_per_minute,
         )
+        self.drafts_first = self.settings.mode == "draft-send"
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -171,7 +206,11 @@ class GraphProvider:
     # -- sending ----------------------------------------------------------
 
     async def send(self, outgoing: OutgoingEmail) -> SendOutcome:
-        """Send one email and classify the outcome."""
+        """Send one email and classify the outcome.
+
+        In ``draft-send`` mode, one call for callers that do not keep the draft's id
+        between the steps: :meth:`create_draft`, then :meth:`send_draft`.
+        """
         if self.settings.mode == "draft-send":
             return await self._draft_send(outgoing)
         url = f"{user_url(self.settings.graph_url, outgoing.sender)}/sendMail"
@@ -181,20 +220,40 @@ class GraphProvider:
         )
 
     async def _draft_send(self, outgoing: OutgoingEmail) -> SendOutcome:
-        base = user_url(self.settings.graph_url, outgoing.sender)
-        crid = client_request_id(outgoing.idempotency_key, outgoing.attempt_id, step="create")
+        created = await self.create_draft(outgoing)
+        if created.status is not SendStatus.ACCEPTED or not created.provider_message_id:
+            return created
+        sent = await self.send_draft(outgoing, created.provider_message_id)
+        return replace(
+            sent,
+            internet_message_id=sent.internet_message_id or created.internet_message_id,
+            evidence={
+                **sent.evidence,
+                "create_client_request_id": created.evidence.get("client-request-id", ""),
+            },
+        )
+
+    async def create_draft(self, email: OutgoingEmail) -> SendOutcome:
+        """Create ``email`` as a draft in the sender's Drafts, with immutable ids.
+
+        ACCEPTED carries the draft's immutable id (``provider_message_id``) and its
+        ``internetMessageId``; AMBIGUOUS means the draft may exist (find it by key
+        with :meth:`find_draft` before creating another); see ``classify_create``.
+        """
+        url = f"{user_url(self.settings.graph_url, email.sender)}/messages"
+        crid = client_request_id(email.idempotency_key, email.attempt_id, step="create")
         try:
             response = await self._request(
-                outgoing.sender,
+                email.sender,
                 "POST",
-                f"{base}/messages",
+                url,
                 crid,
-                json_body=draft_body(outgoing),
-                headers={"Prefer": 'IdType="ImmutableId"'},
+                json_body=draft_body(email),
+                headers=IMMUTABLE_ID_PREFER,
                 sending=False,
             )
         except _Failed as failed:
-            # No response at all: classify_create never calls that "created".
+            # No status: classify_create never calls that "created".
             failure = classify_create(failed.attempt) or classify(failed.attempt)
             return self._outcome(failure, failed.headers, crid)
         except GraphAuthError as exc:
@@ -206,25 +265,47 @@ class GraphProvider:
         if refused is not None:
             return self._outcome(refused, response.headers, crid, error_message=message)
         draft = _json(response.body)
-        message_id = str(draft.get("id", ""))
-        internet_message_id = draft.get("internetMessageId")
-        if not message_id:
-            # Created but unusable: nothing was sent, a new attempt is safe.
-            return SendOutcome(
-                SendStatus.NOT_SENT_RETRYABLE,
-                self.name,
-                error_code="draft_without_id",
-                evidence=evidence_from_headers(response.headers),
+        draft_id = draft.get("id")
+        if not isinstance(draft_id, str) or not draft_id:
+            # Created, but without an id to send it by: it may exist, so it is found by
+            # key like any other create of unknown outcome, never created twice.
+            return self._outcome(
+                Classification(
+                    SendStatus.AMBIGUOUS,
+                    error_code="draft_without_id",
+                    error_message=f"draft create answered {response.status} without an id;"
+                    " find the draft by key before creating another",
+                ),
+                response.headers,
+                crid,
             )
-        send_crid = client_request_id(outgoing.idempotency_key, outgoing.attempt_id, step="send")
+        imid = draft.get("internetMessageId")
+        return self._outcome(
+            Classification(SendStatus.ACCEPTED),
+            response.headers,
+            crid,
+            extra={"draft_id": draft_id},
+            provider_message_id=draft_id,
+            internet_message_id=imid if isinstance(imid, str) else None,
+        )
+
+    async def send_draft(self, email: OutgoingEmail, draft_id: str) -> SendOutcome:
+        """Send the draft ``draft_id`` (an immutable id) of ``email``; see ``classify_send_draft``.
+
+        ACCEPTED carries ``draft_id`` as ``provider_message_id``: the immutable id stays
+        the message's id in Sent Items.
+        """
+        crid = client_request_id(email.idempotency_key, email.attempt_id, step="send")
+        url = f"{message_url(self.settings.graph_url, email.sender, draft_id)}/send"
         return await self._send_call(
-            outgoing,
-            f"{base}/messages/{message_id}/send",
+            email,
+            url,
             None,
-            send_crid,
-            extra={"draft_id": message_id, "create_client_request_id": crid},
-            provider_message_id=message_id,
-            internet_message_id=internet_message_id,
+            crid,
+            extra={"draft_id": draft_id},
+            provider_message_id=draft_id,
+            internet_message_id=f"<{email.message_id}>" if email.message_id else None,
+            classifier=classify_send_draft,
         )
 
     async def _send_call(
@@ -237,15 +318,16 @@ class GraphProvider:
         extra: dict[str, str],
         provider_message_id: str | None,
         internet_message_id: str | None = None,
+        classifier: Callable[[HttpAttempt], Classification] = classify,
     ) -> SendOutcome:
         try:
             response = await self._request(outgoing.sender, "POST", url, crid, json_body=body)
         except _Failed as failed:
-            return self._outcome(classify(failed.attempt), failed.headers, crid, extra=extra)
+            return self._outcome(classifier(failed.attempt), failed.headers, crid, extra=extra)
         except GraphAuthError as exc:
             return self._auth_failure(exc, crid)
         code, message = parse_graph_error(response.body)
-        verdict = classify(
+        verdict = classifier(
             HttpAttempt("response", response.status, code, response.headers.get("Retry-After"))
         )
         return self._outcome(
@@ -304,35 +386,22 @@ class GraphProvider:
         Never definitive: Sent Items lag behind acceptance, so an empty answer
         is UNKNOWN and the reconciler asks again later.
         """
-        url = sent_items_filter_url(self.settings.graph_url, sender, idempotency_key)
-        crid = client_request_id(idempotency_key, f"lookup-{int(time.time())}")
-        try:
-            response = await self._request(sender, "GET", url, crid, sending=False)
-        except (_Failed, GraphAuthError) as exc:
-            return LookupResult(
-                LookupStatus.UNKNOWN,
-                self.name,
-                detail=type(exc).__name__,
-                evidence={"client-request-id": crid},
-            )
-        evidence = {"client-request-id": crid, **evidence_from_headers(response.headers)}
-        if response.status != 200:
-            code, _ = parse_graph_error(response.body)
-            return LookupResult(
-                LookupStatus.UNKNOWN,
-                self.name,
-                provider_request_id=response.headers.get("request-id"),
-                evidence=evidence,
-                detail=f"Sent Items lookup answered {response.status} {code or ''}".strip(),
-            )
-        found = _json(response.body).get("value") or []
+        return await self._sent_items(idempotency_key, sender, immutable=False)
+
+    async def _sent_items(self, key: str, sender: str, *, immutable: bool) -> LookupResult:
+        url = sent_items_filter_url(self.settings.graph_url, sender, key)
+        crid = client_request_id(key, f"lookup-{int(time.time())}")
+        listing = await self._list(sender, url, crid, "Sent Items", immutable=immutable)
+        if isinstance(listing, LookupResult):
+            return listing
+        found = listing.messages
         if not found:
             return LookupResult(
                 LookupStatus.UNKNOWN,
                 self.name,
-                provider_request_id=response.headers.get("request-id"),
-                evidence=evidence,
-                detail="not in Sent Items (yet)",
+                provider_request_id=listing.request_id,
+                evidence=listing.evidence,
+                detail=_NOT_IN_SENT_ITEMS,
             )
         first = found[0]
         detail = f"found in Sent Items ({len(found)} cop{'y' if len(found) == 1 else 'ies'})"
@@ -343,13 +412,162 @@ class GraphProvider:
         return LookupResult(
             LookupStatus.FOUND,
             self.name,
-            provider_request_id=response.headers.get("request-id"),
+            provider_request_id=listing.request_id,
             provider_message_id=first.get("id"),
             internet_message_id=first.get("internetMessageId"),
             accepted_at_ms=_iso_ms(first.get("sentDateTime")),
             detail=detail,
+            evidence=listing.evidence,
+        )
+
+    async def find_draft(self, idempotency_key: str, sender: str) -> LookupResult:
+        """The key's draft after a create of unknown outcome.
+
+        DRAFT with the oldest draft's immutable id; else FOUND when Sent Items hold the
+        key (already sent); else NOT_FOUND_DEFINITIVE: a draft is listed in Drafts as
+        soon as its create completed (no lag like Sent Items'), and the ledger asks only
+        after a grace period, so no draft means the create did nothing. Any failure to
+        ask is UNKNOWN.
+        """
+        url = drafts_filter_url(self.settings.graph_url, sender, idempotency_key)
+        crid = client_request_id(idempotency_key, f"find-draft-{int(time.time())}")
+        listing = await self._list(sender, url, crid, "Drafts", immutable=True)
+        if isinstance(listing, LookupResult):
+            return listing
+        drafts = [
+            m
+            for m in listing.messages
+            if isinstance(m.get("id"), str) and m["id"] and m.get("isDraft") is not False
+        ]
+        if drafts:
+            # Graph lists newest first and createdDateTime has whole seconds: reversed,
+            # then a stable sort, puts the oldest first even among ties.
+            oldest = sorted(reversed(drafts), key=lambda m: str(m.get("createdDateTime") or ""))[0]
+            detail = "draft found in Drafts"
+            if len(drafts) > 1:
+                detail = f"{len(drafts)} drafts for this key in Drafts; the oldest is used"
+            return LookupResult(
+                LookupStatus.DRAFT,
+                self.name,
+                provider_request_id=listing.request_id,
+                provider_message_id=oldest["id"],
+                internet_message_id=oldest.get("internetMessageId"),
+                detail=detail,
+                evidence=listing.evidence,
+            )
+        sent = await self._sent_items(idempotency_key, sender, immutable=True)
+        if sent.status is LookupStatus.UNKNOWN and sent.detail == _NOT_IN_SENT_ITEMS:
+            return replace(
+                sent,
+                status=LookupStatus.NOT_FOUND_DEFINITIVE,
+                detail="no draft in Drafts and nothing in Sent Items for this key",
+            )
+        return sent
+
+    async def draft_state(self, draft_id: str, sender: str) -> LookupResult:
+        """What became of draft ``draft_id`` (an immutable id): read it by its id.
+
+        ``isDraft`` true -> DRAFT (not sent); false -> FOUND (sent: it has left Drafts,
+        with the ids and ``sentDateTime``); 404 ``ErrorItemNotFound`` -> GONE; anything
+        else -> UNKNOWN. Microsoft's "Obtain immutable identifiers for Outlook
+        resources" (learn.microsoft.com/graph/outlook-immutable-id) keeps an immutable
+        id for the item's lifetime in the mailbox, across the move to Sent Items, and
+        describes exactly this: create the draft with ``Prefer: IdType="ImmutableId"``,
+        send it by that id, then get the message by that id. It also warns that the
+        Sent Items copy may not be readable immediately after the send, so a 404 read
+        right after a send is not proof of deletion: the ledger asks only after a
+        grace period, and GONE goes to an operator, never to a resend.
+        """
+        url = draft_state_url(self.settings.graph_url, sender, draft_id)
+        crid = client_request_id(draft_id, f"draft-state-{int(time.time())}")
+        try:
+            response = await self._request(
+                sender, "GET", url, crid, headers=IMMUTABLE_ID_PREFER, sending=False
+            )
+        except (_Failed, GraphAuthError) as exc:
+            return LookupResult(
+                LookupStatus.UNKNOWN,
+                self.name,
+                detail=f"draft read failed: {type(exc).__name__}",
+                evidence={"client-request-id": crid},
+            )
+        evidence = {"client-request-id": crid, **evidence_from_headers(response.headers)}
+        request_id = evidence.get("request-id")
+        code, _ = parse_graph_error(response.body)
+        if response.status == 404 and code == "ErrorItemNotFound":
+            return LookupResult(
+                LookupStatus.GONE,
+                self.name,
+                provider_request_id=request_id,
+                error_code=code,
+                detail="no message with this id in the mailbox (deleted?)",
+                evidence=evidence,
+            )
+        message = _json(response.body) if response.status == 200 else {}
+        is_draft = message.get("isDraft")
+        if not isinstance(is_draft, bool):
+            what = f"{response.status} {code or ''}".strip()
+            if response.status == 200:
+                what = "200 without isDraft"
+            return LookupResult(
+                LookupStatus.UNKNOWN,
+                self.name,
+                provider_request_id=request_id,
+                error_code=code,
+                detail=f"draft read answered {what}",
+                evidence=evidence,
+            )
+        imid = message.get("internetMessageId")
+        message_id = message.get("id") if isinstance(message.get("id"), str) else draft_id
+        if is_draft:
+            return LookupResult(
+                LookupStatus.DRAFT,
+                self.name,
+                provider_request_id=request_id,
+                provider_message_id=message_id,
+                internet_message_id=imid if isinstance(imid, str) else None,
+                detail="still a draft: not sent",
+                evidence=evidence,
+            )
+        return LookupResult(
+            LookupStatus.FOUND,
+            self.name,
+            provider_request_id=request_id,
+            provider_message_id=message_id,
+            internet_message_id=imid if isinstance(imid, str) else None,
+            accepted_at_ms=_iso_ms(message.get("sentDateTime")),
+            detail="sent: no longer a draft",
             evidence=evidence,
         )
+
+    async def _list(
+        self, sender: str, url: str, crid: str, folder: str, *, immutable: bool
+    ) -> _Listing | LookupResult:
+        """One folder listing: its messages, or the UNKNOWN lookup result of a failure."""
+        headers = IMMUTABLE_ID_PREFER if immutable else None
+        try:
+            response = await self._request(sender, "GET", url, crid, headers=headers, sending=False)
+        except (_Failed, GraphAuthError) as exc:
+            return LookupResult(
+                LookupStatus.UNKNOWN,
+                self.name,
+                detail=type(exc).__name__,
+                evidence={"client-request-id": crid},
+            )
+        evidence = {"client-request-id": crid, **evidence_from_headers(response.headers)}
+        request_id = response.headers.get("request-id")
+        if response.status != 200:
+            code, _ = parse_graph_error(response.body)
+            return LookupResult(
+                LookupStatus.UNKNOWN,
+                self.name,
+                provider_request_id=request_id,
+                evidence=evidence,
+                detail=f"{folder} lookup answered {response.status} {code or ''}".strip(),
+            )
+        value = _json(response.body).get("value")
+        messages = [m for m in value if isinstance(m, dict)] if isinstance(value, list) else []
+        return _Listing(messages, request_id, evidence)
 
     # -- transport ----------------------------------------------------------
 

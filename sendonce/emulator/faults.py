@@ -63,8 +63,10 @@ FaultKind = Literal[
 ]
 Distribution = Literal["fixed", "uniform", "normal"]
 
-# Operation names of the Graph calls the emulator serves.
-OPERATIONS = frozenset({"sendMail", "createMessage", "sendDraft", "listMessages"})
+# Operation names of the Graph calls the emulator serves. The lookups (``getMessage``:
+# one message by id, ``listMessages``: a folder filtered by key) fault like the rest, so
+# tests can make the reconciler's reads fail as Graph's do.
+OPERATIONS = frozenset({"sendMail", "createMessage", "sendDraft", "getMessage", "listMessages"})
 # Operations that deliver a message; only they can be duplicated or delayed in Sent Items.
 DELIVERING_OPERATIONS = frozenset({"sendMail", "sendDraft"})
 # "send" is shorthand for both delivering operations.

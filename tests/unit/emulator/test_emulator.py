@@ -691,3 +691,97 @@ def test_a_message_is_read_by_its_id_draft_or_sent_and_the_rest_id_dies_with_the
             assert gone["error"]["code"] == "ErrorItemNotFound"
 
     run(main())
+
+
+def test_reading_one_message_is_an_operation_that_faults_can_target() -> None:
+    # Issue 17: the draft's state is read with GET /users/{id}/messages/{id}; a test
+    # must be able to make that lookup fail (503, timeout) like any other call.
+    async def main() -> None:
+        async with env() as e:
+            immutable = {"Prefer": 'IdType="ImmutableId"'}
+            async with e.http.post(
+                e.url(f"/users/{SENDER}/messages"), json=message("k10"), headers=e.auth(**immutable)
+            ) as resp:
+                draft_id = (await resp.json())["id"]
+            e.emu.add_fault({"kind": "unavailable", "operations": ["getMessage"], "count": 1})
+            e.emu.add_fault(
+                {"kind": "timeout", "operations": ["getMessage"], "count": 1, "hang_ms": 20_000}
+            )
+            url = e.url(f"/users/{SENDER}/messages/{draft_id}")
+            async with e.http.get(url, headers=e.auth(**immutable)) as resp:
+                err = await resp.json()
+            assert (resp.status, err["error"]["code"]) == (503, "ServiceNotAvailable")
+            with pytest.raises(asyncio.TimeoutError):
+                async with e.http.get(
+                    url,
+                    headers=e.auth(**immutable),
+                    timeout=aiohttp.ClientTimeout(sock_read=0.5),
+                ) as resp:
+                    await resp.read()
+            async with e.http.get(url, headers=e.auth(**immutable)) as resp:
+                assert resp.status == 200  # counts used up
+            gets = [r for r in e.emu.requests() if r["operation"] == "getMessage"]
+            assert [(r["status"], r["outcome"]) for r in gets] == [
+                (503, "response"),
+                (None, "timeout"),  # the response is still withheld
+                (200, "response"),
+            ]
+            # A rule for every operation (no "operations") reaches the lookups too.
+            e.emu.add_fault({"kind": "gateway_timeout", "count": 1})
+            async with e.http.get(url, headers=e.auth(**immutable)) as resp:
+                assert resp.status == 504
+
+    run(main())
+
+
+def test_drafts_are_listed_by_key_with_immutable_ids_and_leave_the_listing_when_sent() -> None:
+    # The draft lookup after a create of unknown outcome (issue 17): the Drafts folder,
+    # filtered by the key's extended property, under Prefer: IdType="ImmutableId".
+    async def main() -> None:
+        async with env() as e:
+            immutable = {"Prefer": 'IdType="ImmutableId"'}
+            created = []
+            for key in ("k11", "k11", "k12"):
+                async with e.http.post(
+                    e.url(f"/users/{SENDER}/messages"),
+                    json=message(key),
+                    headers=e.auth(**immutable),
+                ) as resp:
+                    created.append((await resp.json())["id"])
+
+            async def drafts(key: str, **headers: str) -> tuple[Any, Any]:
+                params = {
+                    "$filter": key_filter(key),
+                    "$select": "id,internetMessageId,isDraft,createdDateTime",
+                }
+                async with e.http.get(
+                    e.url(f"/users/{SENDER}/mailFolders/drafts/messages"),
+                    params=params,
+                    headers=e.auth(**headers),
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+                    return (await resp.json())["value"], resp.headers
+
+            found, headers = await drafts("k11", **immutable)
+            assert headers["Preference-Applied"] == 'IdType="ImmutableId"'
+            assert sorted(m["id"] for m in found) == sorted(created[:2])
+            assert all(m["isDraft"] is True and m["createdDateTime"] for m in found)
+            assert set(found[0]) == {
+                "@odata.etag",
+                "id",
+                "internetMessageId",
+                "isDraft",
+                "createdDateTime",
+            }
+            rest, _ = await drafts("k11")
+            assert not {m["id"] for m in rest} & set(created)  # REST ids without the header
+            assert (await drafts("k13", **immutable))[0] == []
+            async with e.http.post(
+                e.url(f"/users/{SENDER}/messages/{created[2]}/send"), headers=e.auth()
+            ) as resp:
+                assert resp.status == 202
+            assert (await drafts("k12", **immutable))[0] == []  # sent: no longer a draft
+            [sent] = await e.sent_items("k12", **immutable)
+            assert sent["id"] == created[2]
+
+    run(main())

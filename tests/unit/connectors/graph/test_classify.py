@@ -20,6 +20,7 @@ from sendonce.connectors.graph.classify import (
     Stage,
     classify,
     classify_create,
+    classify_send_draft,
     parse_graph_error,
     parse_retry_after,
     stage_of_exception,
@@ -214,41 +215,78 @@ def test_create_success_is_not_a_send_outcome(status: int) -> None:
             SendStatus.NOT_SENT_RETRYABLE,
             True,
         ),
-        (
-            HttpAttempt("response", 429, "ApplicationThrottled"),
-            SendStatus.NOT_SENT_RETRYABLE,
-            False,
-        ),
-        (HttpAttempt("response", 500), SendStatus.NOT_SENT_RETRYABLE, False),
-        (HttpAttempt("response", 503), SendStatus.NOT_SENT_RETRYABLE, False),
-        (HttpAttempt("response", 504), SendStatus.NOT_SENT_RETRYABLE, False),
-        (
-            HttpAttempt("write", exception=aiohttp.SocketTimeoutError("read")),
-            SendStatus.NOT_SENT_RETRYABLE,
-            False,
-        ),
-        (
-            HttpAttempt("write", exception=aiohttp.ServerDisconnectedError()),
-            SendStatus.NOT_SENT_RETRYABLE,
-            False,
-        ),
-        (
-            HttpAttempt("connect", exception=BEFORE_WRITE[0]),
-            SendStatus.NOT_SENT_RETRYABLE,
-            False,
-        ),
+        # Refused before a byte was written: no draft can exist.
+        *[
+            (HttpAttempt("connect", exception=exc), SendStatus.NOT_SENT_RETRYABLE, False)
+            for exc in BEFORE_WRITE
+        ],
+        # Issue 17: the draft may exist (Graph has processed requests it answered with
+        # 429/5xx); the ledger finds it by key rather than creating a second one.
+        (HttpAttempt("response", 429, "ApplicationThrottled"), SendStatus.AMBIGUOUS, False),
+        (HttpAttempt("response", 429, "TooManyRequests"), SendStatus.AMBIGUOUS, False),
+        (HttpAttempt("response", 500), SendStatus.AMBIGUOUS, False),
+        (HttpAttempt("response", 502), SendStatus.AMBIGUOUS, False),
+        (HttpAttempt("response", 503, "ServiceNotAvailable"), SendStatus.AMBIGUOUS, False),
+        (HttpAttempt("response", 504, "UnknownError"), SendStatus.AMBIGUOUS, False),
+        (HttpAttempt("response", 302), SendStatus.AMBIGUOUS, False),
+        (HttpAttempt("response", 409, "ErrorIrresolvableConflict"), SendStatus.AMBIGUOUS, False),
+        (HttpAttempt("response", 413), SendStatus.AMBIGUOUS, False),
+        (HttpAttempt("response"), SendStatus.AMBIGUOUS, False),  # no status line: written
+        *[
+            (HttpAttempt("write", exception=exc), SendStatus.AMBIGUOUS, False)
+            for exc in AFTER_WRITE
+        ],
     ],
+    ids=lambda v: f"{v.stage}-{v.status or _id(v.exception)}" if isinstance(v, HttpAttempt) else "",
 )
 def test_create_failures(attempt: HttpAttempt, expected: SendStatus, refresh: bool) -> None:
     c = classify_create(attempt)
     assert c is not None
     assert c.status is expected
     assert c.refresh_token is refresh
+    assert c.error_code  # Graph's code, the status or the exception's type
+    if expected is SendStatus.AMBIGUOUS:
+        assert c.error_message is not None and "find the draft by key" in c.error_message
 
 
-def test_create_keeps_retry_after() -> None:
-    c = classify_create(HttpAttempt("response", 429, retry_after="5"))
+@pytest.mark.parametrize("status", [429, 503])
+def test_create_keeps_retry_after(status: int) -> None:
+    c = classify_create(HttpAttempt("response", status, retry_after="5"))
     assert c is not None and c.retry_after_s == 5.0
+
+
+# --- sending a draft --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (202, None, SendStatus.ACCEPTED),
+        # The item is no longer a draft: an earlier send of it may have gone through.
+        (404, "ErrorItemNotFound", SendStatus.AMBIGUOUS),
+        # The mailbox itself is unknown: nothing can have been sent from it.
+        (404, "ErrorInvalidUser", SendStatus.REJECTED),
+        (404, "MailboxNotEnabledForRESTAPI", SendStatus.REJECTED),
+        (400, "ErrorInvalidRecipients", SendStatus.REJECTED),
+        (429, "ApplicationThrottled", SendStatus.AMBIGUOUS),
+        (503, "ServiceNotAvailable", SendStatus.AMBIGUOUS),
+        (504, "UnknownError", SendStatus.AMBIGUOUS),
+    ],
+)
+def test_send_draft_rows(status: int, code: str | None, expected: SendStatus) -> None:
+    c = classify_send_draft(HttpAttempt("response", status=status, graph_error_code=code))
+    assert c.status is expected
+    if expected is not SendStatus.ACCEPTED:
+        assert c.error_code == code
+
+
+def test_send_draft_is_a_send_call_otherwise() -> None:
+    for exc in BEFORE_WRITE + AFTER_WRITE:
+        attempt = HttpAttempt(stage_of_exception(exc), exception=exc)
+        assert classify_send_draft(attempt) == classify(attempt)
+    throttled = HttpAttempt("response", 429, "TooManyRequests", retry_after="9")
+    assert classify_send_draft(throttled, now=NOW) == classify(throttled, now=NOW)
+    assert classify_send_draft(HttpAttempt("response", 401)).refresh_token
 
 
 # --- helpers ----------------------------------------------------------------------

@@ -20,8 +20,11 @@ from sendonce.connectors.graph.message import (
     PROPERTY_SET_GUID,
     client_request_id,
     draft_body,
+    draft_state_url,
+    drafts_filter_url,
     evidence_from_headers,
     graph_message,
+    message_url,
     send_mail_body,
     sent_items_filter_url,
     template_text,
@@ -236,6 +239,34 @@ def test_sent_items_filter_url_doubles_single_quotes_and_encodes_specials() -> N
     # '&', '#', '+' and '%' in the key cannot leak into the URL's structure.
     assert list(_query(url)) == ["$filter", "$select", "$expand"]
     assert urlsplit(url).fragment == ""
+
+
+def test_drafts_filter_url_lists_the_keys_drafts_without_expanding() -> None:
+    key = "acme:O'Brien & co #1+2%"
+    url = drafts_filter_url(GRAPH, "orders@acme.example", key)
+    parts = urlsplit(url)
+    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == (
+        f"{GRAPH}/users/orders@acme.example/mailFolders/drafts/messages"
+    )
+    q = _query(url)
+    # The same filter as the Sent Items lookup's, over Drafts.
+    assert (
+        q["$filter"] == _query(sent_items_filter_url(GRAPH, "orders@acme.example", key))["$filter"]
+    )
+    assert q["$select"] == "id,internetMessageId,isDraft,createdDateTime"
+    assert list(q) == ["$filter", "$select"]
+    assert not re.search(r"[ '{}()]", parts.query)
+
+
+def test_message_urls_quote_the_id_as_one_path_segment() -> None:
+    immutable = "AAkALgAAAAAAHYQDEapmEc2byACqAC-EWg0A_x-y=AAA="
+    assert message_url(GRAPH, "orders@acme.example", immutable) == (
+        f"{GRAPH}/users/orders@acme.example/messages/{immutable}"
+    )
+    assert message_url(GRAPH, "o@acme.example", "a/b+c?d").endswith("/messages/a%2Fb%2Bc%3Fd")
+    url = draft_state_url(GRAPH, "orders@acme.example", immutable)
+    assert urlsplit(url).path.endswith(f"/messages/{immutable}")
+    assert _query(url) == {"$select": "id,isDraft,internetMessageId,sentDateTime,parentFolderId"}
 
 
 def test_sender_is_quoted_as_one_path_segment() -> None:
