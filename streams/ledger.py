@@ -969,6 +969,12 @@ def _on_lookup_finished(entry: LedgerEntry, event: LookupFinished, rules: _Rules
     if target is LookupTarget.DRAFTS_BY_KEY:
         return _on_draft_search(base, event, rules)
     if target is LookupTarget.DRAFT_BY_ID:
+        resend_at = _draft_resend_at(base, rules)
+        if lookup.status in (LookupStatus.DRAFT, LookupStatus.GONE) and now < resend_at:
+            # The send may still be in the provider's hands (the item then reads as a
+            # draft), and a sent item may not be readable at once (it then reads as
+            # gone): neither answer proves anything yet. Ask once it does.
+            return _look_again_at(base, event, resend_at, rules)
         if lookup.status is LookupStatus.DRAFT:
             return _on_still_draft(base, event, rules)
         if lookup.status is LookupStatus.GONE:
@@ -1077,26 +1083,32 @@ def _on_draft_search(base: LedgerEntry, event: LookupFinished, rules: _Rules) ->
     return Decision(later, (Persist(later),))
 
 
+def _draft_resend_at(entry: LedgerEntry, rules: _Rules) -> int:
+    """When a draft read back as a draft proves that its last send did nothing."""
+    call = _current_call(entry)
+    started = call.started_at_ms if call is not None else entry.updated_at_ms
+    return started + int(rules.reconcile.draft_resend_grace_s * 1000)
+
+
+def _look_again_at(base: LedgerEntry, event: LookupFinished, at_ms: int, rules: _Rules) -> Decision:
+    """Read the draft again at ``at_ms``; an interrupted send (DRAFTED) is ambiguous
+    until then, and reported as such."""
+    if base.status is LedgerStatus.AMBIGUOUS:
+        later = replace(base, next_lookup_at_ms=at_ms)
+        return Decision(later, (Persist(later),))
+    ambiguous = replace(
+        _schedule_reconciliation(base, event.now_ms, rules.reconcile),
+        status=LedgerStatus.AMBIGUOUS,
+        error_code=base.error_code or "outcome_unknown",
+        error_message=base.error_message or "the draft's send did not complete",
+        next_lookup_at_ms=at_ms,
+    )
+    return _settled(ambiguous, event.intent, event.now_ms)
+
+
 def _on_still_draft(base: LedgerEntry, event: LookupFinished, rules: _Rules) -> Decision:
-    """The entry's draft is still a draft: provably not sent, once the provider had time."""
+    """The entry's draft is still a draft past the resend grace: provably not sent."""
     now = event.now_ms
-    call = _current_call(base)
-    started = call.started_at_ms if call is not None else base.updated_at_ms
-    resend_at = started + int(rules.reconcile.draft_resend_grace_s * 1000)
-    if now < resend_at:
-        # The send may still be in the provider's hands: ask again once it cannot be.
-        if base.status is LedgerStatus.AMBIGUOUS:
-            later = replace(base, next_lookup_at_ms=resend_at)
-            return Decision(later, (Persist(later),))
-        # An interrupted send (DRAFTED): ambiguous until then, and reported as such.
-        ambiguous = replace(
-            _schedule_reconciliation(base, now, rules.reconcile),
-            status=LedgerStatus.AMBIGUOUS,
-            error_code=base.error_code or "outcome_unknown",
-            error_message=base.error_message or "the draft's send did not complete",
-            next_lookup_at_ms=resend_at,
-        )
-        return _settled(ambiguous, event.intent, now)
     if not event.content_available:
         # Sending the draft needs no content, but the attempt's record does.
         review = replace(

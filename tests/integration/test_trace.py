@@ -29,8 +29,8 @@ UNLUCKY = "alerts@acme.example"
 def graph_env(emulator: GraphEmulator) -> dict[str, str]:
     return {
         **emulator.worker_env(),
-        # Draft + send: a refused draft create provably sent nothing (NOT_SENT_RETRYABLE),
-        # where a 429 on sendMail itself would be AMBIGUOUS.
+        # Draft + send: the ledger records the draft before its send, and the draft's
+        # own state settles an unclear answer (issue 17).
         "SENDONCE_GRAPH_MODE": "draft-send",
         "SENDONCE_GRAPH_READ_TIMEOUT_S": "2",
         "SENDONCE_GRAPH_SENDS_PER_MINUTE": "0",
@@ -51,11 +51,13 @@ def trace(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_trace_shows_both_attempts_the_lookup_the_intent_and_both_results(
+def test_trace_shows_both_attempts_the_lookups_the_draft_the_intent_and_both_results(
     pipeline: Pipeline, emulator: GraphEmulator
 ) -> None:
-    # Attempt 1: the draft create is throttled (429, Retry-After 1): nothing sent.
-    # Attempt 2: the draft's send is delivered, then the connection drops: AMBIGUOUS.
+    # Attempt 1: the draft create is throttled (429): it may have been processed, so
+    # the key's draft is looked for; there is none, so a second create is safe.
+    # Attempt 2: the draft is created and recorded; its send is delivered, then the
+    # connection drops: AMBIGUOUS, settled by reading the draft (no longer a draft).
     emulator.add_fault(
         {
             "kind": "throttle",
@@ -72,7 +74,7 @@ def test_trace_shows_both_attempts_the_lookup_the_intent_and_both_results(
     the_intent = intent(7, sender=UNLUCKY)
     [key] = pipeline.publish([the_intent])
 
-    # AMBIGUOUS at once, then SENT (reconciled) once the lookup finds it.
+    # AMBIGUOUS at once, then SENT (reconciled) once the draft's state is read.
     records = pipeline.wait_results(2, timeout=120)
     assert [r.value["outcome"] for r in records] == ["AMBIGUOUS", "SENT"], worker.log()
     assert records[1].value["reconciled"] is True
@@ -94,15 +96,27 @@ def test_trace_shows_both_attempts_the_lookup_the_intent_and_both_results(
     creates = [r for r in seen if r["operation"] == "createMessage"]
     sends_seen = [r for r in seen if r["operation"] == "sendDraft"]
     lists = [r for r in seen if r["operation"] == "listMessages"]
+    reads = [r for r in seen if r["operation"] == "getMessage"]
     assert [r["status"] for r in creates] == [429, 201]
     assert [r["outcome"] for r in sends_seen] == ["reset"]
+    # One draft, recorded, and the one delivered: the result and the ledger name it.
+    [delivery] = emulator.deliveries(key=key)
+    assert ledger["draft_id"] == delivery["immutable_id"]
+    assert ledger["provider_message_id"] == delivery["immutable_id"]
+    assert records[1].value["provider_message_id"] == delivery["immutable_id"]
 
-    sends = [a for a in doc["attempts"] if a["kind"] == "send"]
-    assert [a["number"] for a in sends] == [1, 2]
-    assert [a["status"] for a in sends] == ["not_sent_retryable", "ambiguous"]
-    assert [a["attempt_id"] for a in sends] == [attempt_id_for(key, 1), attempt_id_for(key, 2)]
-    first, second = sends
-    # Attempt 1: the refused create, with the emulator's own request-id.
+    calls = [a for a in doc["attempts"] if a["kind"] in ("create", "send")]
+    assert [(a["kind"], a["number"], a["status"]) for a in calls] == [
+        ("create", 1, "ambiguous"),
+        ("create", 2, "accepted"),
+        ("send", 2, "ambiguous"),
+    ]
+    first, made, second = calls
+    assert [first["attempt_id"], second["attempt_id"]] == [
+        attempt_id_for(key, 1),
+        attempt_id_for(key, 2),
+    ]
+    # Attempt 1: the throttled create, with the emulator's own request-id.
     assert first["client_request_id"] == creates[0]["client_request_id"]
     assert first["client_request_id"] == client_request_id(
         key, attempt_id_for(key, 1), step="create"
@@ -110,29 +124,42 @@ def test_trace_shows_both_attempts_the_lookup_the_intent_and_both_results(
     assert first["request_id"] == creates[0]["request_id"]
     assert first["date"] and first["x_ms_ags_diagnostic"]
     assert first["provider"] == "graph" and first["worker"] == "worker-0"
-    # Attempt 2: the send that was delivered and then reset (no response, no request-id).
+    assert made["client_request_id"] == creates[1]["client_request_id"]
+    # Attempt 2's send: delivered and then reset (no response, no request-id).
     assert second["client_request_id"] == sends_seen[0]["client_request_id"]
     assert second["client_request_id"] == client_request_id(
         key, attempt_id_for(key, 2), step="send"
     )
-    assert second["evidence"]["create_client_request_id"] == creates[1]["client_request_id"]
     assert second["client_request_id"] != first["client_request_id"]
 
     lookups = [a for a in doc["attempts"] if a["kind"] == "lookup"]
     assert lookups and all(a["reconciliation"] for a in lookups)
+    # The draft search after the unclear create: nothing in Drafts or Sent Items.
+    searched = lookups[0]
+    assert searched["attempt_id"] == first["attempt_id"]
+    assert searched["status"] == "not_found_definitive"
+    assert searched["request_id"] in {r["request_id"] for r in lists}
+    # The read of the recorded draft after the unclear send: no longer a draft.
     found = lookups[-1]
     assert found["status"] == "found"
     assert found["attempt_id"] == second["attempt_id"]
-    assert "found in Sent Items" in found["detail"]
-    assert found["request_id"] in {r["request_id"] for r in lists}
-    # The lookup's own ids, as the emulator saw that request.
-    [looked_up] = [r for r in lists if r["request_id"] == found["request_id"]]
+    assert "no longer a draft" in found["detail"]
+    assert found["request_id"] in {r["request_id"] for r in reads}
+    [looked_up] = [r for r in reads if r["request_id"] == found["request_id"]]
     assert found["client_request_id"] == looked_up["client_request_id"]
     assert found["date"]
-    # The AMBIGUOUS result names no request id: attempt 2 got no response, and
-    # attempt 1's id would send support after the wrong request.
+    # The AMBIGUOUS result names no request id: the send got no response, and
+    # an earlier request's id would send support after the wrong request.
     assert doc["results"][0]["provider_request_id"] is None
     assert doc["audit"] == []
+
+    # Each state the key went through, from the ledger's changelog.
+    states = [s["status"] for s in doc["states"]]
+    assert states[0] == "PENDING" and states[-1] == "SENT"
+    assert "DRAFTED" in states and "AMBIGUOUS" in states
+    assert states.index("DRAFTED") < states.index("AMBIGUOUS")
+    drafted = next(s for s in doc["states"] if s["status"] == "DRAFTED")
+    assert drafted["draft_id"] == delivery["immutable_id"] and drafted["attempt"] == 2
 
     # The intent record, where it sits.
     topics = pipeline.settings.topics
@@ -171,6 +198,7 @@ def test_trace_shows_both_attempts_the_lookup_the_intent_and_both_results(
         first["client_request_id"],
         second["client_request_id"],
         found["request_id"],
+        delivery["immutable_id"],
         records[0].value["result_id"],
         records[1].value["result_id"],
     ):

@@ -293,7 +293,8 @@ def test_a_deleted_draft_is_the_one_case_left_for_review() -> None:
     sim = Simulator(provider, set())
     sim.handle(intent)
     provider.drafts[0].deleted = True
-    sim.handle(intent, ReconcileDue(intent, sim.now_ms + 10**6))
+    sim.now_ms += 10**6
+    sim.handle(intent, ReconcileDue(intent, sim.now_ms))
     entry = sim.durable["t:k"]
     assert entry.status is LedgerStatus.AMBIGUOUS and entry.review_required
     assert entry.error_code == "draft_gone"
@@ -313,3 +314,26 @@ def test_an_unclear_create_is_found_not_repeated() -> None:
     assert (lookup.kind, lookup.status) == ("lookup", "draft")
     assert send.kind == "send" and send.started_at_ms >= create.finished_at_ms + 30_000  # type: ignore[operator]
     assert [r.outcome for r in sim.results] == [ResultOutcome.SENT]
+
+
+def test_a_draft_not_readable_right_after_its_send_is_not_yet_gone() -> None:
+    # Microsoft: the Sent Items copy of a sent draft may not be readable at once
+    # (learn.microsoft.com/graph/outlook-immutable-id). Within the resend grace a
+    # "not found" proves nothing; only after it is the draft gone.
+    provider = DraftingModel(["ok"], ["ambiguous-delivered"])
+    intent = IntentFacts("t:k", "t", "e", "reply", "fp", IntentRef("i", 0, 0))
+    sim = Simulator(provider, set())
+    sim.handle(intent)
+    entry = sim.durable["t:k"]
+    sent_at = next(a for a in entry.attempts if a.kind == "send").started_at_ms
+    provider.drafts[0].deleted = True  # reads as GONE for now
+    sim.now_ms = sent_at + 31_000
+    sim.handle(intent, ReconcileDue(intent, sim.now_ms))
+    waiting = sim.durable["t:k"]
+    assert not waiting.review_required
+    assert waiting.next_lookup_at_ms == sent_at + 120_000
+    provider.drafts[0].deleted = False  # readable again: it was sent
+    sim.now_ms = sent_at + 120_000
+    sim.handle(intent, ReconcileDue(intent, sim.now_ms))
+    assert sim.durable["t:k"].status is LedgerStatus.SENT
+    assert provider.delivered == {"t:k": 1}
