@@ -38,6 +38,23 @@ class AdminApi(EmulatorState):
             out = [d for d in out if d["idempotency_key"] == key]
         return out
 
+    def drafts(self, mailbox: str | None = None) -> list[dict[str, Any]]:
+        """Messages still in a Drafts folder (never sent), oldest first, without bodies:
+        mailbox, immutable id and extended properties (the idempotency key among them)."""
+        with self._lock:
+            found = [
+                {
+                    "mailbox": m.mailbox,
+                    "immutable_id": m.immutable_id,
+                    "extended_properties": {p["id"]: p["value"] for p in m.extended},
+                }
+                for box, messages in self._messages.items()
+                if mailbox is None or box == mailbox.lower()
+                for m in messages
+                if m.folder == "drafts"
+            ]
+        return found
+
     def requests(self, kind: str = "graph", mailbox: str | None = None) -> list[dict[str, Any]]:
         """Request records of ``kind`` (graph, token, discovery or all), oldest first."""
         with self._lock:
