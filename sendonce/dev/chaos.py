@@ -82,6 +82,11 @@ PARTITIONS = 12
 ACTIONS = ("receipt", "reply", "escalation", "invite")
 # The worker's Graph read timeout; a ``timeout`` fault hangs longer than this.
 READ_TIMEOUT_S = 2.0
+# Draft-send: a draft read back still a draft this long after its send started is
+# sent again. Above the read timeout, and above the emulator's longest latency fault
+# (1.5 s, applied before the send is processed), so no send can still be in flight.
+DRAFT_RESEND_GRACE_S = 5.0
+GRAPH_MODES = ("sendmail", "draft-send")
 RECONCILE_DEADLINE_S = 20.0
 # An armed worker first waits for the group to drop its killed incarnation (session
 # timeout 8 s), restores its ledger partitions, then needs traffic to reach its point.
@@ -157,6 +162,9 @@ class ChaosReport:
     poison_delivered: int = 0
     operator_resends: int = 0
     deadline_policy: str = "review"
+    graph_mode: str = "sendmail"
+    # Open ambiguous keys by the ledger's reason (error code): why a human is needed.
+    ambiguous_causes: dict[str, int] = field(default_factory=dict)
     # Details beyond the summary line.
     outcomes: dict[str, int] = field(default_factory=dict)
     dead_letters: int = 0
@@ -204,6 +212,7 @@ class ChaosReport:
                 else ""
             )
             + (f" pauses={self.pauses}" if self.pauses_planned else "")
+            + (f" graph_mode={self.graph_mode}" if self.graph_mode != "sendmail" else "")
         )
 
     def details(self) -> str:
@@ -213,8 +222,10 @@ class ChaosReport:
         outcomes = ",".join(f"{k}:{v}" for k, v in sorted(self.outcomes.items()))
         crashes = ",".join(f"{p}:{self.crash_points.get(p, 0)}" for p in CRASH_POINTS)
         paused = ",".join(f"{p}:{self.pause_points.get(p, 0)}" for p in PAUSE_POINTS)
+        causes = ",".join(f"{k}:{v}" for k, v in sorted(self.ambiguous_causes.items()))
         return (
             f"outcomes={outcomes} crash_points={crashes} pause_points={paused} "
+            f"ambiguous_open_by_cause={causes or '-'} graph_mode={self.graph_mode} "
             f"dead_letters={self.dead_letters}/"
             f"{self.expected_dead_letters} conflicts={self.conflicts}/"
             f"{self.expected_conflicts} unexpected_worker_exits={self.unexpected_worker_exits} "
@@ -336,6 +347,10 @@ def plan_workload(n: int, seed: int, bursts: int) -> list[list[PlannedRecord]]:
     return plan
 
 
+#: The provider calls faults hit: both sends, and the draft create.
+CALLS = ["send", "createMessage"]
+
+
 def burst_faults(rng: random.Random) -> list[dict[str, Any]]:
     """The emulator's fault rules for one burst: each kind present with modest odds."""
     candidates: list[dict[str, Any]] = [
@@ -346,23 +361,24 @@ def burst_faults(rng: random.Random) -> list[dict[str, Any]]:
             "high_ms": 1500,
             "probability": 0.05,
         },
-        {"kind": "throttle", "retry_after": 1, "operations": ["send"], "probability": 0.01},
+        # Sends and draft creates (draft-send mode; sendmail never creates).
+        {"kind": "throttle", "retry_after": 1, "operations": CALLS, "probability": 0.01},
         {
             "kind": "unavailable",
-            "operations": ["send"],
+            "operations": CALLS,
             "probability": 0.01,
             "deliver": rng.random() < 0.5,
         },
         {
             "kind": "gateway_timeout",
-            "operations": ["send"],
+            "operations": CALLS,
             "probability": 0.01,
             "deliver": rng.random() < 0.5,
         },
-        {"kind": "reset", "operations": ["send"], "probability": 0.01},
+        {"kind": "reset", "operations": CALLS, "probability": 0.01},
         {
             "kind": "timeout",
-            "operations": ["send"],
+            "operations": CALLS,
             "hang_ms": READ_TIMEOUT_S * 2000,
             "probability": 0.01,
         },
@@ -426,6 +442,7 @@ class Cluster:
         progress: Progress,
         deadline_policy: str = "review",
         brokers: int = 1,
+        graph_mode: str = "sendmail",
     ) -> None:
         from sendonce.dev.kafka import LocalKafka, cluster_replication
         from sendonce.emulator import GraphEmulator
@@ -435,6 +452,7 @@ class Cluster:
         self.root = root
         self.progress = progress
         self.deadline_policy = deadline_policy
+        self.graph_mode = graph_mode
         # Three JVMs share the machine with the workers: smaller heaps each.
         heap = "1g" if brokers == 1 else "512m"
         self.kafka = LocalKafka(root / "kafka", heap=heap, brokers=brokers)
@@ -479,6 +497,8 @@ class Cluster:
                 "SENDONCE_LOG_LEVEL": "info",
                 "SENDONCE_GRAPH_SENDS_PER_MINUTE": "0",
                 "SENDONCE_GRAPH_READ_TIMEOUT_S": str(READ_TIMEOUT_S),
+                "SENDONCE_GRAPH_MODE": self.graph_mode,
+                "SENDONCE_RECONCILE_DRAFT_RESEND_GRACE_S": str(DRAFT_RESEND_GRACE_S),
                 # A SIGKILLed worker's partitions move after 8 s, not after 30 s.
                 "SENDONCE_SESSION_TIMEOUT_S": f"{SESSION_TIMEOUT_S:g}",
                 "SENDONCE_RECONCILE_GRACE_S": "1",
@@ -826,6 +846,7 @@ def run_chaos(
     brokers: int = 1,
     leader_kills: int = 0,
     pauses: int = 0,
+    graph_mode: str = "sendmail",
 ) -> ChaosReport:
     """Run one seeded torture run against the real system and check it.
 
@@ -838,7 +859,11 @@ def run_chaos(
     (``SENDONCE_PAUSE_AT``, the points in rotation).
     ``deadline_policy`` (``review`` or ``resend``) is the workers'
     ``SENDONCE_RECONCILE_ON_DEADLINE``; by default the seed picks one.
+    ``graph_mode`` is the workers' ``SENDONCE_GRAPH_MODE`` (faults hit draft creates
+    too; the same seed makes the same run in either mode).
     """
+    if graph_mode not in GRAPH_MODES:
+        raise ValueError(f"graph_mode must be one of {GRAPH_MODES}, not {graph_mode!r}")
     if leader_kills and brokers < 2:
         raise ValueError("leader kills need a cluster: brokers >= 2")
     started = time.monotonic()
@@ -879,8 +904,9 @@ def run_chaos(
         deadline_policy=deadline_policy,
         brokers=brokers,
         pauses_planned=pauses,
+        graph_mode=graph_mode,
     )
-    cluster = Cluster(root, seed, progress, deadline_policy, brokers)
+    cluster = Cluster(root, seed, progress, deadline_policy, brokers, graph_mode)
     try:
         for _ in range(workers):
             cluster.add_worker()
@@ -1217,18 +1243,44 @@ def _coords_of(value: dict[str, Any]) -> tuple[str, int, int] | None:
     return None
 
 
-def _ambiguous_state(records: list[dict[str, Any]]) -> tuple[set[str], set[str], set[str]]:
-    """(ambiguous keys, keys with a SENT result, keys reconciled to SENT)."""
-    ambiguous, sent, reconciled = set(), set(), set()
+def _ambiguous_state(
+    records: list[dict[str, Any]],
+) -> tuple[set[str], set[str], set[str], set[str]]:
+    """(ambiguous keys, keys with a SENT result, keys reconciled to SENT, keys FAILED).
+
+    An ambiguous key is settled by SENT, or by FAILED (a draft proven unsent past the
+    retry budget, an operator's cancel): only the rest are open.
+    """
+    ambiguous, sent, reconciled, failed = set(), set(), set(), set()
     for v in records:
         key = str(v.get("idempotency_key"))
         if v.get("outcome") == "AMBIGUOUS":
             ambiguous.add(key)
+        elif v.get("outcome") == "FAILED":
+            failed.add(key)
         elif v.get("outcome") == "SENT":
             sent.add(key)
             if v.get("reconciled"):
                 reconciled.add(key)
-    return ambiguous, sent, reconciled
+    return ambiguous, sent, reconciled, failed
+
+
+def _ambiguous_causes(cluster: Cluster, keys: list[str]) -> dict[str, int]:
+    """How many of ``keys`` (open ambiguous) the ledger holds for each reason."""
+    from sendonce.ops.history import TopicReader, ledger_entries
+
+    if not keys:
+        return {}
+    with TopicReader(cluster.bootstrap) as reader:
+        entries = ledger_entries(reader, cluster.settings, keys=keys)
+    causes: Counter[str] = Counter()
+    for key in keys:
+        entry = entries.get(key)
+        if entry is None:
+            causes["no_entry"] += 1
+        else:
+            causes[f"{entry.status.value.lower()}:{entry.error_code or 'unknown'}"] += 1
+    return dict(causes)
 
 
 def _pending_keys(cluster: Cluster) -> list[str]:
@@ -1314,8 +1366,8 @@ def _check(
             if time.monotonic() >= next_ledger_read:
                 pending = _pending_keys(cluster)
                 next_ledger_read = time.monotonic() + 3
-            ambiguous, sent, _ = _ambiguous_state([r.value for r in watcher.records])
-            if not ambiguous - sent and not pending and not cluster.stopped_workers():
+            ambiguous, sent, _, failed = _ambiguous_state([r.value for r in watcher.records])
+            if not ambiguous - sent - failed and not pending and not cluster.stopped_workers():
                 break
             watcher.poll()
             cluster.check_workers()
@@ -1382,10 +1434,11 @@ def _check(
     report.delivered_twice = len(twice)
     report.delivered_twice_keys = twice[:50]
 
-    ambiguous, sent, reconciled = _ambiguous_state(list(by_id.values()))
-    open_keys = sorted(ambiguous - sent)
+    ambiguous, sent, reconciled, failed = _ambiguous_state(list(by_id.values()))
+    open_keys = sorted(ambiguous - sent - failed)
     report.ambiguous_open = len(open_keys)
     report.open_ambiguous_keys = open_keys[:50]
+    report.ambiguous_causes = _ambiguous_causes(cluster, open_keys)
     report.reconciled = len(reconciled)
     # Not verdicts, but worth a look: a SENT the provider never saw, and a delivery the
     # system still calls ambiguous after the reconcile deadline.
@@ -1454,6 +1507,12 @@ def add_cli(subparsers: Subparsers) -> None:
     p.add_argument(
         "--drain-timeout", type=float, default=300.0, help="seconds to wait for results (300)"
     )
+    p.add_argument(
+        "--graph-mode",
+        choices=GRAPH_MODES,
+        default="sendmail",
+        help="the workers' SENDONCE_GRAPH_MODE (sendmail); faults hit draft creates too",
+    )
     p.add_argument("--root", type=Path, default=None, help="run directory (default: temp)")
     p.add_argument("--keep", action="store_true", help="keep the run directory and logs")
     p.add_argument(
@@ -1492,6 +1551,7 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
         brokers=args.brokers,
         leader_kills=args.leader_kills,
         pauses=args.pauses,
+        graph_mode=args.graph_mode,
     )
     for line in _iter_lines(report):
         print(line, flush=True)
