@@ -12,7 +12,9 @@ configuration once, in a rotated order, so machine noise hits all of them alike)
   ledger protocol;
 * ``naive``: the simplest correct design, one message at a time (``bench/naive.py``);
 * ``sendonce-graph-0ms`` / ``-150ms``: the worker on the Microsoft Graph emulator
-  (HTTPS, real MSAL), 64 sender mailboxes at 4 concurrent sends each, caps lifted.
+  (HTTPS, real MSAL), 64 sender mailboxes at 4 concurrent sends each, caps lifted;
+  ``sendonce-graph-drafts-0ms`` / ``-150ms`` the same in ``draft-send`` mode (a draft
+  create, its DRAFTED write and the send per email).
 
 Every run gets fresh topics and a fresh process, is warmed up, then measured twice:
 a *burst* (throughput: intents produced as fast as the client takes them, from the
@@ -198,9 +200,7 @@ def run_config(ctx: Context, config: str, rnd: int) -> RunResult:
     emulator: Emulator | None = None
     try:
         if config.startswith("sendonce-graph-"):
-            latency = float(
-                config.removesuffix(BASELINE).removeprefix("sendonce-graph-").removesuffix("ms")
-            )
+            latency = graph_latency_ms(config.removesuffix(BASELINE))
             emulator = start_emulator(ctx.work, latency, run_dir / "graph-emulator.log")
             procs.append(emulator.proc)
         root = args.baseline if config.endswith(BASELINE) else None
@@ -316,11 +316,22 @@ def _start(
     assert emulator is not None
     env = {
         **emulator.worker_env(GRAPH_MAILBOX_CONCURRENCY),
+        "SENDONCE_GRAPH_MODE": graph_mode(config),
         # Every mailbox may have its 4 sends in flight at once; the default (64)
         # would cap a worker at 64 / latency sends per second.
         "SENDONCE_SEND_CONCURRENCY": str(mailboxes * GRAPH_MAILBOX_CONCURRENCY),
     }
     return start_worker(settings, log, root, **{**env, **extra_env})
+
+
+def graph_latency_ms(config: str) -> float:
+    """The emulator latency of a Graph configuration (``sendonce-graph-[drafts-]Nms``)."""
+    return float(config.rsplit("-", 1)[1].removesuffix("ms"))
+
+
+def graph_mode(config: str) -> str:
+    """The worker's ``SENDONCE_GRAPH_MODE`` for a Graph configuration."""
+    return "draft-send" if config.startswith("sendonce-graph-drafts-") else "sendmail"
 
 
 def _keep_logs(ctx: Context, run_dir: Path, *, failed: bool) -> None:

@@ -11,9 +11,20 @@ import argparse
 from pathlib import Path
 
 #: The configurations, in the order a round starts with (later rounds rotate it).
-CONFIGS = ("ceiling", "sendonce-null", "naive", "sendonce-graph-0ms", "sendonce-graph-150ms")
-#: Everything ``--only`` accepts: the configurations, ``graph`` for both Graph
-#: runs, and ``memory`` for the RSS and restore measurement.
+CONFIGS = (
+    "ceiling",
+    "sendonce-null",
+    "naive",
+    "sendonce-graph-0ms",
+    "sendonce-graph-150ms",
+    "sendonce-graph-drafts-0ms",
+    "sendonce-graph-drafts-150ms",
+)
+#: The Graph configurations: ``sendonce-graph-[drafts-]<latency>ms``, ``drafts`` for
+#: ``SENDONCE_GRAPH_MODE=draft-send`` (create, record, send), otherwise ``sendmail``.
+GRAPH_CONFIGS = tuple(c for c in CONFIGS if c.startswith("sendonce-graph-"))
+#: Everything ``--only`` accepts: the configurations, ``graph`` for every Graph
+#: run, and ``memory`` for the RSS and restore measurement.
 ONLY_CHOICES = (*CONFIGS, "graph", "memory")
 
 DEFAULT_INTENTS = 10_000
@@ -196,5 +207,5 @@ def selected(only: list[str] | None) -> tuple[list[str], bool]:
         return list(CONFIGS), True
     wanted = set(only)
     if "graph" in wanted:
-        wanted |= {"sendonce-graph-0ms", "sendonce-graph-150ms"}
+        wanted |= set(GRAPH_CONFIGS)
     return [c for c in CONFIGS if c in wanted], "memory" in wanted
