@@ -52,6 +52,7 @@ from sendonce.streams.ledger import (
     LedgerStatus,
     Reconcile,
     ResultOutcome,
+    WaitForRetry,
     decide,
     replace,
 )
@@ -274,14 +275,22 @@ def simulate(
     decided by :func:`streams.ledger.decide` as a record at a fresh position (a copy
     is never the origin of an entry). As the worker would: no entry writes PENDING
     and calls the provider, predicted SENT (and the key is SENT for the intents after
-    it); an entry left PENDING is looked up at the provider, predicted AMBIGUOUS;
-    otherwise the result the decision emits (DUPLICATE, FAILED, AMBIGUOUS, CONFLICT).
+    it); an entry left PENDING or DRAFTED is looked up at the provider, predicted
+    AMBIGUOUS; an entry the worker must wait for (a retry's backoff, a draft create's
+    grace) is predicted as decided once the wait is over; otherwise the result the
+    decision emits (DUPLICATE, FAILED, AMBIGUOUS, CONFLICT).
     """
     ledger = dict(entries)
     outcomes: list[ResultOutcome] = []
     for n, facts in enumerate(intents):
         fresh = dataclasses.replace(facts, ref=IntentRef(DRY_RUN_TOPIC, facts.ref.partition, n))
         decision = decide(ledger.get(facts.key), IntentArrived(fresh, now_ms, worker))
+        wait = next((e for e in decision.effects if isinstance(e, WaitForRetry)), None)
+        if wait is not None:
+            # The worker waits (a retry's backoff, a draft create's grace), then decides
+            # the record again: predict that decision.
+            later = IntentArrived(fresh, max(now_ms, wait.until_ms), worker)
+            decision = decide(ledger.get(facts.key), later)
         effects = decision.effects
         if any(isinstance(e, CallProvider) for e in effects):
             assert decision.entry is not None

@@ -39,6 +39,7 @@ from sendonce.ops.replay import (
 from sendonce.schemas.codec import default_codec
 from sendonce.settings import Settings
 from sendonce.streams.ledger import (
+    DraftFinished,
     IntentArrived,
     IntentFacts,
     IntentRef,
@@ -494,3 +495,24 @@ def test_the_command_line_takes_relative_times_as_values() -> None:
     assert build_parser().parse_args(["replay", "--from", "0:5,1:2", "--no-wait"]).no_wait
     with pytest.raises(SystemExit):
         build_parser().parse_args(["replay", "--from", "-7d", "--wait", "5", "--no-wait"])
+
+
+def test_entries_that_make_the_worker_wait_are_predicted_after_the_wait() -> None:
+    # A retry waiting for its backoff, and a draft create of unknown outcome (its
+    # draft is looked for after the grace): the worker waits, then decides again.
+    waiting, creating = facts(1), facts(2)
+    first = decide(None, IntentArrived(waiting, 1, "w")).entry
+    assert first is not None
+    refused = SendOutcome(SendStatus.NOT_SENT_RETRYABLE, "graph", retry_after_s=3600)
+    retry = decide(first, SendFinished(waiting, first.attempt_id, refused, NOW_MS)).entry
+    assert retry is not None and retry.retry_at_ms is not None
+    drafting = decide(None, IntentArrived(creating, 1, "w"), drafts=True).entry
+    assert drafting is not None
+    unclear = SendOutcome(SendStatus.AMBIGUOUS, "graph", error_code="timeout")
+    found_out = decide(
+        drafting, DraftFinished(creating, drafting.attempt_id, unclear, NOW_MS), drafts=True
+    ).entry
+    assert found_out is not None and found_out.next_lookup_at_ms is not None
+    entries = {waiting.key: retry, creating.key: found_out}
+    # Before the fix: AssertionError "unexpected decision for an intent" (no result).
+    assert simulate(entries, [waiting, creating], NOW_MS) == [SENT, AMBIGUOUS]
