@@ -260,6 +260,8 @@ def build_worker_app(
     store = FaustLedgerStore(ledger, fence, owns=lambda p: offsets.writable(intents_topic, p))
     provider_ = provider or provider_from_settings(settings)
     fetcher = KafkaRecordFetcher(settings.bootstrap_servers)
+    # Its own consumer: operator commands never queue behind reconciliation reads.
+    command_fetcher = KafkaRecordFetcher(settings.bootstrap_servers)
     processor = IntentProcessor(
         settings,
         store,
@@ -267,6 +269,7 @@ def build_worker_app(
         producer,
         codec,
         fetcher=fetcher,
+        command_fetcher=command_fetcher,
         owns=owns,
         # The group's word, not a local cache, decides the last step before a send.
         confirm_owner=lambda p: offsets.confirm_owner(intents_topic, p),
@@ -326,6 +329,7 @@ def build_worker_app(
         finally:
             await provider_.close()
             fetcher.close()
+            command_fetcher.close()
 
     app.agent(intents, name="sendonce.intents", concurrency=1)(process_intents)
     app.agent(deferred, name="sendonce.deferred", concurrency=1)(process_deferred)

@@ -19,11 +19,22 @@ log = logging.getLogger("sendonce.worker")
 class KafkaRecordFetcher:
     """Fetches single records by topic/partition/offset with a group-less consumer.
 
-    Reconciliation is rare (ambiguous sends only), so one consumer reassigned
-    per fetch, serialised by a lock and run off the event loop, is enough.
+    One consumer reassigned per fetch, serialised by a lock and run off the event
+    loop: the reconciler has one, and operator commands their own, so a backlog of
+    reconciliation reads never holds up an operator. A partition whose leader is
+    moving (a broker restart, a leader election) answers "unknown partition" or
+    "not leader" for a while: such errors are retried for ``retry_s`` before they
+    count, since a failed read fails its batch and stops the worker.
     """
 
-    def __init__(self, bootstrap_servers: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        timeout_s: float = 10.0,
+        *,
+        retry_s: float = 30.0,
+        backoff_s: float = 0.5,
+    ) -> None:
         config: dict[str, Any] = {
             "bootstrap.servers": bootstrap_servers,
             # Required by librdkafka even though nothing joins or commits.
@@ -33,12 +44,23 @@ class KafkaRecordFetcher:
         }
         self._consumer = Consumer(config)
         self._timeout_s = timeout_s
+        self._retry_s = retry_s
+        self._backoff_s = backoff_s
         self._lock = asyncio.Lock()
+        self._closed = False
 
     async def fetch(self, ref: IntentRef) -> ConsumedRecord | None:
         """The record at ``ref``; ``None`` when it no longer exists."""
-        async with self._lock:
-            return await asyncio.to_thread(self._fetch, ref)
+        deadline = time.monotonic() + self._retry_s
+        while True:
+            try:
+                async with self._lock:
+                    return await asyncio.to_thread(self._fetch, ref)
+            except KafkaException as exc:
+                if not _transient(exc) or time.monotonic() >= deadline:
+                    raise
+                log.debug("reading %s: %s; retrying", ref, exc)
+            await asyncio.sleep(self._backoff_s)
 
     def _fetch(self, ref: IntentRef) -> ConsumedRecord | None:
         tp = TopicPartition(ref.topic, ref.partition, ref.offset)
@@ -61,8 +83,32 @@ class KafkaRecordFetcher:
         )
 
     def close(self) -> None:
-        """Leave."""
-        self._consumer.close()
+        """Leave (once; every lane that used the fetcher closes it)."""
+        if not self._closed:
+            self._closed = True
+            self._consumer.close()
+
+
+#: Errors of a partition whose leader is moving or a broker that is briefly away.
+_TRANSIENT = frozenset(
+    {
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.REQUEST_TIMED_OUT,
+    }
+)
+
+
+def _transient(exc: KafkaException) -> bool:
+    error = exc.args[0] if exc.args else None
+    if not isinstance(error, KafkaError):
+        return False
+    return bool(error.retriable()) or error.code() in _TRANSIENT
 
 
 def _headers(raw: Any) -> tuple[tuple[str, bytes | None], ...]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 import weakref
@@ -96,6 +97,11 @@ from sendonce.streams.ledger import (
 from sendonce.streams.store import OPEN_STATUSES, LedgerStore, PartitionNotOwnedError
 
 log = logging.getLogger("sendonce.worker")
+
+#: The most keys one reconciler tick looks up, those due longest first: a tick holds
+#: the reconciler's reader and the mailboxes' slots until its last lookup ends, so a
+#: backlog (hundreds of open sends after a rebalance) is worked off tick by tick.
+RECONCILE_TICK_KEYS = 64
 
 #: States in which a Persist with a provider call after it writes an attempt.
 _ATTEMPTING = (LedgerStatus.PENDING, LedgerStatus.DRAFTED)
@@ -306,6 +312,7 @@ class IntentProcessor:
         clock: Callable[[], int] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         fetcher: RecordFetcher | None = None,
+        command_fetcher: RecordFetcher | None = None,
         owns: Callable[[int], bool] | None = None,
         confirm_owner: Callable[[int], Awaitable[None]] | None = None,
         crash_points: CrashPoints | None = None,
@@ -335,6 +342,10 @@ class IntentProcessor:
         self._sleep = sleep
         self._send_slots = asyncio.Semaphore(settings.send_concurrency)
         self._fetcher = fetcher
+        #: Operator commands read their key's origin through their own reader: a
+        #: backlog of reconciliation reads (thousands of open sends after a throttling
+        #: episode) must not hold an operator's decision for minutes.
+        self._command_fetcher = command_fetcher or fetcher
         self._owns = owns or (lambda _partition: True)
         #: The broker's word on ownership, asked right before each provider call
         #: (``SourceOffsets.confirm_owner``: raises when the group moved the partition).
@@ -614,8 +625,8 @@ class IntentProcessor:
         async with self._lock_for(command.key):
             entry = self.store.get(command.key, record.partition)
             item: _Accepted | None = None
-            if entry is not None and self._fetcher is not None:
-                origin = await self._fetcher.fetch(entry.origin)
+            if entry is not None and self._command_fetcher is not None:
+                origin = await self._command_fetcher.fetch(entry.origin)
                 if origin is not None:
                     try:
                         item = self._accept(origin)
@@ -710,8 +721,14 @@ class IntentProcessor:
         now = self._clock()
         due = [
             (key, partition)
-            for key, (partition, at) in self.reconcile_index.items()
-            if at <= now and self._owns(partition)
+            for _, key, partition in heapq.nsmallest(
+                RECONCILE_TICK_KEYS,
+                (
+                    (at, key, partition)
+                    for key, (partition, at) in self.reconcile_index.items()
+                    if at <= now and self._owns(partition)
+                ),
+            )
         ]
         if not due:
             return stats

@@ -21,6 +21,7 @@ from sendonce.streams.processor import (
     BatchStats,
     ConsumedRecord,
     IntentProcessor,
+    RecordFetcher,
     partition_for_key,
 )
 from sendonce.streams.store import MemoryLedgerStore
@@ -65,6 +66,7 @@ class InMemoryPipeline:
         settings: Settings | None = None,
         codec: SchemaCodec | None = None,
         clock: Callable[[], int] | None = None,
+        reconcile_reader: RecordFetcher | None = None,
     ) -> None:
         self.settings = settings or Settings(partitions=12, retry_base_delay_s=0.0)
         self.codec = codec or default_codec()
@@ -81,7 +83,8 @@ class InMemoryPipeline:
             self.codec,
             sleep=_no_sleep,
             clock=clock,
-            fetcher=self.fetcher,
+            fetcher=reconcile_reader or self.fetcher,
+            command_fetcher=self.fetcher,
         )
 
     def record(

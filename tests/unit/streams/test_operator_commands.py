@@ -262,3 +262,40 @@ def test_a_resend_that_is_accepted_reports_sent_without_the_earlier_error() -> N
     assert emit.result.error_code is None and emit.result.provider_request_id == "req-2"
     # The timeout is still on record, on the attempt it happened to.
     assert decision.entry.attempts[0].error_code == "read_timeout"
+
+
+class StuckReads:
+    """Reads of intent records that serialise like the Kafka fetcher and hang (a
+    backlog of reconciliation reads on a broker under load)."""
+
+    def __init__(self) -> None:
+        self.records: dict[IntentRef, ConsumedRecord] = {}
+        self.lock = asyncio.Lock()
+        self.released = asyncio.Event()
+
+    async def fetch(self, ref: IntentRef) -> ConsumedRecord | None:
+        async with self.lock:
+            await self.released.wait()
+            return self.records.get(ref)
+
+
+def test_an_operator_command_does_not_wait_for_the_reconcilers_reads() -> None:
+    # Torture (seed 1640455787): with 852 open sends after a rebalance, the reconciler's
+    # origin reads queued behind one lock for ~20 minutes, and operator commands, which
+    # read their key's origin through the same reader, waited behind all of them.
+    async def scenario() -> int:
+        stuck = StuckReads()
+        p = InMemoryPipeline(AmbiguousOnce(), reconcile_reader=stuck)
+        stuck.records = p.fetcher.records
+        record = p.intent_record(INTENT)
+        await p.run([record])
+        key = idempotency_key_for(complete_intent(INTENT, now_ms=0)).value
+        p.processor.reconcile_index[key] = (record.partition, 0)
+        ticking = asyncio.ensure_future(p.reconcile())
+        await asyncio.sleep(0)  # the tick is now waiting on its read
+        stats = await asyncio.wait_for(p.run_commands([p.command_record(key, "resend")]), timeout=5)
+        stuck.released.set()
+        await ticking
+        return stats.commands_applied
+
+    assert asyncio.run(scenario()) == 1

@@ -606,3 +606,46 @@ def test_a_drafting_provider_settles_an_ambiguous_send_through_its_draft(
     assert [c for c in provider.calls if c[0] == "send"] == [("send", "draft-0")] * sends
     assert list(provider.drafts.values()) == [True]  # one draft, sent once
     assert not p.processor.reconcile_index
+
+
+class CountingLookups:
+    """Every send ambiguous; lookups inconclusive and counted per key."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.looked_up: list[str] = []
+
+    async def send(self, outgoing: OutgoingEmail) -> SendOutcome:
+        return SendOutcome(SendStatus.AMBIGUOUS, self.name, error_code="read_timeout")
+
+    async def lookup(self, idempotency_key: str, message_id: str, sender: str) -> LookupResult:
+        self.looked_up.append(idempotency_key)
+        return LookupResult(LookupStatus.UNKNOWN, self.name)
+
+    async def close(self) -> None:
+        return None
+
+
+def test_a_reconcile_tick_takes_the_longest_due_keys_first_and_a_bounded_number() -> None:
+    # A tick that took every due key at once (852 after one rebalance in a torture run)
+    # held the reader and the mailboxes for minutes while keys due later waited; one
+    # tick now takes at most RECONCILE_TICK_KEYS, oldest due first.
+    from sendonce.streams.processor import RECONCILE_TICK_KEYS
+
+    now = [1_000_000]
+    provider = CountingLookups()
+    p = InMemoryPipeline(provider, clock=lambda: now[0])
+    records = [p.intent_record(intent(n)) for n in range(RECONCILE_TICK_KEYS + 20)]
+    run(p.run(records))
+    now[0] += 600_000
+    # The last 20 keys have waited longest.
+    index = p.processor.reconcile_index
+    for n, key in enumerate(reversed(list(index))):
+        partition, _ = index[key]
+        index[key] = (partition, 1_000_000 - n)
+    oldest = sorted(index, key=lambda k: index[k][1])[:RECONCILE_TICK_KEYS]
+    run(p.reconcile())
+    assert sorted(provider.looked_up) == sorted(oldest)
+    run(p.reconcile())
+    assert len(provider.looked_up) == len(records)
