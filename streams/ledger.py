@@ -553,13 +553,7 @@ def _on_send_finished(entry: LedgerEntry, event: SendFinished, rules: _Rules) ->
         )
         return _settled(sent, event.intent, event.now_ms)
     if outcome.status is SendStatus.REJECTED:
-        failed = replace(
-            base,
-            status=LedgerStatus.FAILED,
-            error_code=outcome.error_code or "rejected",
-            error_message=outcome.error_message,
-        )
-        return _settled(failed, event.intent, event.now_ms)
+        return _rejected(base, outcome, event.intent, event.now_ms)
     if outcome.status is SendStatus.NOT_SENT_RETRYABLE:
         return _retry_or_fail(base, event.intent, event.now_ms, outcome, rules)
     # AMBIGUOUS: record it durably with its lookup schedule and report it; the
@@ -576,6 +570,19 @@ def _on_send_finished(entry: LedgerEntry, event: SendFinished, rules: _Rules) ->
         rules.reconcile,
     )
     return _settled(ambiguous, event.intent, event.now_ms)
+
+
+def _rejected(
+    base: LedgerEntry, outcome: SendOutcome, intent: IntentFacts, now_ms: int
+) -> Decision:
+    """The provider refused for good (the send, or the draft's create): FAILED."""
+    failed = replace(
+        base,
+        status=LedgerStatus.FAILED,
+        error_code=outcome.error_code or "rejected",
+        error_message=outcome.error_message,
+    )
+    return _settled(failed, intent, now_ms)
 
 
 def _retry_or_fail(
@@ -614,13 +621,7 @@ def _on_draft_finished(entry: LedgerEntry, event: DraftFinished, rules: _Rules) 
     if outcome.status is SendStatus.ACCEPTED and outcome.provider_message_id:
         return _drafted(base, outcome.provider_message_id, outcome.internet_message_id, now)
     if outcome.status is SendStatus.REJECTED:
-        failed = replace(
-            base,
-            status=LedgerStatus.FAILED,
-            error_code=outcome.error_code or "rejected",
-            error_message=outcome.error_message,
-        )
-        return _settled(failed, event.intent, now)
+        return _rejected(base, outcome, event.intent, now)
     if outcome.status is SendStatus.NOT_SENT_RETRYABLE:
         return _retry_or_fail(base, event.intent, now, outcome, rules)
     # The draft may exist (or exists without an id to hold it by): find it by key

@@ -519,24 +519,14 @@ class GraphProvider:
             )
         imid = message.get("internetMessageId")
         message_id = message.get("id") if isinstance(message.get("id"), str) else draft_id
-        if is_draft:
-            return LookupResult(
-                LookupStatus.DRAFT,
-                self.name,
-                provider_request_id=request_id,
-                provider_message_id=message_id,
-                internet_message_id=imid if isinstance(imid, str) else None,
-                detail="still a draft: not sent",
-                evidence=evidence,
-            )
         return LookupResult(
-            LookupStatus.FOUND,
+            LookupStatus.DRAFT if is_draft else LookupStatus.FOUND,
             self.name,
             provider_request_id=request_id,
             provider_message_id=message_id,
             internet_message_id=imid if isinstance(imid, str) else None,
-            accepted_at_ms=_iso_ms(message.get("sentDateTime")),
-            detail="sent: no longer a draft",
+            accepted_at_ms=None if is_draft else _iso_ms(message.get("sentDateTime")),
+            detail="still a draft: not sent" if is_draft else "sent: no longer a draft",
             evidence=evidence,
         )
 

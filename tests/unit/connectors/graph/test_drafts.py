@@ -39,6 +39,16 @@ def emulator(served: EmulatorThread) -> GraphEmulator:
     return served.emulator
 
 
+#: What can go wrong with a read (a listing, a message by id), each once.
+READ_FAULTS: list[dict[str, Any]] = [
+    {"kind": "unavailable"},
+    {"kind": "gateway_timeout"},
+    {"kind": "throttle"},
+    {"kind": "timeout", "hang_ms": 5000},
+    {"kind": "reset"},
+]
+
+
 def using(
     emulator: GraphEmulator, body: Callable[[GraphProvider], Awaitable[T]], **settings: Any
 ) -> T:
@@ -292,17 +302,7 @@ def test_find_draft_with_nothing_anywhere_is_definitive(emulator: GraphEmulator)
     assert found.status is LookupStatus.NOT_FOUND_DEFINITIVE, found.detail
 
 
-@pytest.mark.parametrize(
-    "fault",
-    [
-        {"kind": "unavailable"},
-        {"kind": "gateway_timeout"},
-        {"kind": "throttle"},
-        {"kind": "timeout", "hang_ms": 5000},
-        {"kind": "reset"},
-    ],
-    ids=lambda f: f["kind"],
-)
+@pytest.mark.parametrize("fault", READ_FAULTS, ids=lambda f: f["kind"])
 def test_find_draft_that_cannot_ask_is_unknown(
     emulator: GraphEmulator, fault: dict[str, Any]
 ) -> None:
@@ -345,17 +345,7 @@ def test_draft_state_of_a_draft_a_sent_message_and_a_missing_one(
     assert after.provider_request_id == reads[1]["request_id"]
 
 
-@pytest.mark.parametrize(
-    "fault",
-    [
-        {"kind": "unavailable"},
-        {"kind": "gateway_timeout"},
-        {"kind": "throttle"},
-        {"kind": "timeout", "hang_ms": 5000},
-        {"kind": "reset"},
-    ],
-    ids=lambda f: f["kind"],
-)
+@pytest.mark.parametrize("fault", READ_FAULTS, ids=lambda f: f["kind"])
 def test_draft_state_that_cannot_read_is_unknown(
     emulator: GraphEmulator, fault: dict[str, Any]
 ) -> None:
