@@ -55,6 +55,16 @@ class AdminApi(EmulatorState):
             ]
         return found
 
+    def purge_message(self, mailbox: str, message_id: str) -> bool:
+        """Delete a message for good (as a mailbox owner emptying Deleted Items, or a
+        retention policy, does): later reads by any of its ids answer 404. Its
+        deliveries stay recorded. Returns whether there was such a message."""
+        with self._lock:
+            messages = self._messages.get(mailbox.lower(), [])
+            kept = [m for m in messages if not m.matches_id(message_id)]
+            self._messages[mailbox.lower()] = kept
+            return len(kept) < len(messages)
+
     def requests(self, kind: str = "graph", mailbox: str | None = None) -> list[dict[str, Any]]:
         """Request records of ``kind`` (graph, token, discovery or all), oldest first."""
         with self._lock:

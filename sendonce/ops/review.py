@@ -82,6 +82,8 @@ def entry_summary(entry: LedgerEntry) -> dict[str, Any]:
         "next_lookup_at": utc_time(entry.next_lookup_at_ms) if entry.next_lookup_at_ms else None,
         "error_code": entry.error_code,
         "provider": entry.provider,
+        # Drafts: the message's id to quote to the mailbox's owner or support.
+        "draft_id": entry.draft_id,
         "last_attempt": None
         if last is None
         else {
