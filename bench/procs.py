@@ -205,6 +205,8 @@ def start_emulator(work: Path, latency_ms: float, log_path: Path, timeout: float
     """The Graph emulator in its own process, every request delayed by ``latency_ms``."""
     secret = secrets.token_urlsafe(24)
     argv = ["-m", "sendonce.cli", "dev", "graph-emulator", "--ca-dir", str(work / "graph-ca")]
+    # The benchmark's workers lift their per-minute cap (worker_env): the emulator too.
+    argv += ["--sends-per-minute", "0"]
     if latency_ms > 0:
         argv += ["--fault", json.dumps({"kind": "latency", "latency_ms": latency_ms})]
     env = {"SENDONCE_GRAPH_EMULATOR_CLIENT_SECRET": secret}

@@ -166,15 +166,18 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     ),
     "graph_mailbox_concurrency": (
         "SENDONCE_GRAPH_MAILBOX_CONCURRENCY",
-        "Requests in flight per sender mailbox (Graph allows 4).",
+        "Requests in flight per sender mailbox, for the whole group (Graph: 4); "
+        "each worker takes its share.",
     ),
     "graph_sends_per_minute": (
         "SENDONCE_GRAPH_SENDS_PER_MINUTE",
-        "Messages per minute per mailbox (Exchange Online: 30); 0 lifts the cap.",
+        "Messages per minute per mailbox, for the whole group (Exchange Online: "
+        "30); each worker takes its share; 0 lifts the cap.",
     ),
     "graph_requests_per_10min": (
         "SENDONCE_GRAPH_REQUESTS_PER_10MIN",
-        "Request budget per mailbox per 10 minutes (Graph: 10,000).",
+        "Request budget per mailbox per 10 minutes, for the whole group (Graph: "
+        "10,000); each worker takes its share.",
     ),
     "worker_id": ("SENDONCE_WORKER_ID", "Name recorded in ledger attempts (default host-pid)."),
     "batch_size": ("SENDONCE_BATCH_SIZE", "Intents taken per batch by the worker."),

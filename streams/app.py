@@ -259,6 +259,7 @@ def build_worker_app(
     app.ledger_fence = fence
     store = FaustLedgerStore(ledger, fence, owns=lambda p: offsets.writable(intents_topic, p))
     provider_ = provider or provider_from_settings(settings)
+    _share_mailbox_limits(app, settings, provider_)
     fetcher = KafkaRecordFetcher(settings.bootstrap_servers)
     # Its own consumer: operator commands never queue behind reconciliation reads.
     command_fetcher = KafkaRecordFetcher(settings.bootstrap_servers)
@@ -380,6 +381,79 @@ def _log_rebalances(app: faust.App, offsets: SourceOffsets) -> None:
     async def revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         if args[0]:
             log.info("partitions revoked: %s", _partitions(args[0], offsets.topics()))
+
+
+class GroupMembers:
+    """How many members the worker's consumer group has now, as the group coordinator says.
+
+    The source of each worker's share of the mailboxes' limits (issue 17): asked once
+    after every rebalance (the group's membership only changes in one), with one
+    DescribeGroups request through the admin client. Why not Faust's assignor: only
+    the group's leader sees the member list (in ``assign``); what Faust hands every
+    member is keyed by each worker's web URL, the same for all workers of one host
+    when the web server is off (as here), so it would count them as one. The
+    coordinator's answer names every member, the same for all of them.
+    """
+
+    def __init__(
+        self, bootstrap_servers: str, group_id: str, *, admin: Any = None, timeout_s: float = 10.0
+    ) -> None:
+        if admin is None:
+            from confluent_kafka.admin import AdminClient
+
+            from sendonce.kafka.clients import admin_config
+
+            admin = AdminClient(admin_config(bootstrap_servers, logger="sendonce.kafka.admin"))
+        self._admin = admin
+        self.group_id = group_id
+        self.timeout_s = timeout_s
+
+    def count(self) -> int | None:
+        """The members of the group's current generation; None if the broker did not say."""
+        try:
+            futures = self._admin.describe_consumer_groups(
+                [self.group_id], request_timeout=self.timeout_s
+            )
+            described = futures[self.group_id].result(timeout=self.timeout_s)
+        except Exception as exc:
+            log.warning("cannot describe consumer group: %s", type(exc).__name__)
+            return None
+        members = len(described.members)
+        return members or None
+
+
+def _share_mailbox_limits(
+    app: faust.App,
+    settings: Settings,
+    provider: EmailProvider,
+    members: GroupMembers | None = None,
+) -> None:
+    """Give the provider's mailbox throttle its share of each limit, after every rebalance.
+
+    Graph's and Exchange's per-mailbox limits hold across every worker of the group;
+    each worker keeps to ``limit // members`` (at least 1; :meth:`MailboxThrottle.share_with`).
+    The share is set in the rebalance callback, before the streams resume, so no batch
+    of the new assignment sends on the old share. If the group cannot be described,
+    the last share stays (a warning says so).
+    """
+    throttle = getattr(provider, "throttle", None)
+    if not isinstance(throttle, MailboxThrottle):
+        return
+    group = members or GroupMembers(settings.bootstrap_servers, app.conf.id)
+
+    @app.on_partitions_assigned.connect
+    async def share_limits(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        count = await asyncio.to_thread(group.count)
+        if count is None or count == throttle.members:
+            return
+        throttle.share_with(count)
+        log.info(
+            "mailbox limits shared by %d workers: %d requests in flight, %s sends a minute "
+            "per mailbox",
+            count,
+            throttle.concurrency_share,
+            throttle.sends_share if throttle.sends_share is not None else "unlimited",
+        )
 
 
 def _partitions(tps: Iterable[TP], topics: Iterable[str]) -> str:

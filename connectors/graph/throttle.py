@@ -20,6 +20,21 @@ saturated mailbox's backlog waits without being PENDING (a crash then leaves at 
 the mailbox's concurrency of attempts to look up, not the whole backlog). Requests made
 inside a hold, in the same task, use its slot and its send permit.
 
+The limits are the mailbox's, shared by every worker of the consumer group: the
+worker tells the throttle how many members the group has after each rebalance
+(:meth:`MailboxThrottle.share_with`), and the throttle keeps to its share, each limit
+divided by the members (floor, at least 1): with 3 workers, 1 request in flight (4 // 3)
+and 10 sends a minute each. A worker alone keeps the full limits. The share changes
+live: a smaller one holds new requests until enough in flight have finished (the slots
+are a counter whose limit can move, not a fixed semaphore); a larger one wakes waiters
+at once. Since each share is at least 1, at most 4 workers can send from one mailbox at
+once within Graph's 4 concurrent requests; a fifth would exceed it.
+
+The per-minute window is a minute and two seconds here: the throttle counts a send when
+it starts, Exchange when the request arrives, a varying delay later (the ledger write,
+the connection, the network), so two sends a minute apart here could arrive less than a
+minute apart there.
+
 Time is injected (``clock`` for monotonic seconds, ``sleep`` to wait), so tests run
 on a fake clock and never really sleep.
 """
@@ -44,7 +59,14 @@ DEFAULT_REQUESTS_PER_WINDOW = 9_000
 DEFAULT_WINDOW_S = 600.0
 #: Exchange Online's messages-per-minute limit for one mailbox.
 DEFAULT_SENDS_PER_MINUTE = 30
-_MINUTE_S = 60.0
+#: The window of the per-minute cap: a minute plus slack for the delay until Exchange
+#: counts the send (see the module docstring).
+SEND_WINDOW_S = 62.0
+
+
+def share_of(limit: int, members: int) -> int:
+    """One member's share of a group-wide ``limit``: floor(limit / members), at least 1."""
+    return max(1, limit // max(1, members))
 
 
 @dataclass(frozen=True)
@@ -64,9 +86,56 @@ class ThrottleStats:
     sends: int
 
 
+class _Slots:
+    """Concurrency slots whose limit may change while tasks hold and wait for them.
+
+    A counter and a FIFO of waiters instead of an ``asyncio.Semaphore``, whose size is
+    fixed: the limit is read on every acquire and release, so a shrunk share lets
+    holders finish and holds new requests back, and a grown one wakes waiters
+    (:meth:`wake`). A waiter is granted its slot before it is woken, so a release
+    cannot be lost between the two.
+    """
+
+    def __init__(self, limit: Callable[[], int]) -> None:
+        self._limit = limit
+        self.used = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def full(self) -> bool:
+        return self.used >= self._limit()
+
+    async def acquire(self) -> None:
+        if not self._waiters and not self.full():
+            self.used += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # granted, then cancelled before it could use the slot
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        self.used -= 1
+        self.wake()
+
+    def wake(self) -> None:
+        """Grant slots to waiters, oldest first, while the limit allows."""
+        while self._waiters and not self.full():
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.used += 1
+                fut.set_result(None)
+
+
 @dataclass
 class _Mailbox:
-    semaphore: asyncio.Semaphore
+    slots: _Slots
     #: Start times of requests in the sliding budget window, oldest first.
     requests: deque[float] = field(default_factory=deque)
     #: Start times of sends in the last minute, oldest first.
@@ -111,6 +180,9 @@ class MailboxThrottle:
         async with throttle.request(sender, sending=True):
             ...  # one HTTP request to Graph for this mailbox
 
+    ``max_concurrent``, ``requests_per_window`` and ``sends_per_minute`` are the
+    mailbox's limits; the throttle keeps to its share of them (:meth:`share_with`).
+
     ``sending=True`` marks a request that sends a message (``sendMail`` or a draft's
     ``send``); it counts against the per-minute cap. Draft creation and Sent Items
     lookups pass ``sending=False``. Every request counts against the budget and
@@ -142,27 +214,62 @@ class MailboxThrottle:
         self._clock = clock
         self._sleep = sleep
         self._mailboxes: dict[str, _Mailbox] = {}
+        self._members = 1
         #: Told ``(reason, seconds)`` of each wait: ``mailbox_retry_after``,
         #: ``mailbox_rate`` (budget or per-minute cap) or ``mailbox_concurrency``.
         self.on_wait: Callable[[str, float], None] | None = None
+
+    @property
+    def members(self) -> int:
+        """How many workers share the mailboxes' limits (1 until told otherwise)."""
+        return self._members
+
+    def share_with(self, members: int) -> None:
+        """Keep to one share of each limit, the group having ``members`` members.
+
+        Each limit is divided by ``members`` (floor, at least 1; see :func:`share_of`).
+        Takes effect at once: requests in flight finish; waiters are woken if the
+        concurrency share grew, and the rate limits are re-checked on every wait.
+        """
+        self._members = max(1, members)
+        for state in self._mailboxes.values():
+            state.slots.wake()
+
+    @property
+    def concurrency_share(self) -> int:
+        """Requests this worker may have in flight per mailbox."""
+        return share_of(self.max_concurrent, self._members)
+
+    @property
+    def requests_share(self) -> int | None:
+        """This worker's request budget per window and mailbox (None: unlimited)."""
+        if self.requests_per_window is None:
+            return None
+        return share_of(self.requests_per_window, self._members)
+
+    @property
+    def sends_share(self) -> int | None:
+        """This worker's sends per minute and mailbox (None: no cap)."""
+        if self.sends_per_minute is None:
+            return None
+        return share_of(self.sends_per_minute, self._members)
 
     def _state(self, mailbox: str) -> _Mailbox:
         key = mailbox.lower()
         state = self._mailboxes.get(key)
         if state is None:
-            state = _Mailbox(asyncio.Semaphore(self.max_concurrent))
+            state = _Mailbox(_Slots(lambda: self.concurrency_share))
             state.gates = {True: asyncio.Lock(), False: asyncio.Lock()}
             self._mailboxes[key] = state
         return state
 
     def _rate_delay(self, state: _Mailbox, sending: bool, now: float) -> float:
         delay = state.not_before - now
-        if self.requests_per_window is not None:
-            delay = max(
-                delay, _sliding_delay(state.requests, self.requests_per_window, self.window_s, now)
-            )
-        if sending and self.sends_per_minute is not None:
-            delay = max(delay, _sliding_delay(state.sends, self.sends_per_minute, _MINUTE_S, now))
+        budget, sends = self.requests_share, self.sends_share
+        if budget is not None:
+            delay = max(delay, _sliding_delay(state.requests, budget, self.window_s, now))
+        if sending and sends is not None:
+            delay = max(delay, _sliding_delay(state.sends, sends, SEND_WINDOW_S, now))
         return delay
 
     def retry_after(self, mailbox: str, seconds: float) -> None:
@@ -204,7 +311,7 @@ class MailboxThrottle:
         finally:
             _HELD.reset(token)
             state.in_flight -= 1
-            state.semaphore.release()
+            state.slots.release()
 
     @contextlib.asynccontextmanager
     async def _request(self, mailbox: str, sending: bool) -> AsyncIterator[None]:
@@ -221,7 +328,7 @@ class MailboxThrottle:
             yield
         finally:
             state.in_flight -= 1
-            state.semaphore.release()
+            state.slots.release()
 
     def estimated_wait(self, mailbox: str, *, sending: bool = True, ahead: int = 0) -> float:
         """Seconds a request for ``mailbox`` arriving now would wait, roughly.
@@ -235,10 +342,11 @@ class MailboxThrottle:
         state = self._state(mailbox)
         now = self._clock()
         delay = max(0.0, self._rate_delay(state, sending, now))
-        if sending and self.sends_per_minute is not None:
-            over = len(state.sends) + max(state.queued[True], ahead) + 1 - self.sends_per_minute
+        sends = self.sends_share
+        if sending and sends is not None:
+            over = len(state.sends) + max(state.queued[True], ahead) + 1 - sends
             if over > 0:
-                delay = max(delay, over * _MINUTE_S / self.sends_per_minute)
+                delay = max(delay, over * SEND_WINDOW_S / sends)
         return delay
 
     async def _acquire(
@@ -268,14 +376,14 @@ class MailboxThrottle:
                         reason = "mailbox_retry_after" if retry_after else "mailbox_rate"
                     await self._sleep(delay)
                     continue
-                if state.semaphore.locked():
+                if state.slots.full():
                     waited = True
-                await state.semaphore.acquire()
+                await state.slots.acquire()
                 now = self._clock()
                 if self._rate_delay(state, sending, now) > 0:
-                    # A Retry-After arrived or the budget was used while we queued
-                    # for the slot: give the slot back before sleeping again.
-                    state.semaphore.release()
+                    # A Retry-After arrived, the budget was used or the share shrank
+                    # while we queued for the slot: give it back before sleeping again.
+                    state.slots.release()
                     continue
                 # Record at the moment the request starts, with no await since the
                 # check, so no other task can slip in between.
@@ -314,6 +422,8 @@ __all__ = [
     "DEFAULT_REQUESTS_PER_WINDOW",
     "DEFAULT_SENDS_PER_MINUTE",
     "DEFAULT_WINDOW_S",
+    "SEND_WINDOW_S",
     "MailboxThrottle",
     "ThrottleStats",
+    "share_of",
 ]

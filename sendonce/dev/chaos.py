@@ -458,7 +458,10 @@ class Cluster:
         self.kafka = LocalKafka(root / "kafka", heap=heap, brokers=brokers)
         # Generous: the first run on a machine may resolve the broker jars.
         self.bootstrap = self.kafka.start(timeout=180)
-        self.emulator = GraphEmulator(seed=seed, ca_dir=root / "graph-ca")
+        # The workers lift their per-minute cap (SENDONCE_GRAPH_SENDS_PER_MINUTE=0) to
+        # push the torture's volume through a few mailboxes: the emulator must not
+        # enforce Exchange's 30/min either, or every run would end in 429s.
+        self.emulator = GraphEmulator(seed=seed, ca_dir=root / "graph-ca", sends_per_minute=0)
         self.emulator_thread = self.emulator.run_in_thread()
         tag = uuid.uuid4().hex[:8]
         self.settings = Settings(

@@ -197,7 +197,10 @@ def run_demo(keep: bool = False, provider: str = "outbox") -> int:
     if provider == "graph":
         from sendonce.emulator import GraphEmulator
 
-        emulator_thread = GraphEmulator(ca_dir=work / "graph-emulator").run_in_thread()
+        # The demo's workers lift their per-minute cap (_graph_env): so does the emulator.
+        emulator_thread = GraphEmulator(
+            ca_dir=work / "graph-emulator", sends_per_minute=0
+        ).run_in_thread()
         extra_env = _graph_env(emulator_thread.emulator)
         print(
             f"  provider    Microsoft Graph emulator {emulator_thread.emulator.graph_url} (HTTPS)"

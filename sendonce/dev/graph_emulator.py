@@ -79,6 +79,12 @@ def add_cli(subparsers: Subparsers) -> None:
     )
     p.add_argument("--token-lifetime", type=int, default=3599, help="expires_in (seconds)")
     p.add_argument("--max-concurrency", type=int, default=4, help="concurrent requests per mailbox")
+    p.add_argument(
+        "--sends-per-minute",
+        type=int,
+        default=30,
+        help="messages per mailbox in any 60 s, over it 429 (Exchange Online: 30; 0 = no cap)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the fault RNG")
     p.add_argument(
         "--fault",
@@ -111,6 +117,7 @@ def build_emulator(args: argparse.Namespace) -> tuple[GraphEmulator, str | None]
         mailboxes=args.mailbox,
         token_lifetime=args.token_lifetime,
         max_concurrency=args.max_concurrency,
+        sends_per_minute=args.sends_per_minute,
         faults=faults,
         seed=args.seed,
         ca_dir=args.ca_dir,

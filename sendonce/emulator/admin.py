@@ -82,13 +82,18 @@ class AdminApi(EmulatorState):
             return set(self._sensitive)
 
     def concurrency(self) -> dict[str, Any]:
-        """Observed maximum in-flight requests per mailbox and the 429s it caused."""
+        """Observed maximum in-flight requests per mailbox and the 429s it caused.
+
+        ``rate_throttled``: sends refused by the per-minute cap (``sends_per_minute``).
+        """
         with self._lock:
             return {
                 "limit": self.max_concurrency,
                 "max_in_flight": dict(self._max_in_flight),
                 "in_flight": {k: v for k, v in self._in_flight.items() if v},
                 "throttled": dict(self._concurrency_throttled),
+                "sends_per_minute": self.sends_per_minute,
+                "rate_throttled": dict(self._rate_throttled),
             }
 
     def faults(self) -> list[dict[str, Any]]:
@@ -114,7 +119,7 @@ class AdminApi(EmulatorState):
         self._faults.clear()
 
     def reset(self, seed: int | None = None) -> None:
-        """Forget messages, deliveries, records, concurrency stats and faults; reseed.
+        """Forget messages, deliveries, records, concurrency and send-rate stats, faults; reseed.
 
         Issued tokens stay valid: clients keep their cached tokens across test cases.
         """
@@ -126,6 +131,8 @@ class AdminApi(EmulatorState):
             self._requests.clear()
             self._max_in_flight = {k: v for k, v in self._in_flight.items() if v}
             self._concurrency_throttled.clear()
+            self._send_times.clear()
+            self._rate_throttled.clear()
 
     def expire_tokens(self) -> int:
         """Make every issued access token invalid (Graph then answers 401); returns count."""

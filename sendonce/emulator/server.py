@@ -18,7 +18,9 @@ Graph (``{base_url}/v1.0``; every call needs a valid bearer token)
     Responses carry ``request-id``, ``client-request-id``, ``Date`` and
     ``x-ms-ags-diagnostic``; errors have Graph's ``{"error": {"code", "message",
     "innerError"}}`` shape. More than ``max_concurrency`` (4) requests in flight for one
-    mailbox are answered 429 ``ApplicationThrottled``, like Exchange Online.
+    mailbox are answered 429 ``ApplicationThrottled``, like Exchange Online; more than
+    ``sends_per_minute`` (30; 0 = no cap) sends (sendMail, draft send) from one mailbox in
+    any 60 s are refused with 429 ``TooManyRequests`` and a Retry-After, undelivered.
 
 Admin (plain JSON, no auth, for tests and chaos runs)
     ``GET /_admin/deliveries``, ``GET /_admin/requests``, ``GET /_admin/concurrency``,
@@ -45,7 +47,8 @@ import os
 import ssl
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -81,6 +84,8 @@ class GraphEmulator(AdminApi, IdentityEndpoints, MailOperations):
     ``disabled_mailboxes`` get 404 ``MailboxNotEnabledForRESTAPI`` and ``denied_mailboxes``
     403 ``ErrorAccessDenied`` (an application access policy). ``ca_dir`` keeps the test CA
     (certificate and key) so a restarted emulator stays trusted; default: a temp dir.
+    ``sends_per_minute`` caps each mailbox's sends in any sliding 60 s (Exchange Online's
+    message rate limit; 0 lifts it); ``clock`` is the monotonic clock of that window.
     """
 
     def __init__(
@@ -95,11 +100,13 @@ class GraphEmulator(AdminApi, IdentityEndpoints, MailOperations):
         token_lifetime: int = 3599,
         max_concurrency: int = 4,
         concurrency_retry_after: int = 1,
+        sends_per_minute: int = 30,
         faults: Iterable[Fault | Mapping[str, Any]] = (),
         seed: int = 0,
         ca_dir: str | os.PathLike[str] | None = None,
         tls_names: Iterable[str] = (),
         key_property_name: str = DEFAULT_KEY_PROPERTY_NAME,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(
             tenant=tenant,
@@ -111,9 +118,11 @@ class GraphEmulator(AdminApi, IdentityEndpoints, MailOperations):
             token_lifetime=token_lifetime,
             max_concurrency=max_concurrency,
             concurrency_retry_after=concurrency_retry_after,
+            sends_per_minute=sends_per_minute,
             faults=faults,
             seed=seed,
             key_property_name=key_property_name,
+            clock=clock,
         )
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._ca_bundle_path, ca = self._load_or_create_ca(ca_dir)

@@ -3,7 +3,8 @@
 :class:`EmulatorState` is the base of the emulator's parts (identity, Graph routes and
 mail, admin API; :class:`~sendonce.emulator.server.GraphEmulator` combines them). It
 holds the registered apps, the mailbox policy, the fault book, and everything the
-emulator remembers (tokens, messages, deliveries, request records, concurrency counts)
+emulator remembers (tokens, messages, deliveries, request records, concurrency counts,
+send times)
 behind one lock, plus the request-record bookkeeping every handler does. Keeping the
 state in one place is what lets the admin API see exactly what the handlers did.
 """
@@ -13,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -51,14 +54,18 @@ class EmulatorState:
         token_lifetime: int = 3599,
         max_concurrency: int = 4,
         concurrency_retry_after: int = 1,
+        sends_per_minute: int = 30,
         faults: Iterable[Fault | Mapping[str, Any]] = (),
         seed: int = 0,
         key_property_name: str = DEFAULT_KEY_PROPERTY_NAME,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if token_lifetime <= 0:
             raise ValueError("token_lifetime must be positive")
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
+        if sends_per_minute < 0:
+            raise ValueError("sends_per_minute must be >= 0 (0: no cap)")
         self.tenant = tenant
         secrets_by_app = dict(client_secrets or {})
         certs_by_app = {
@@ -75,6 +82,10 @@ class EmulatorState:
         self.token_lifetime = token_lifetime
         self.max_concurrency = max_concurrency
         self.concurrency_retry_after = concurrency_retry_after
+        #: Exchange Online's message rate limit per mailbox; 0 lifts it.
+        self.sends_per_minute = sends_per_minute
+        #: Monotonic seconds for the send-rate window (injectable for tests).
+        self._clock = clock
         self.key_property_name = key_property_name
         self._seed = seed
         self._faults = FaultBook((Fault.coerce(f) for f in faults), seed=seed)
@@ -92,6 +103,9 @@ class EmulatorState:
         self._in_flight: dict[str, int] = {}
         self._max_in_flight: dict[str, int] = {}
         self._concurrency_throttled: dict[str, int] = {}
+        #: Arrival times of the sends admitted in the last minute, per mailbox.
+        self._send_times: dict[str, deque[float]] = {}
+        self._rate_throttled: dict[str, int] = {}
         self._seq = 0
 
         # Set by the server while it listens.

@@ -50,8 +50,12 @@ def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[EmulatorThread]:
-    """One Graph emulator (HTTPS, test CA) per test module."""
-    thread = GraphEmulator().run_in_thread()
+    """One Graph emulator (HTTPS, test CA) per test module, without a send-rate cap.
+
+    The tests that use it lift the workers' per-minute cap too, to send bursts; the
+    test of the limits themselves (test_mailbox_limits.py) starts its own emulator.
+    """
+    thread = GraphEmulator(sends_per_minute=0).run_in_thread()
     try:
         yield thread
     finally:

@@ -785,3 +785,117 @@ def test_drafts_are_listed_by_key_with_immutable_ids_and_leave_the_listing_when_
             assert sent["id"] == created[2]
 
     run(main())
+
+
+# --------------------------------------------------------------------------- send rate
+
+
+async def create_draft(e: Env, key: str) -> str:
+    async with e.http.post(
+        e.url(f"/users/{SENDER}/messages"), json=message(key), headers=e.auth()
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+        draft_id: str = (await resp.json())["id"]
+        return draft_id
+
+
+async def send_draft(e: Env, draft_id: str) -> aiohttp.ClientResponse:
+    async with e.http.post(
+        e.url(f"/users/{SENDER}/messages/{draft_id}/send"), headers=e.auth()
+    ) as resp:
+        await resp.read()
+        return resp
+
+
+def test_sends_over_the_per_minute_cap_are_refused_undelivered_until_the_window_frees() -> None:
+    # Exchange Online's message rate limit, per mailbox and across all clients: sendMail
+    # and a draft's send both count; creating a draft and reading do not.
+    now = [1000.0]
+
+    async def main() -> None:
+        async with env(sends_per_minute=3, clock=lambda: now[0]) as e:
+            assert (await e.send_mail("k1")).status == 202
+            now[0] += 10
+            drafts = [await create_draft(e, f"d{i}") for i in range(4)]
+            assert (await send_draft(e, drafts[0])).status == 202
+            assert await e.sent_items("k1")  # reads do not count either
+            now[0] += 20
+            assert (await e.send_mail("k2")).status == 202
+            # Three sends in the window (t=1000, 1010, 1030): the fourth is refused.
+            now[0] += 5
+            over = await e.send_mail("k3")
+            assert over.status == 429
+            assert over.headers["Retry-After"] == "25"  # t=1060, when k1 leaves
+            refused_draft = await send_draft(e, drafts[1])
+            assert refused_draft.status == 429
+            # A client on another connection is counted with the same mailbox.
+            other = aiohttp.TCPConnector(ssl=client_ssl(e.emu))
+            async with (
+                aiohttp.ClientSession(connector=other) as http2,
+                http2.post(
+                    e.url(f"/users/{SENDER}/sendMail"),
+                    json={"message": message("k4")},
+                    headers=e.auth(),
+                ) as resp,
+            ):
+                assert resp.status == 429
+            assert (await e.send_mail("k5", mailbox="other@acme.example")).status == 202
+
+            # Refused before processing: nothing delivered, the draft still a draft.
+            assert {d["idempotency_key"] for d in e.emu.deliveries(mailbox=SENDER)} == {
+                "k1",
+                "d0",
+                "k2",
+            }
+            left = {v for d in e.emu.drafts(SENDER) for v in d["extended_properties"].values()}
+            assert left == {"d1", "d2", "d3"}
+            codes = [r["error_code"] for r in e.emu.requests(mailbox=SENDER) if r["status"] == 429]
+            assert codes == ["TooManyRequests"] * 3
+            stats = e.emu.concurrency()
+            assert stats["rate_throttled"] == {SENDER: 3}
+            assert stats["throttled"] == {}  # not the concurrency limit
+
+            now[0] += 25  # k1's minute is over: one slot frees
+            assert (await send_draft(e, drafts[1])).status == 202
+            assert (await e.send_mail("k6")).status == 429
+            now[0] += 10  # and d0's
+            assert (await e.send_mail("k6")).status == 202
+            e.emu.reset()
+            assert e.emu.concurrency()["rate_throttled"] == {}
+
+    run(main())
+
+
+def test_send_rate_cap_zero_lets_bursts_through() -> None:
+    # The chaos harness, the bench and the burst tests lift the cap (and their workers').
+    async def main() -> None:
+        async with env(sends_per_minute=0) as e:
+            statuses = [(await e.send_mail(f"k{i}")).status for i in range(40)]
+            assert statuses == [202] * 40
+            assert e.emu.concurrency()["rate_throttled"] == {}
+
+    run(main())
+
+
+def test_default_cap_is_exchanges_thirty_per_minute() -> None:
+    async def main() -> None:
+        async with env() as e:
+            statuses = [(await e.send_mail(f"k{i}")).status for i in range(31)]
+            assert statuses == [202] * 30 + [429]
+            assert len(e.emu.deliveries()) == 30
+
+    run(main())
+
+
+def test_cli_sends_per_minute_flag_reaches_the_emulator() -> None:
+    import argparse
+
+    from sendonce.dev.graph_emulator import add_cli, build_emulator
+
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers())
+    args = parser.parse_args(["graph-emulator", "--sends-per-minute", "0"])
+    emulator, _ = build_emulator(args)
+    assert emulator.sends_per_minute == 0
+    default, _ = build_emulator(parser.parse_args(["graph-emulator"]))
+    assert default.sends_per_minute == 30

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from sendonce.connectors.graph.throttle import MailboxThrottle
+from sendonce.connectors.graph.throttle import SEND_WINDOW_S, MailboxThrottle, share_of
 
 T = TypeVar("T")
 
@@ -235,9 +235,9 @@ def test_a_task_waiting_on_the_send_cap_holds_no_concurrency_slot() -> None:
         )
 
     ft.run(main())
-    assert sends == [0.0, 60.0]
+    assert sends == [0.0, SEND_WINDOW_S]  # a minute, plus the slack for Exchange's count
     # Had the second send kept the only slot while it slept on the cap, the lookup
-    # would have started after t=61.
+    # would have started after the second send.
     assert lookups == [1.0]
 
 
@@ -355,3 +355,187 @@ def test_estimated_wait_counts_sends_queued_ahead() -> None:
     ft.run(main())
     # 2 sent, 4 queued: a seventh send is at least two minutes out.
     assert seen[0] >= 120.0
+
+
+# ----------------------------------------------------------------- the group's shares
+
+
+@pytest.mark.parametrize(
+    ("limit", "members", "share"),
+    [(4, 1, 4), (4, 2, 2), (4, 3, 1), (4, 4, 1), (4, 5, 1), (30, 3, 10), (30, 4, 7), (30, 31, 1)],
+)
+def test_a_share_is_the_floor_of_limit_over_members_at_least_one(
+    limit: int, members: int, share: int
+) -> None:
+    assert share_of(limit, members) == share
+
+
+def test_a_lone_worker_keeps_the_full_limits() -> None:
+    throttle = MailboxThrottle()
+    assert throttle.members == 1
+    assert (throttle.concurrency_share, throttle.sends_share, throttle.requests_share) == (
+        4,
+        30,
+        9_000,
+    )
+    throttle.share_with(3)
+    assert (throttle.concurrency_share, throttle.sends_share, throttle.requests_share) == (
+        1,
+        10,
+        3_000,
+    )
+    throttle.share_with(0)  # nonsense from a broken lookup: never more than the limits
+    assert throttle.concurrency_share == 4
+    unlimited = MailboxThrottle(sends_per_minute=None, requests_per_window=None)
+    unlimited.share_with(3)
+    assert (unlimited.sends_share, unlimited.requests_share) == (None, None)
+
+
+def test_three_workers_sharing_a_mailbox_stay_within_its_limits_together() -> None:
+    # Three workers' throttles against one mailbox, each told the group has three
+    # members: together never more than 4 requests in flight nor 30 sends in any minute
+    # (Exchange's count), however many sends each one has queued.
+    ft = FakeTime()
+    workers = [ft.throttle() for _ in range(3)]
+    for throttle in workers:
+        throttle.share_with(3)
+    in_flight = peak = 0
+    starts: list[float] = []
+
+    async def send(throttle: MailboxThrottle) -> None:
+        nonlocal in_flight, peak
+        async with throttle.request("orders@acme.example"):
+            starts.append(ft.now)
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await ft.sleep(0.15)
+            in_flight -= 1
+
+    async def main() -> None:
+        await asyncio.gather(*(send(w) for w in workers for _ in range(40)))
+
+    ft.run(main())
+    assert len(starts) == 120
+    assert peak == 3  # one each: 4 // 3
+    for t in starts:
+        assert sum(1 for s in starts if t <= s < t + 60.0) <= 30
+    # Each sent at its full share: 10 at once, 10 more each window after.
+    assert max(starts) == pytest.approx(3 * SEND_WINDOW_S + 9 * 0.15)
+
+
+def test_without_sharing_three_workers_exceed_the_mailbox_limits() -> None:
+    # The same three workers, not told about each other: what issue 17 found.
+    ft = FakeTime()
+    workers = [ft.throttle() for _ in range(3)]
+    starts: list[float] = []
+
+    async def main() -> None:
+        await asyncio.gather(
+            *(_request(ft, w, "a@x", hold=0.15, starts=starts) for w in workers for _ in range(40))
+        )
+
+    ft.run(main())
+    assert max(sum(1 for s in starts if t <= s < t + 60.0) for t in starts) == 90
+
+
+def test_a_shrinking_share_holds_new_requests_until_enough_have_finished() -> None:
+    ft = FakeTime()
+    throttle = ft.throttle(sends_per_minute=None)
+    in_flight = 0
+    seen: list[tuple[float, int]] = []
+
+    async def one(hold: float) -> None:
+        nonlocal in_flight
+        async with throttle.request("a@x"):
+            in_flight += 1
+            seen.append((ft.now, in_flight))
+            await ft.sleep(hold)
+            in_flight -= 1
+
+    async def main() -> None:
+        first = [asyncio.create_task(one(hold)) for hold in (1.0, 2.0, 3.0, 4.0)]
+        await ft.sleep(0.5)
+        assert in_flight == 4
+        throttle.share_with(3)  # a rebalance: now 1 slot
+        later = [asyncio.create_task(one(1.0)) for _ in range(2)]
+        await asyncio.gather(*first, *later)
+
+    ft.run(main())
+    # The two new requests waited for all four old ones (share 1), then ran one by one.
+    assert seen[4:] == [(4.0, 1), (5.0, 1)]
+
+
+def test_a_growing_share_wakes_waiters_at_once() -> None:
+    ft = FakeTime()
+    throttle = ft.throttle(sends_per_minute=None)
+    throttle.share_with(4)  # 1 slot
+    starts: list[float] = []
+
+    async def main() -> None:
+        holder = asyncio.create_task(_request(ft, throttle, "a@x", hold=10.0, starts=starts))
+        waiters = [
+            asyncio.create_task(_request(ft, throttle, "a@x", hold=1.0, starts=starts))
+            for _ in range(3)
+        ]
+        await ft.sleep(2.0)
+        assert starts == [0.0]
+        throttle.share_with(1)  # the others left: 4 slots, 3 free
+        await asyncio.gather(holder, *waiters)
+
+    ft.run(main())
+    assert starts == [0.0, 2.0, 2.0, 2.0]
+    assert throttle.stats()["a@x"].max_in_flight == 4
+
+
+def test_a_shrinking_send_share_counts_the_sends_already_made() -> None:
+    # Alone, a worker sent its 30; then two more workers joined: its next send waits
+    # until fewer than its new share (10) are left in its window.
+    ft = FakeTime()
+    throttle = ft.throttle()
+    starts: list[float] = []
+
+    async def main() -> None:
+        await asyncio.gather(*(_request(ft, throttle, "a@x", starts=starts) for _ in range(30)))
+        throttle.share_with(3)
+        await _request(ft, throttle, "a@x", starts=starts)
+
+    ft.run(main())
+    assert starts[:30] == [0.0] * 30
+    assert starts[30] == SEND_WINDOW_S
+    assert throttle.estimated_wait("a@x") == 0.0
+
+
+def test_the_request_budget_is_shared_too() -> None:
+    ft = FakeTime()
+    throttle = ft.throttle(requests_per_window=9, window_s=10, sends_per_minute=None)
+    throttle.share_with(3)
+    starts: list[float] = []
+
+    async def main() -> None:
+        await asyncio.gather(
+            *(_request(ft, throttle, "a@x", sending=False, starts=starts) for _ in range(6))
+        )
+
+    ft.run(main())
+    assert starts == [0.0, 0.0, 0.0, 10.0, 10.0, 10.0]
+
+
+def test_a_cancelled_waiter_gives_its_place_back() -> None:
+    ft = FakeTime()
+    throttle = ft.throttle(max_concurrent=1, sends_per_minute=None)
+    starts: list[float] = []
+
+    async def main() -> None:
+        holder = asyncio.create_task(_request(ft, throttle, "a@x", hold=1.0, starts=starts))
+        doomed = asyncio.create_task(_request(ft, throttle, "a@x", hold=1.0, starts=starts))
+        await ft.sleep(0.5)
+        doomed.cancel()
+        last = asyncio.create_task(_request(ft, throttle, "a@x", hold=1.0, starts=starts))
+        await holder
+        await last
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+
+    ft.run(main())
+    assert starts == [0.0, 1.0]
+    assert throttle.stats()["a@x"].in_flight == 0
