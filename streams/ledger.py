@@ -46,10 +46,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from sendonce.connectors.base import (
     LookupResult,
     LookupStatus,
+    ProviderEvidence,
     SendOutcome,
     SendStatus,
 )
@@ -537,13 +539,7 @@ def _on_send_finished(entry: LedgerEntry, event: SendFinished, rules: _Rules) ->
         provider_request_id=outcome.provider_request_id,
     )
     if outcome.status is SendStatus.ACCEPTED:
-        evidence = outcome.as_accepted(event.now_ms).provider_evidence()
-        # A sent draft keeps the ids its create gave when the send answer has none.
-        evidence["provider_message_id"] = evidence["provider_message_id"] or entry.draft_id
-        if entry.draft_id is not None:
-            evidence["internet_message_id"] = (
-                evidence["internet_message_id"] or entry.internet_message_id
-            )
+        evidence = _accepted_evidence(outcome, entry, event.now_ms)
         sent = replace(
             base,
             status=LedgerStatus.SENT,
@@ -570,6 +566,20 @@ def _on_send_finished(entry: LedgerEntry, event: SendFinished, rules: _Rules) ->
         rules.reconcile,
     )
     return _settled(ambiguous, event.intent, event.now_ms)
+
+
+def _accepted_evidence(
+    answer: ProviderEvidence, entry: LedgerEntry, now_ms: int, request_id: str | None = None
+) -> dict[str, Any]:
+    """The evidence a SENT entry keeps from ``answer`` (a send's or a lookup's); a sent
+    draft keeps the ids its create gave where the answer has none."""
+    evidence = answer.as_accepted(now_ms, request_id).provider_evidence()
+    if entry.draft_id is not None:
+        evidence["provider_message_id"] = evidence["provider_message_id"] or entry.draft_id
+        evidence["internet_message_id"] = (
+            evidence["internet_message_id"] or entry.internet_message_id
+        )
+    return evidence
 
 
 def _rejected(
@@ -695,12 +705,7 @@ def _on_lookup_finished(entry: LedgerEntry, event: LookupFinished, rules: _Rules
         lookups=entry.lookups + 1,
     )
     if lookup.status is LookupStatus.FOUND:
-        evidence = lookup.as_accepted(now, entry.provider_request_id).provider_evidence()
-        if entry.draft_id is not None:
-            evidence["provider_message_id"] = evidence["provider_message_id"] or entry.draft_id
-            evidence["internet_message_id"] = (
-                evidence["internet_message_id"] or entry.internet_message_id
-            )
+        evidence = _accepted_evidence(lookup, entry, now, entry.provider_request_id)
         sent = replace(
             base,
             status=LedgerStatus.SENT,

@@ -1292,11 +1292,9 @@ def _pending_keys(cluster: Cluster) -> list[str]:
     from sendonce.ops.history import TopicReader, ledger_entries
     from sendonce.streams.ledger import LedgerStatus
 
-    keys: set[str] = set()
+    attempting = (LedgerStatus.PENDING, LedgerStatus.DRAFTED)
     with TopicReader(cluster.bootstrap) as reader:
-        for status in (LedgerStatus.PENDING, LedgerStatus.DRAFTED):
-            keys.update(ledger_entries(reader, cluster.settings, status=status))
-    return sorted(keys)
+        return sorted(ledger_entries(reader, cluster.settings, status=attempting))
 
 
 def _stranded_keys(cluster: Cluster) -> list[str]:

@@ -272,14 +272,15 @@ def ledger_entries(
     *,
     keys: Collection[str] | None = None,
     partitions: Iterable[int] | None = None,
-    status: LedgerStatus | None = None,
+    status: LedgerStatus | Collection[LedgerStatus] | None = None,
     on_record: Callable[[int], None] | None = None,
 ) -> dict[str, LedgerEntry]:
     """The ledger's latest entry per key, folded from its changelog.
 
     ``keys`` limits the answer (and the partitions read) to those keys; without it
     every entry of ``partitions`` (default: all) is returned. ``status`` keeps only
-    entries in that state (filtered as bytes, before decoding). A tombstone removes a
+    entries in that state, or in one of those states (filtered as bytes, before
+    decoding). A tombstone removes a
     key. Entries are the state as of the changelog's end at the time of the call.
     """
     topic = settings.ledger_changelog_topic
@@ -298,10 +299,11 @@ def ledger_entries(
             if record.key is None or (wanted is not None and record.key not in wanted):
                 continue
             latest[record.key] = record.value
-    marker = status_marker(status) if status is not None else b""
+    states = () if status is None else (status,) if isinstance(status, LedgerStatus) else status
+    markers = [status_marker(s) for s in states]
     entries: dict[str, LedgerEntry] = {}
     for raw_key, value in latest.items():
-        if value is None or marker not in value:
+        if value is None or (markers and not any(m in value for m in markers)):
             continue
         try:
             entries[raw_key.decode()] = LedgerEntry.from_bytes(value)

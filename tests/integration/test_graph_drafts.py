@@ -38,6 +38,20 @@ FAULTS = [
 ]
 
 
+def drafts_env(emulator: GraphEmulator, *, resend_grace_s: float) -> dict[str, str]:
+    """A worker in draft-send mode with quick lookups, caps lifted."""
+    return {
+        **emulator.worker_env(),
+        "SENDONCE_GRAPH_MODE": "draft-send",
+        "SENDONCE_GRAPH_READ_TIMEOUT_S": str(READ_TIMEOUT_S),
+        "SENDONCE_GRAPH_SENDS_PER_MINUTE": "0",
+        "SENDONCE_RECONCILE_GRACE_S": "1",
+        "SENDONCE_RECONCILE_INTERVAL_S": "1",
+        "SENDONCE_RECONCILE_TICK_S": "0.2",
+        "SENDONCE_RECONCILE_DRAFT_RESEND_GRACE_S": f"{resend_grace_s:g}",
+    }
+
+
 def test_every_fault_on_create_or_send_ends_in_one_delivery_and_no_review(
     pipeline: Pipeline, emulator: GraphEmulator
 ) -> None:
@@ -46,16 +60,7 @@ def test_every_fault_on_create_or_send_ends_in_one_delivery_and_no_review(
         mailbox = f"faulty{n}@acme.example"
         emulator.add_fault({**fault, "mailbox": mailbox, "operations": [operation], "count": 1})
         intents.append(intent(n, sender=mailbox))
-    worker = pipeline.start_worker(
-        **emulator.worker_env(),
-        SENDONCE_GRAPH_MODE="draft-send",
-        SENDONCE_GRAPH_READ_TIMEOUT_S=str(READ_TIMEOUT_S),
-        SENDONCE_GRAPH_SENDS_PER_MINUTE="0",
-        SENDONCE_RECONCILE_GRACE_S="1",
-        SENDONCE_RECONCILE_INTERVAL_S="1",
-        SENDONCE_RECONCILE_TICK_S="0.2",
-        SENDONCE_RECONCILE_DRAFT_RESEND_GRACE_S=str(READ_TIMEOUT_S + 3),
-    )
+    worker = pipeline.start_worker(**drafts_env(emulator, resend_grace_s=READ_TIMEOUT_S + 3))
     keys = pipeline.publish(intents)
 
     # A create fault ends in SENT alone (nothing can have gone out before the draft
@@ -90,17 +95,8 @@ def test_a_sent_draft_deleted_for_good_is_the_one_case_left_for_review(
     emulator.add_fault(
         {"kind": "reset", "mailbox": mailbox, "operations": ["sendDraft"], "count": 1}
     )
-    worker = pipeline.start_worker(
-        **emulator.worker_env(),
-        SENDONCE_GRAPH_MODE="draft-send",
-        SENDONCE_GRAPH_READ_TIMEOUT_S=str(READ_TIMEOUT_S),
-        SENDONCE_GRAPH_SENDS_PER_MINUTE="0",
-        SENDONCE_RECONCILE_GRACE_S="1",
-        SENDONCE_RECONCILE_INTERVAL_S="1",
-        SENDONCE_RECONCILE_TICK_S="0.2",
-        # Long enough for the test to delete the message before the draft's state counts.
-        SENDONCE_RECONCILE_DRAFT_RESEND_GRACE_S="20",
-    )
+    # Long enough for the test to delete the message before the draft's state counts.
+    worker = pipeline.start_worker(**drafts_env(emulator, resend_grace_s=20))
     [key] = pipeline.publish([intent(1, sender=mailbox)])
     [ambiguous] = pipeline.wait_results(1, timeout=120)
     assert ambiguous.value["outcome"] == "AMBIGUOUS", worker.log()[-3000:]
